@@ -1,0 +1,107 @@
+"""Transformer-XL relative multi-head attention with recurrence memory.
+
+score(i, j) = (q_i + u) . k_j + (q_i + v) . W_R R_{i-j}        (Dai et al. 2019, §3.3)
+
+The memory (hidden states of the previous segment) is prepended to the keys and
+values by the caller; it carries no gradient. The same code serves the causal NLG
+mask and the bidirectional NLU mask because distances are encoded over the full
+XLNet range (see `relative_position`).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ernie3_jax.model import layers
+from ernie3_jax.model.relative_position import rel_shift
+
+Array = jax.Array
+# Finite, so a fully masked row (a padding query) gives a uniform softmax, not NaN.
+_MASK_VALUE = -1e9
+
+
+def attention_mask(query_valid: Array, key_valid: Array, causal: bool) -> Array:
+  """[B, Q] and [B, K] validity -> [B, 1, Q, K] boolean mask.
+
+  Keys are [memory ; segment], so with mlen = K - Q query i may see key j causally
+  iff j <= i + mlen. Bidirectional attention sees every valid key.
+  """
+  # Padding queries are not masked: their outputs are ignored by the losses.
+  q, k = query_valid.shape[1], key_valid.shape[1]
+  mask = key_valid[:, None, None, :]
+  if causal:
+    mlen = k - q
+    i = jnp.arange(q)[:, None]
+    j = jnp.arange(k)[None, :]
+    mask = jnp.logical_and(mask, (j <= i + mlen)[None, None])
+  return mask
+
+
+class RelativeMultiHeadAttention(nn.Module):
+  """Multi-head attention scored by content and relative position.
+
+  Attributes:
+    num_heads, head_dim: head layout; output width is the input width.
+    embed_axis: logical name of the model width ("embed" or "task_embed").
+  """
+
+  num_heads: int
+  head_dim: int
+  embed_axis: str
+  attention_dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  init_std: float = 0.02
+
+  def _dense(self, name: str, in_names=None, out_names=("heads", "kv"), features=None,
+             use_bias=True):
+    return layers.DenseGeneral(
+        features or (self.num_heads, self.head_dim), in_names or (self.embed_axis,),
+        out_names, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init_std=self.init_std, name=name)
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array, position: Array, mask: Array,
+               deterministic: bool = True, dropout_multiplier: Array | float = 1.0) -> Array:
+    """Attends from `x` [B, Q, D] to `context` [B, K, D] (memory ; x).
+
+    `position` is either the sinusoidal encoding [P, D] of the distances
+    klen .. -Q + 1 (this layer projects it with its own W_R) or an already
+    projected [P, H, Dh] (a stack sharing one W_R).
+    """
+    d_model = x.shape[-1]
+    klen = context.shape[1]
+    q = self._dense("query")(x)
+    k = self._dense("key")(context)
+    v = self._dense("value")(context)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "kv_length", "heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "kv_length", "heads", "kv"))
+    if position.ndim == 2:
+      r = self._dense("position", use_bias=False)(position)
+    else:
+      r = position.astype(self.dtype)
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv"))
+    u = self.param("content_bias", bias_init, (self.num_heads, self.head_dim),
+                   self.param_dtype)
+    vb = self.param("position_bias", bias_init, (self.num_heads, self.head_dim),
+                    self.param_dtype)
+    scale = self.head_dim ** -0.5
+    q = q * jnp.asarray(scale, self.dtype)
+    content = jnp.einsum("bqhd,bkhd->bhqk", q + (u * scale).astype(self.dtype), k,
+                         preferred_element_type=jnp.float32)
+    by_distance = jnp.einsum("bqhd,phd->bhqp", q + (vb * scale).astype(self.dtype), r,
+                             preferred_element_type=jnp.float32)
+    logits = content + rel_shift(by_distance, klen)
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+    logits = nn.with_logical_constraint(logits, ("batch", "heads", "length", "kv_length"))
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = layers.Dropout(self.attention_dropout_rate, name="attention_dropout")(
+        probs, deterministic, dropout_multiplier)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return layers.DenseGeneral((d_model,), ("heads", "kv"), (self.embed_axis,),
+                               dtype=self.dtype, param_dtype=self.param_dtype,
+                               kernel_init_std=self.init_std, name="out")(out)

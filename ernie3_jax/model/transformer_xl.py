@@ -1,0 +1,150 @@
+"""Transformer-XL blocks and stacks (scanned or unrolled, with optional remat)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from ernie3_jax.model import layers
+from ernie3_jax.model import recurrence_memory
+from ernie3_jax.model.config import Ernie3Config, StackConfig
+from ernie3_jax.model.relative_attention import RelativeMultiHeadAttention, attention_mask
+from ernie3_jax.model.relative_position import relative_distances, sinusoidal_encoding
+
+Array = jax.Array
+
+
+def remat_policy(name: str):
+  """Maps `Ernie3Config.remat_policy` to a jax.checkpoint policy (None: save nothing)."""
+  policies = {
+      "full": None,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+      "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+      "save_attention": jax.checkpoint_policies.save_only_these_names("attention_out"),
+  }
+  return policies[name]
+
+
+class TransformerXLBlock(nn.Module):
+  """Relative attention over [memory ; segment], then a GeLU feed-forward.
+
+  Returns the block output and the layer's next memory (or None without memory).
+  """
+
+  stack: StackConfig
+  config: Ernie3Config
+
+  @nn.compact
+  def __call__(self, x: Array, memory: Array | None, position: Array, mask: Array,
+               deterministic: bool, dropout_multiplier: Array):
+    cfg, st = self.config, self.stack
+    dtype, pdtype = cfg.compute_dtype, cfg.weights_dtype
+    norm = lambda name: layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, dtype,
+                                         pdtype, name=name)
+    drop = lambda name: layers.Dropout(cfg.dropout_rate, name=name)
+    attention = RelativeMultiHeadAttention(
+        st.num_heads, st.head_dim, st.embed_axis, cfg.attention_dropout_rate, dtype, pdtype,
+        cfg.initializer_range, name="attention")
+    ffn = layers.FeedForward(st.d_ff, st.embed_axis, cfg.dropout_rate, dtype, pdtype,
+                             cfg.initializer_range, name="ffn")
+    block_input = x
+    if cfg.pre_layer_norm:
+      ln = norm("attention_norm")
+      h = ln(x)
+      context = h if memory is None else jnp.concatenate([ln(memory), h], axis=1)
+      a = attention(h, context, position, mask, deterministic, dropout_multiplier)
+      a = checkpoint_name(a, "attention_out")
+      x = x + drop("attention_output_dropout")(a, deterministic, dropout_multiplier)
+      f = ffn(norm("ffn_norm")(x), deterministic, dropout_multiplier)
+      x = x + drop("ffn_output_dropout")(f, deterministic, dropout_multiplier)
+    else:
+      context = x if memory is None else jnp.concatenate([memory.astype(x.dtype), x], axis=1)
+      a = attention(x, context, position, mask, deterministic, dropout_multiplier)
+      a = checkpoint_name(a, "attention_out")
+      x = norm("attention_norm")(
+          x + drop("attention_output_dropout")(a, deterministic, dropout_multiplier))
+      f = ffn(x, deterministic, dropout_multiplier)
+      x = norm("ffn_norm")(x + drop("ffn_output_dropout")(f, deterministic, dropout_multiplier))
+    x = nn.with_logical_constraint(x, ("batch", "length", st.embed_axis))
+    new_memory = None
+    if memory is not None:
+      remembered = x if cfg.memory_mode == "same_layer" else block_input
+      new_memory = recurrence_memory.append(memory, remembered, memory.shape[1])
+    return x, new_memory
+
+
+class TransformerXLStack(nn.Module):
+  """N Transformer-XL blocks with a causal or bidirectional mask.
+
+  Under `config.scan_layers` the blocks run under `nn.scan` (parameters stacked on
+  a leading "layers" axis, one compile for any depth); otherwise they are unrolled
+  as `layers_0 ... layers_{N-1}`. `unstack_scanned_params` converts between the two.
+  """
+
+  stack: StackConfig
+  config: Ernie3Config
+
+  @nn.compact
+  def __call__(self, x: Array, token_valid: Array, causal: bool,
+               memory: Array | None = None, memory_valid: Array | None = None,
+               deterministic: bool = True, dropout_multiplier: Array | float = 1.0):
+    """x [B, Q, D]; memory [L, B, M, D] with memory_valid [B, M], or None.
+
+    The universal stack is called with `causal` set by the task's path; its
+    parameters are the same either way.
+
+    Returns (outputs [B, Q, D], next memory [L, B, M, D] or None).
+    """
+    cfg, st = self.config, self.stack
+    dtype = cfg.compute_dtype
+    qlen = x.shape[1]
+    mlen = 0 if memory is None else memory.shape[2]
+    key_valid = token_valid if memory is None else jnp.concatenate(
+        [memory_valid, token_valid], axis=1)
+    if memory is not None:
+      # Memory is data from earlier segments: never differentiate into it.
+      memory = jax.lax.stop_gradient(memory)
+    mask = attention_mask(token_valid, key_valid, causal)
+    position = sinusoidal_encoding(relative_distances(qlen, qlen + mlen), st.d_model)
+    position = position.astype(dtype)
+    if st.share_position_projection:
+      position = layers.DenseGeneral(
+          (st.num_heads, st.head_dim), (st.embed_axis,), ("heads", "kv"), use_bias=False,
+          dtype=dtype, param_dtype=cfg.weights_dtype, kernel_init_std=cfg.initializer_range,
+          name="shared_position")(position)
+    multiplier = jnp.asarray(dropout_multiplier, jnp.float32)
+
+    block = TransformerXLBlock
+    if cfg.remat_policy != "none":
+      # Argument 5 (counting self) is `deterministic`, a Python bool.
+      block = nn.remat(block, policy=remat_policy(cfg.remat_policy),
+                       prevent_cse=not cfg.scan_layers, static_argnums=(5,))
+    if cfg.scan_layers:
+      scanned = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=st.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_memory = scanned(st, cfg, name="layers")(x, memory, position, mask,
+                                                       deterministic, multiplier)
+    else:
+      new_layers = []
+      for i in range(st.num_layers):
+        layer_memory = None if memory is None else memory[i]
+        x, m = block(st, cfg, name=f"layers_{i}")(x, layer_memory, position, mask,
+                                                  deterministic, multiplier)
+        new_layers.append(m)
+      new_memory = None if memory is None else jnp.stack(new_layers)
+    if cfg.pre_layer_norm:
+      x = layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, dtype, cfg.weights_dtype,
+                           name="final_norm")(x)
+    return x, new_memory
+
+
+def unstack_scanned_params(stack_params: dict, num_layers: int) -> dict:
+  """Scanned stack params {"layers": stacked} -> unrolled {"layers_i": ...}."""
+  out = {k: v for k, v in stack_params.items() if k != "layers"}
+  for i in range(num_layers):
+    out[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], stack_params["layers"])
+  return out

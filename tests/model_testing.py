@@ -1,0 +1,41 @@
+"""Helpers shared by the model tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ernie3_jax.model import Ernie3, Ernie3Config
+
+TINY = Ernie3Config(vocab_size=97, num_layers=2, d_model=32, num_heads=4, head_dim=8, d_ff=64,
+                    nlu_layers=2, nlg_layers=2, task_d_model=24, task_num_heads=4,
+                    task_head_dim=6, task_d_ff=48, memory_len=8, dropout_rate=0.1,
+                    attention_dropout_rate=0.1)
+
+
+def config(**overrides) -> Ernie3Config:
+  return dataclasses.replace(TINY, **overrides)
+
+
+def random_batch(cfg: Ernie3Config, batch: int, length: int, seed: int = 0):
+  rng = np.random.RandomState(seed)
+  tokens = rng.randint(1, cfg.vocab_size, size=(batch, length)).astype(np.int32)
+  segments = rng.randint(0, cfg.num_segments, size=(batch, length)).astype(np.int32)
+  tasks = rng.randint(0, cfg.num_tasks, size=(batch,)).astype(np.int32)
+  return jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(tasks)
+
+
+def init_params(cfg: Ernie3Config, batch: int = 2, length: int = 8, seed: int = 0):
+  from ernie3_jax.model import init_memory
+  tokens, segments, tasks = random_batch(cfg, batch, length)
+  variables = Ernie3(cfg).init(jax.random.PRNGKey(seed), tokens, segments, tasks,
+                               init_memory(cfg, batch))
+  return variables
+
+
+def unboxed(variables):
+  return nn.unbox(variables)

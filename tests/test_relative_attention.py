@@ -1,0 +1,81 @@
+"""Relative attention against a naive reference that scores every (i, j) pair."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ernie3_jax.model.relative_attention import RelativeMultiHeadAttention, attention_mask
+from ernie3_jax.model.relative_position import (rel_shift, relative_distances,
+                                                sinusoidal_encoding)
+
+H, DH, D = 3, 4, 10
+
+
+def naive_attention(p, x, context, mlen, causal, key_valid):
+  """Scores q_i.k_j + u.k_j + q_i.W_R R_{d} + v.W_R R_{d} with d = i + mlen - j."""
+  x, context = np.asarray(x, np.float64), np.asarray(context, np.float64)
+  b, qlen, _ = x.shape
+  klen = context.shape[1]
+  lin = lambda a, name: np.einsum("bld,dhk->blhk", a, p[name]["kernel"]) + p[name]["bias"]
+  q, k, v = lin(x, "query"), lin(context, "key"), lin(context, "value")
+  u, vb = p["content_bias"], p["position_bias"]
+  wr = p["position"]["kernel"]
+  out = np.zeros((b, qlen, H, DH))
+  for bi in range(b):
+    for h in range(H):
+      for i in range(qlen):
+        scores = np.full(klen, -np.inf)
+        for j in range(klen):
+          if not key_valid[bi, j] or (causal and j > i + mlen):
+            continue
+          d = float(i + mlen - j)
+          r = np.asarray(sinusoidal_encoding(jnp.asarray([d]), D))[0].astype(np.float64)
+          rk = r @ wr[:, h, :]
+          scores[j] = ((q[bi, i, h] + u[h]) @ k[bi, j, h] + (q[bi, i, h] + vb[h]) @ rk) / np.sqrt(DH)
+        w = np.exp(scores - scores.max())
+        w /= w.sum()
+        out[bi, i, h] = w @ v[bi, :, h]
+  return np.einsum("blhk,hkd->bld", out, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("mlen", [0, 3])
+def test_matches_naive_reference(causal, mlen):
+  rng = np.random.RandomState(0)
+  b, qlen = 2, 5
+  x = jnp.asarray(rng.randn(b, qlen, D), jnp.float32)
+  memory = jnp.asarray(rng.randn(b, mlen, D), jnp.float32)
+  context = jnp.concatenate([memory, x], axis=1)
+  klen = qlen + mlen
+  key_valid = np.ones((b, klen), bool)
+  # An invalid key: a reset memory slot, or (without memory) a padded position.
+  key_valid[1, 0 if mlen else klen - 1] = False
+  mask = attention_mask(jnp.ones((b, qlen), bool), jnp.asarray(key_valid), causal)
+  position = sinusoidal_encoding(relative_distances(qlen, klen), D)
+  module = RelativeMultiHeadAttention(H, DH, "embed", init_std=0.5)
+  params = module.init(jax.random.PRNGKey(1), x, context, position, mask)["params"]
+  params = nn.unbox(params)
+  # Non-zero u and v, so the bias terms are exercised.
+  params = dict(params, content_bias=jnp.asarray(rng.randn(H, DH), jnp.float32),
+                position_bias=jnp.asarray(rng.randn(H, DH), jnp.float32))
+  got = module.apply({"params": params}, x, context, position, mask)
+  np_params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+  want = naive_attention(np_params, x, context, mlen, causal, key_valid)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
+
+
+def test_rel_shift_places_each_distance():
+  qlen, klen = 4, 7
+  dists = relative_distances(qlen, klen)
+  scores = jnp.broadcast_to(dists, (qlen, dists.shape[0]))
+  shifted = np.asarray(rel_shift(scores, klen))
+  mlen = klen - qlen
+  want = np.arange(qlen)[:, None] + mlen - np.arange(klen)[None, :]
+  np.testing.assert_array_equal(shifted, want)
+
+
+def test_rel_shift_rejects_wrong_width():
+  with pytest.raises(ValueError, match="klen"):
+    rel_shift(jnp.zeros((3, 5)), 4)
