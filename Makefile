@@ -1,0 +1,30 @@
+# The two commands a user needs: `make demo` and `make test` (both install first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Default test run (slow tests excluded; see pytest.ini).
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests $(PYTEST_ARGS)
+
+# Everything, slow tests included.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "" tests $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m ernie3_jax.tools.model_summary --gin_file=gin_configs/models/tiny.gin
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
