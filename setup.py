@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "gin-config==0.5.0",
     "clu==0.0.12",
+    "tensorboard==2.21.0",
     "numpy==2.4.6",
     "pyahocorasick==2.3.1",
 ]

@@ -1,0 +1,1 @@
+"""Pre-training and fine-tuning loops: state, losses, optimizer, checkpoints, logging."""

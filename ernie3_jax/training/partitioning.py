@@ -1,0 +1,83 @@
+"""Shardings of the train state and batches, derived from logical axis names.
+
+The abstract state (shapes only, parameters boxed with their logical names) is
+built with `jax.eval_shape`; its names map to mesh axes through the rules, and the
+real state is then created directly in place by a jit with those out-shardings,
+so no host ever holds a full copy of a large model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import optax
+
+from ernie3_jax.model import Ernie3, init_memory
+from ernie3_jax.training.train_step import TrainState
+
+MEMORY_NAMES = {"universal": ("layers", "batch", "kv_length", "embed"),
+                "nlg": ("layers", "batch", "kv_length", "task_embed"),
+                "valid": ("batch", "kv_length")}
+
+
+def _boxed_memory(memory):
+  if memory is None:
+    return None
+  return {k: nn.Partitioned(v, names=MEMORY_NAMES[k]) for k, v in memory.items()}
+
+
+def _init_fn(model: Ernie3, tx: optax.GradientTransformation, nlg_batch_size: int,
+             rng: jax.Array, boxed: bool):
+  cfg = model.config
+
+  def init():
+    tokens = jnp.ones((1, 8), jnp.int32)
+    variables = model.init(rng, tokens, jnp.zeros_like(tokens), jnp.zeros((1,), jnp.int32),
+                           init_memory(cfg, 1, 4))
+    params = variables["params"]
+    memory = init_memory(cfg, nlg_batch_size) if nlg_batch_size else None
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       memory=_boxed_memory(memory),
+                       nonfinite_skipped=jnp.zeros((), jnp.int32))
+    return state if boxed else nn.unbox(state)
+
+  return init
+
+
+def state_shardings(model: Ernie3, tx: optax.GradientTransformation, mesh: Mesh, rules,
+                    nlg_batch_size: int) -> tuple[Any, Any]:
+  """(abstract unboxed state, its NamedShardings)."""
+  boxed = jax.eval_shape(_init_fn(model, tx, nlg_batch_size, jax.random.PRNGKey(0), True))
+  specs = nn.get_partition_spec(boxed)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  abstract = nn.unbox(boxed)
+  return abstract, shardings
+
+
+def create_train_state(model: Ernie3, tx: optax.GradientTransformation, mesh: Mesh, rules,
+                       nlg_batch_size: int, seed: int):
+  """A freshly initialised, sharded TrainState and its shardings."""
+  abstract, shardings = state_shardings(model, tx, mesh, rules, nlg_batch_size)
+  init = _init_fn(model, tx, nlg_batch_size, jax.random.PRNGKey(seed), False)
+  with mesh, nn.logical_axis_rules(rules):
+    state = jax.jit(init, out_shardings=shardings)()
+  return state, shardings, abstract
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Rows over the mesh axes that "batch" maps to (data x fsdp by default)."""
+  return nn.logical_to_mesh_sharding(P("batch"), mesh, rules)
+
+
+def to_global_batch(batch: dict | None, sharding: NamedSharding) -> dict | None:
+  """Host-local numpy rows -> global jax.Arrays sharded over the batch axis.
+
+  Each process passes only its own rows; the global batch is their concatenation.
+  """
+  if batch is None:
+    return None
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

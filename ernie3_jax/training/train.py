@@ -1,0 +1,212 @@
+"""The pre-training loop: sharded multi-task steps, logging, checkpoints, resume.
+
+`train()` is gin-configurable (see gin_configs/runs/pretrain.gin). Restarting it
+with the same model_dir resumes from the latest complete checkpoint: parameters,
+optimizer state, NLG memory and the data pipeline's position, so N steps +
+restart + N steps equals 2N straight steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ernie3_jax.model import Ernie3, Ernie3Config
+from ernie3_jax.parallel import mesh as mesh_lib
+from ernie3_jax.training import checkpointing, flops, optimizer, partitioning
+from ernie3_jax.training.progressive import ProgressiveSchedule
+from ernie3_jax.training.train_step import make_train_step
+
+
+@dataclasses.dataclass
+class TrainResult:
+  final_step: int
+  resumed_from: int | None
+  history: list[dict[str, float]]
+  stopped_by: str  # "num_steps", "sigterm", "nonfinite"
+  state: Any = None
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no preemption support
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _to_float(tree) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(model_dir: str, *,
+          input_builder: Callable = gin.REQUIRED,
+          num_steps: int = 100,
+          nlu_batch_size: int = 32,
+          nlg_batch_size: int = 8,
+          sequence_length: int = 128,
+          nlg_segment_length: int = 128,
+          seed: int = 0,
+          num_microbatches: int = 1,
+          task_weights: dict[str, float] | None = None,
+          progressive: ProgressiveSchedule = ProgressiveSchedule(),
+          log_every: int = 10,
+          checkpoint_every: int = 100,
+          keep_checkpoints: int = 3,
+          async_checkpoints: bool = True,
+          on_nonfinite: str = "skip",
+          mesh_fn: Callable = mesh_lib.make_mesh,
+          progress_bar: bool | None = None) -> TrainResult:
+  """Pre-trains (or resumes pre-training of) an ERNIE 3.0 model in `model_dir`."""
+  if on_nonfinite not in ("skip", "stop"):
+    raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
+  cfg = Ernie3Config()
+  model = Ernie3(cfg)
+  mesh = mesh_fn()
+  rules = mesh_lib.logical_axis_rules()
+  row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name, size in (("nlu_batch_size", nlu_batch_size), ("nlg_batch_size", nlg_batch_size)):
+    if size % (row_shards * num_microbatches):
+      raise ValueError(
+          f"train.{name}={size} must be divisible by data x fsdp = {row_shards} times "
+          f"num_microbatches = {num_microbatches}")
+  schedule = optimizer.learning_rate_schedule(total_steps=num_steps)
+  tx = optimizer.make_optimizer(schedule)
+  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
+                                    keep_checkpoints, async_checkpoints)
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  data = input_builder(nlu_batch_size=nlu_batch_size // num_processes,
+                       nlg_batch_size=nlg_batch_size // num_processes,
+                       sequence_length=sequence_length, nlg_segment_length=nlg_segment_length,
+                       seed=seed, shard_index=process_index, num_shards=num_processes)
+
+  abstract, shardings = partitioning.state_shardings(model, tx, mesh, rules, nlg_batch_size)
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    state, data_state = ckpt.restore(resumed_from, abstract, shardings)
+    data.restore(data_state)
+    logging.info("Resumed from the checkpoint of step %d in %s", resumed_from, ckpt.directory)
+    print(f"resumed from step {resumed_from} ({ckpt.directory})", flush=True)
+  else:
+    state, shardings, abstract = partitioning.create_train_state(
+        model, tx, mesh, rules, nlg_batch_size, seed)
+
+  rows = partitioning.batch_sharding(mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step_fn = make_train_step(model, tx, task_weights or {}, num_microbatches)
+  jitted = jax.jit(step_fn, in_shardings=(shardings, rows, rows, replicated, replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+  base_rng = jax.random.PRNGKey(seed + 1)
+
+  writer = _metric_writer(model_dir)
+  peak, peak_how = flops.peak_flops_per_device()
+  history: list[dict[str, float]] = []
+  step = int(jax.device_get(state.step))
+  stopped_by = "num_steps"
+  bar = _progress_bar(num_steps, step, progress_bar)
+  last_time, last_step, tokens_since = time.perf_counter(), step, 0.0
+  with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(rules):
+    while step < num_steps:
+      length, batch, dropout = progressive.settings(
+          step, sequence_length, nlu_batch_size, 8, row_shards * num_microbatches)
+      nlu, nlg = data.next_batch(batch // num_processes, length)
+      state, metrics = jitted(state, partitioning.to_global_batch(nlu, rows),
+                              partitioning.to_global_batch(nlg, rows),
+                              jnp.float32(dropout), base_rng)
+      step += 1
+      tokens_since += batch * length + (nlg_batch_size * nlg_segment_length if nlg else 0)
+      if bar is not None:
+        bar.update(1)
+      if step % log_every == 0 or step == num_steps:
+        m = _to_float(metrics)
+        now = time.perf_counter()
+        seconds = (now - last_time) / max(step - last_step, 1)
+        step_flops = flops.train_flops(cfg, batch, length, nlg_batch_size if nlg else 0,
+                                       nlg_segment_length)
+        m.update(step=step, learning_rate=float(schedule(step - 1)), sequence_length=length,
+                 batch_size=batch, dropout_multiplier=dropout,
+                 tokens_per_second=tokens_since / max(now - last_time, 1e-9),
+                 mfu=step_flops / seconds / (peak * jax.device_count()),
+                 nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
+        history.append(m)
+        writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
+        logging.info("step %d %s", step, _format(m))
+        if bar is None:
+          print(f"step {step}: {_format(m)}", flush=True)
+        last_time, last_step, tokens_since = now, step, 0.0
+        if not m["finite"] and on_nonfinite == "stop":
+          # The step kept the last good parameters; save them and stop.
+          ckpt.save(step, state, data.state(), force=True)
+          stopped_by = "nonfinite"
+          print(f"stopping at step {step}: non-finite loss or gradients "
+                "(train.on_nonfinite='stop'); the checkpoint holds the last good state",
+                flush=True)
+          break
+      ckpt.save(step, state, data.state())
+      if sigterm.raised:
+        ckpt.save(step, state, data.state(), force=True)
+        stopped_by = "sigterm"
+        print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
+        break
+  if stopped_by == "num_steps":
+    ckpt.save(step, state, data.state(), force=True)
+  ckpt.close()
+  writer.flush()
+  if bar is not None:
+    bar.close()
+  if process_index == 0:
+    with open(os.path.join(model_dir, "train_history.json"), "w") as f:
+      json.dump({"peak_flops_per_device": peak, "peak_source": peak_how,
+                 "history": history}, f, indent=1)
+  return TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _format(m: dict[str, float]) -> str:
+  losses = " ".join(f"{k.split('/')[0]}={v:.3f}" for k, v in sorted(m.items())
+                    if k.endswith("/loss"))
+  return (f"loss={m['loss']:.3f} [{losses}] lr={m['learning_rate']:.2e} "
+          f"len={m['sequence_length']} batch={m['batch_size']} "
+          f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%}")
+
+
+def _metric_writer(model_dir: str):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.create_default_writer(
+      os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool | None):
+  if enabled is None:
+    enabled = sys.stderr.isatty()
+  if not enabled or jax.process_index() > 0:
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)

@@ -1,0 +1,88 @@
+"""Training mechanics: resume equivalence, mesh change, accumulation, progressive, faults."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ernie3_jax.training.progressive import ProgressiveSchedule
+from tests import training_testing as tt
+
+
+def _assert_same_params(a, b, atol=0.0):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_resume_equals_straight_run(tmp_path):
+  straight = tt.run(tmp_path / "straight", 10)
+  first = tt.run(tmp_path / "resumed", 5)
+  assert first.final_step == 5 and first.resumed_from is None
+  second = tt.run(tmp_path / "resumed", 10)
+  assert second.resumed_from == 5 and second.final_step == 10
+  _assert_same_params(tt.params_of(straight), tt.params_of(second))
+  # The recurrence memory was checkpointed and restored too.
+  _assert_same_params(jax.device_get(straight.state.memory), jax.device_get(second.state.memory))
+  losses = [h["loss"] for h in straight.history]
+  assert len(losses) == 2 and all(np.isfinite(losses))
+  assert os.path.isfile(tmp_path / "straight" / "train_history.json")
+  assert os.listdir(tmp_path / "straight" / "tensorboard")
+
+
+def test_checkpoint_saved_on_4_devices_restores_on_2(tmp_path):
+  four = tt.run(tmp_path / "run", 5, devices=4, data=2, fsdp=2)
+  kernel = four.state.params["universal"]["layers"]["ffn"]["wi"]["kernel"]
+  assert len(kernel.sharding.device_set) == 4
+  two = tt.run(tmp_path / "run", 5, devices=2, data=1, fsdp=2)  # restore only, no new step
+  assert two.resumed_from == 5
+  kernel2 = two.state.params["universal"]["layers"]["ffn"]["wi"]["kernel"]
+  assert len(kernel2.sharding.device_set) == 2
+  _assert_same_params(tt.params_of(four), tt.params_of(two))
+  continued = tt.run(tmp_path / "run", 7, devices=2, data=1, fsdp=2)
+  assert continued.final_step == 7
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path):
+  no_dropout = ["Ernie3Config.dropout_rate=0.0", "Ernie3Config.attention_dropout_rate=0.0"]
+  one = tt.run(tmp_path / "one", 2, extra_bindings=no_dropout, num_microbatches=1)
+  two = tt.run(tmp_path / "two", 2, extra_bindings=no_dropout, num_microbatches=2)
+  _assert_same_params(tt.params_of(one), tt.params_of(two), atol=2e-6)
+
+
+def test_batch_not_divisible_by_data_parallel_size_is_named(tmp_path):
+  with pytest.raises(ValueError, match="nlu_batch_size=6"):
+    tt.run(tmp_path / "bad", 1, devices=4, data=4, nlu_batch_size=6)
+  assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+def test_progressive_learning_grows_length_batch_and_dropout(tmp_path):
+  sched = ProgressiveSchedule(steps=8, num_stages=2, start_length=8, start_batch_size=4,
+                              start_dropout=0.2)
+  assert sched.settings(0, 16, 8) == (8, 4, 0.2)
+  length, batch, dropout = sched.settings(4, 16, 8)
+  assert (length, batch) == (8, 6) and dropout == pytest.approx(0.6)
+  assert sched.settings(8, 16, 8) == (16, 8, 1.0)
+  result = tt.run(tmp_path / "prog", 10, progressive=sched, log_every=1, checkpoint_every=0)
+  seen = [(h["sequence_length"], h["batch_size"]) for h in result.history]
+  assert seen[0] == (8, 4) and seen[4] == (8, 6) and seen[-1] == (16, 8)
+  drops = [h["dropout_multiplier"] for h in result.history]
+  assert drops == sorted(drops) and drops[0] == pytest.approx(0.2) and drops[-1] == 1.0
+  lrs = [h["learning_rate"] for h in result.history]
+  assert lrs[0] < lrs[4]  # warm-up
+
+
+def test_nonfinite_step_is_skipped_or_stops(tmp_path):
+  # A learning rate of inf makes the first update non-finite.
+  bindings = ["learning_rate_schedule.peak=1e38", "learning_rate_schedule.warmup_steps=1",
+              "learning_rate_schedule.initial=1e38", "make_optimizer.clip_norm=None"]
+  skipped = tt.run(tmp_path / "skip", 3, extra_bindings=bindings, log_every=1)
+  assert skipped.stopped_by == "num_steps"
+  assert skipped.history[-1]["nonfinite_skipped"] >= 1
+  stopped = tt.run(tmp_path / "stop", 3, extra_bindings=bindings, log_every=1,
+                   on_nonfinite="stop")
+  assert stopped.stopped_by == "nonfinite"
+  assert all(np.isfinite(np.asarray(x)).all() for x in
+             jax.tree_util.tree_leaves(tt.params_of(stopped)))
