@@ -42,3 +42,8 @@ def model_config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()
   """The `Ernie3Config` that `gin_files` and `bindings` describe."""
   parse_gin(gin_files, bindings)
   return _model_config.Ernie3Config()
+
+
+def effective_config() -> str:
+  """The parsed gin config (files + bindings), as written to MODEL_DIR/config.gin."""
+  return gin.config_str()

@@ -86,3 +86,17 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path):
   assert stopped.stopped_by == "nonfinite"
   assert all(np.isfinite(np.asarray(x)).all() for x in
              jax.tree_util.tree_leaves(tt.params_of(stopped)))
+
+
+def test_rows_of_other_tasks_never_poison_a_loss():
+  import jax.numpy as jnp
+  from ernie3_jax.training import losses, task_ids
+  outputs = {"mlm_logits": jnp.zeros((2, 3, 5)), "reorder_logits": jnp.zeros((2, 9)),
+             "distance_logits": jnp.zeros((2, 3))}
+  batch = {"task_id": jnp.asarray([task_ids.SENTENCE_REORDERING, task_ids.SENTENCE_DISTANCE]),
+           "label": jnp.asarray([8, 2]), "label_weight": jnp.ones((2,)),
+           "mlm_targets": jnp.zeros((2, 3), jnp.int32), "mlm_weights": jnp.zeros((2, 3))}
+  sums = losses.nlu_loss_sums(outputs, batch)
+  assert all(np.isfinite(float(v)) for v in sums.values())
+  assert float(sums["sentence_distance/loss_sum"]) == pytest.approx(np.log(3), rel=1e-5)
+  assert float(sums["sentence_reordering/loss_sum"]) == pytest.approx(np.log(9), rel=1e-5)

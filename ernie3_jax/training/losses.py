@@ -19,6 +19,9 @@ Array = jax.Array
 def token_cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
   """[..., V] float logits, [...] int targets -> (nll, correct) both [...] float32."""
   logits = logits.astype(jnp.float32)
+  # Rows of other tasks carry labels of other heads (e.g. a reordering class on the
+  # distance head); clip them in range so their zero-weighted terms stay finite.
+  targets = jnp.clip(targets, 0, logits.shape[-1] - 1)
   logz = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)

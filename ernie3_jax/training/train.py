@@ -66,12 +66,15 @@ def _to_float(tree) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
+DEFAULT_NLG_BATCH_SIZE = 8
+
+
 @gin.configurable(denylist=["model_dir"])
 def train(model_dir: str, *,
           input_builder: Callable = gin.REQUIRED,
           num_steps: int = 100,
           nlu_batch_size: int = 32,
-          nlg_batch_size: int = 8,
+          nlg_batch_size: int = DEFAULT_NLG_BATCH_SIZE,
           sequence_length: int = 128,
           nlg_segment_length: int = 128,
           seed: int = 0,

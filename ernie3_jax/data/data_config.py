@@ -1,0 +1,73 @@
+"""Where pre-training data comes from and how it is prepared (gin-configurable).
+
+The seqio tasks read this at dataset-build time, so gin overrides apply to tasks
+registered at import. Defaults are the embedded fictional encyclopedia.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from typing import Iterator
+
+import gin
+
+from ernie3_jax.data import corpus_readers
+from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
+import os
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  corpus: str = corpus_readers.EMBEDDED_CORPUS  # comma-separated globs (.jsonl or text)
+  kg: str = os.path.join(EMBEDDED_DIR, "kg.tsv")
+  aliases: str | None = os.path.join(EMBEDDED_DIR, "aliases.tsv")
+  vocabulary: str = os.path.join(EMBEDDED_DIR, "spm.model")
+  # Every 1/validation_every-th document (by a stable hash of its title and text)
+  # is held out as the validation split.
+  validation_every: int = 20
+  mask_ratio: float = 0.15
+  # Share of the masking budget for (basic token, phrase, entity) units.
+  level_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
+  max_reorder_segments: int = 3
+  uktp_relation_mask_prob: float = 0.5
+  preprocess_seed: int = 0
+
+
+def split_of(doc: corpus_readers.Document, validation_every: int) -> str:
+  key = zlib.crc32((doc.title + "\x00" + doc.text[:200]).encode("utf-8"))
+  return "validation" if validation_every and key % validation_every == 0 else "train"
+
+
+def documents(config: DataConfig, split: str) -> Iterator[corpus_readers.Document]:
+  """The corpus documents of `split` ("train", "validation" or "all"), in file order."""
+  if split not in ("train", "validation", "all"):
+    raise ValueError(f"unknown split {split!r}; expected train, validation or all")
+  for doc in corpus_readers.read_documents(config.corpus):
+    if split == "all" or split_of(doc, config.validation_every) == split:
+      yield doc
+
+
+@functools.lru_cache(maxsize=4)
+def vocabulary(path: str):
+  from ernie3_jax.data.vocabulary import Vocabulary  # pylint: disable=g-import-not-at-top
+  return Vocabulary(path)
+
+
+@functools.lru_cache(maxsize=4)
+def knowledge_graph(kg_path: str, aliases_path: str | None):
+  from ernie3_jax.data import knowledge_graph as kg_lib  # pylint: disable=g-import-not-at-top
+  return kg_lib.load_knowledge_graph(kg_path, aliases_path)
+
+
+@functools.lru_cache(maxsize=4)
+def entity_matcher(kg_path: str, aliases_path: str | None):
+  from ernie3_jax.data.entity_matcher import EntityMatcher  # pylint: disable=g-import-not-at-top
+  return EntityMatcher.from_knowledge_graph(knowledge_graph(kg_path, aliases_path))
+
+
+def current() -> DataConfig:
+  """The DataConfig that gin describes now."""
+  return DataConfig()

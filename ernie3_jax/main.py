@@ -1,0 +1,87 @@
+r"""The entrypoint: train, evaluate or generate, configured by gin.
+
+  python -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
+      --gin.MODEL_DIR="'/tmp/run'" --run_mode=train
+
+`--gin_file` repeats; `--gin.NAME=VALUE` is a gin binding (rewritten to
+`--gin_bindings`); files and includes are searched in `--gin_search_paths`, then
+the repository. The effective config is written to MODEL_DIR/config.gin.
+Multi-host: `jax.distributed.initialize` runs automatically on TPU pods and under
+SLURM, or with the explicit --coordinator_address/--num_processes/--process_id.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from ernie3_jax import gin_utils
+
+_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
+_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings NAME=VALUE.")
+_GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "Where gin files are looked up.")
+_RUN_MODE = flags.DEFINE_enum("run_mode", "train", ["train", "eval", "infer"], "What to run.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (explicit multi-process launch).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_AUTO_DISTRIBUTED = flags.DEFINE_bool(
+    "auto_distributed", None,
+    "Call jax.distributed.initialize() with auto-detection (default: on TPU pods and SLURM).")
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+  """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X's convention)."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def initialize_distributed() -> None:
+  """Joins the multi-process JAX cluster when launched as one."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value is not None:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    return
+  auto = _AUTO_DISTRIBUTED.value
+  if auto is None:
+    auto = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    auto = auto or "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  if auto:
+    jax.distributed.initialize()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+  model_dir = runs.model_dir()
+  os.makedirs(model_dir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin_utils.effective_config())
+  logging.info("run_mode=%s model_dir=%s processes=%d devices=%d", _RUN_MODE.value, model_dir,
+               jax.process_count(), jax.device_count())
+  runs.run(_RUN_MODE.value, model_dir)
+
+
+def cli():
+  app.run(main, argv=rewrite_gin_args(sys.argv))
+
+
+if __name__ == "__main__":
+  cli()

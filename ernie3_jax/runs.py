@@ -1,0 +1,53 @@
+"""What `--run_mode` runs: train, eval or infer, with MODEL_DIR from gin."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gin
+
+
+@gin.configurable
+def model_dir(path: str = gin.REQUIRED) -> str:
+  """MODEL_DIR: where checkpoints, summaries and the effective config go."""
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def summarize_training(history: list[dict[str, float]]) -> str:
+  """A table of each task's loss at the first and last logged step."""
+  if not history:
+    return "no steps were logged"
+  first, last = history[0], history[-1]
+  lines = [f"{'task':24s} {'step ' + str(int(first['step'])):>12s} "
+           f"{'step ' + str(int(last['step'])):>12s}"]
+  for key in sorted(k for k in last if k.endswith("/loss")):
+    lines.append(f"{key.split('/')[0]:24s} {first.get(key, float('nan')):12.3f} "
+                 f"{last[key]:12.3f}")
+  return "\n".join(lines)
+
+
+@gin.configurable
+def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
+        max_new_tokens: int = 32) -> dict:
+  """Dispatches on run_mode; returns what it measured (also printed)."""
+  if run_mode == "train":
+    from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+    result = train_lib.train(directory)
+    print(f"training stopped at step {result.final_step} ({result.stopped_by})")
+    print(summarize_training(result.history))
+    return {"final_step": result.final_step, "stopped_by": result.stopped_by}
+  if run_mode == "eval":
+    from ernie3_jax.training import evaluate  # pylint: disable=g-import-not-at-top
+    metrics = evaluate.evaluate(directory)
+    with open(os.path.join(directory, "eval_metrics.json"), "w") as f:
+      json.dump(metrics, f, indent=1)
+    print("evaluation: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
+    return metrics
+  if run_mode == "infer":
+    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    outputs = generation.generate_from_checkpoint(directory, list(prompts), max_new_tokens)
+    for prompt, text in zip(prompts, outputs):
+      print(f"prompt: {prompt}\ncontinuation: {text}")
+    return {"generations": outputs}
+  raise ValueError(f"--run_mode={run_mode!r}; expected train, eval or infer")

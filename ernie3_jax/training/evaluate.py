@@ -1,0 +1,94 @@
+"""Pre-training evaluation: each task's loss and accuracy on held-out data.
+
+Runs the latest checkpoint's parameters deterministically (no dropout, no update)
+over `num_batches` batches of the input's validation split; the NLG memory carries
+across those batches as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ernie3_jax.model import Ernie3, Ernie3Config, init_memory
+from ernie3_jax.parallel import mesh as mesh_lib
+from ernie3_jax.training import checkpointing, losses, optimizer, partitioning
+
+
+def _trained_nlg_batch_size() -> int:
+  """The NLG batch the checkpoint's memory was saved with (train's gin binding)."""
+  try:
+    return int(gin.query_parameter("train.nlg_batch_size"))
+  except ValueError:
+    from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+    return train_lib.DEFAULT_NLG_BATCH_SIZE
+
+
+def load_latest(model_dir: str, mesh=None):
+  """(config, model, TrainState of the latest checkpoint, step, mesh, rules, data state)."""
+  import os  # pylint: disable=g-import-not-at-top
+  nlg_batch_size = _trained_nlg_batch_size()
+  cfg = Ernie3Config()
+  model = Ernie3(cfg)
+  mesh = mesh or mesh_lib.make_mesh()
+  rules = mesh_lib.logical_axis_rules()
+  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule())
+  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), 0, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first "
+                            "(--run_mode=train with the same MODEL_DIR)")
+  abstract, shardings = partitioning.state_shardings(model, tx, mesh, rules, nlg_batch_size)
+  state, data_state = ckpt.restore(step, abstract, shardings)
+  ckpt.close()
+  return cfg, model, state, step, mesh, rules, data_state
+
+
+@gin.configurable(denylist=["model_dir"])
+def evaluate(model_dir: str, *, input_builder: Callable = gin.REQUIRED, num_batches: int = 10,
+             nlu_batch_size: int = 32, nlg_batch_size: int = 8, sequence_length: int = 128,
+             nlg_segment_length: int = 128, seed: int = 0) -> dict[str, float]:
+  cfg, model, state, step, mesh, rules, _ = load_latest(model_dir)
+  data = input_builder(nlu_batch_size=nlu_batch_size, nlg_batch_size=nlg_batch_size,
+                       sequence_length=sequence_length, nlg_segment_length=nlg_segment_length,
+                       seed=seed, shard_index=jax.process_index(),
+                       num_shards=jax.process_count(), split="validation")
+
+  @jax.jit
+  def eval_step(params, nlu, nlg, memory):
+    sums = {}
+    if nlu is not None:
+      out = model.apply({"params": params}, nlu["tokens"], nlu["segment_ids"], nlu["task_id"],
+                        method=Ernie3.nlu_pretrain)
+      sums.update(losses.nlu_loss_sums(out, nlu))
+    if nlg is not None:
+      out, memory = model.apply({"params": params}, nlg["tokens"], nlg["segment_ids"],
+                                nlg["task_id"], memory, nlg["reset"],
+                                method=Ernie3.nlg_pretrain)
+      sums.update(losses.nlg_loss_sums(out, nlg))
+    return sums, losses.weight_sums(nlu, nlg), memory
+
+  totals: dict[str, float] = {}
+  memory = init_memory(cfg, nlg_batch_size)
+  rows = partitioning.batch_sharding(mesh, rules)
+  with mesh, nn.logical_axis_rules(rules):
+    for _ in range(num_batches):
+      nlu, nlg = data.next_batch(nlu_batch_size // jax.process_count(), sequence_length)
+      sums, weights, memory = eval_step(state.params, partitioning.to_global_batch(nlu, rows),
+                                        partitioning.to_global_batch(nlg, rows), memory)
+      for k, v in jax.device_get(sums).items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+      for k, v in jax.device_get(weights).items():
+        totals[f"{k}/weight"] = totals.get(f"{k}/weight", 0.0) + float(v)
+  metrics = {"step": float(step)}
+  for key in [k for k in totals if k.endswith("/weight")]:
+    name = key.split("/")[0]
+    denom = max(totals[key], 1e-8)
+    metrics[f"{name}/loss"] = totals[f"{name}/loss_sum"] / denom
+    metrics[f"{name}/accuracy"] = totals[f"{name}/correct_sum"] / denom
+  return metrics

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs N processes of the trainer on this machine as one jax.distributed cluster
+# (CPU devices, gloo collectives). Each process gets DEVICES_PER_PROCESS simulated devices
+# and reads its own shard of the data.
+#
+#   launch/local_multiprocess.sh 2 gin_configs/experiments/demo.gin /tmp/ernie3_mp [extra flags]
+set -euo pipefail
+NUM_PROCESSES=${1:?number of processes}
+GIN_FILE=${2:?gin file}
+MODEL_DIR=${3:?model dir}
+shift 3
+DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-2}
+PORT=${PORT:-12355}
+PYTHON=${PYTHON:-.venv/bin/python}
+pids=()
+for ((i = 0; i < NUM_PROCESSES; i++)); do
+  XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}" \
+  JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo \
+    "$PYTHON" -m ernie3_jax.main --gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" \
+      --coordinator_address="localhost:${PORT}" --num_processes="$NUM_PROCESSES" \
+      --process_id="$i" "$@" > "${MODEL_DIR%/}.process${i}.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status

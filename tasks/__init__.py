@@ -1,0 +1,3 @@
+"""seqio registrations: importing this package registers every task and mixture."""
+
+from tasks import pretraining  # noqa: F401
