@@ -23,8 +23,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "" tests $(PYTEST_ARGS)
 
+# Pre-trains the tiny model on the embedded corpus and knowledge graph (all five
+# objectives), evaluates it and generates a continuation. Re-running resumes;
+# `make demo DEMO_DIR=/tmp/elsewhere` (or deleting runs/demo) starts fresh.
+DEMO_DIR ?= runs/demo
+DEMO = $(PY) -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
+	--gin.MODEL_DIR="'$(DEMO_DIR)'"
 demo: $(STAMP)
-	$(PY) -m ernie3_jax.tools.model_summary --gin_file=gin_configs/models/tiny.gin
+	$(DEMO) --run_mode=train
+	$(DEMO) --run_mode=eval
+	$(DEMO) --run_mode=infer
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

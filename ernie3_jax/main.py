@@ -65,6 +65,10 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Library INFO logs (checkpoint threads, data pipelines) drown the run's own
+    # progress lines; `-v 0` brings them back.
+    logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax import runs  # pylint: disable=g-import-not-at-top

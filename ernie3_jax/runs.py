@@ -34,6 +34,11 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
   if run_mode == "train":
     from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
     result = train_lib.train(directory)
+    if result.resumed_from is not None and result.resumed_from == result.final_step:
+      print(f"{directory} already holds a checkpoint of step {result.final_step}, the "
+            "configured train.num_steps: nothing to train. Raise train.num_steps to continue, "
+            "or use a new MODEL_DIR (or delete this one) to start fresh.")
+      return {"final_step": result.final_step, "stopped_by": "already_done"}
     print(f"training stopped at step {result.final_step} ({result.stopped_by})")
     print(summarize_training(result.history))
     return {"final_step": result.final_step, "stopped_by": result.stopped_by}

@@ -23,7 +23,10 @@ from ernie3_jax.training import checkpointing, losses, optimizer, partitioning
 def _trained_nlg_batch_size() -> int:
   """The NLG batch the checkpoint's memory was saved with (train's gin binding)."""
   try:
-    return int(gin.query_parameter("train.nlg_batch_size"))
+    value = gin.query_parameter("train.nlg_batch_size")
+    if isinstance(value, gin.config.ConfigurableReference):  # a macro such as %NLG_BATCH
+      value = value.scoped_configurable_fn()
+    return int(value)
   except ValueError:
     from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
     return train_lib.DEFAULT_NLG_BATCH_SIZE

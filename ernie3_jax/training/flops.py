@@ -66,3 +66,12 @@ def peak_flops_per_device(dtype=jnp.float32, size: int = 1024) -> tuple[float, s
   out.block_until_ready()
   elapsed = (time.perf_counter() - start) / reps
   return 2 * size ** 3 / elapsed, f"measured {size}^3 {jnp.dtype(dtype).name} matmul"
+
+
+def peak_flops_total() -> tuple[float, str]:
+  """Peak FLOP/s of every device in the run. Simulated CPU devices share the host's
+  cores, so on CPU the measured host peak counts once per process, not per device."""
+  peak, how = peak_flops_per_device()
+  if jax.devices()[0].platform == "cpu":
+    return peak * jax.process_count(), how + " (whole host)"
+  return peak * jax.device_count(), how

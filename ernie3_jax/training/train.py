@@ -62,8 +62,21 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _to_float(tree) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(tree).items()}
+def _window_average(pending: list[dict]) -> dict[str, float]:
+  """Averages the steps since the last log; per-task means are weighted by the
+  task's loss weight in each step (a step without the task adds nothing)."""
+  steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+  out = {"loss": float(np.mean([m["loss"] for m in steps])),
+         "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
+         "finite": float(all(m["finite"] for m in steps))}
+  for key in [k for k in steps[-1] if k.endswith("/weight")]:
+    name = key.split("/")[0]
+    weight = sum(m[key] for m in steps)
+    out[key] = weight
+    for what in ("loss", "accuracy"):
+      total = sum(m[f"{name}/{what}"] * m[key] for m in steps)
+      out[f"{name}/{what}"] = total / weight if weight > 0 else float("nan")
+  return out
 
 
 DEFAULT_NLG_BATCH_SIZE = 8
@@ -130,12 +143,13 @@ def train(model_dir: str, *,
   base_rng = jax.random.PRNGKey(seed + 1)
 
   writer = _metric_writer(model_dir)
-  peak, peak_how = flops.peak_flops_per_device()
+  peak, peak_how = flops.peak_flops_total()
   history: list[dict[str, float]] = []
   step = int(jax.device_get(state.step))
   stopped_by = "num_steps"
   bar = _progress_bar(num_steps, step, progress_bar)
   last_time, last_step, tokens_since = time.perf_counter(), step, 0.0
+  pending: list[dict] = []
   with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(rules):
     while step < num_steps:
       length, batch, dropout = progressive.settings(
@@ -144,12 +158,23 @@ def train(model_dir: str, *,
       state, metrics = jitted(state, partitioning.to_global_batch(nlu, rows),
                               partitioning.to_global_batch(nlg, rows),
                               jnp.float32(dropout), base_rng)
+      pending.append(metrics)
       step += 1
+      # 'stop' needs the verdict now (one host sync per step); 'skip' never waits.
+      if on_nonfinite == "stop" and not bool(jax.device_get(metrics["finite"])):
+        # The step kept the last good parameters; save them and stop.
+        ckpt.save(step, state, data.state(), force=True)
+        stopped_by = "nonfinite"
+        print(f"stopping at step {step}: non-finite loss or gradients "
+              "(train.on_nonfinite='stop'); the checkpoint holds the last good state",
+              flush=True)
+        break
       tokens_since += batch * length + (nlg_batch_size * nlg_segment_length if nlg else 0)
       if bar is not None:
         bar.update(1)
       if step % log_every == 0 or step == num_steps:
-        m = _to_float(metrics)
+        m = _window_average(pending)
+        pending = []
         now = time.perf_counter()
         seconds = (now - last_time) / max(step - last_step, 1)
         step_flops = flops.train_flops(cfg, batch, length, nlg_batch_size if nlg else 0,
@@ -157,7 +182,7 @@ def train(model_dir: str, *,
         m.update(step=step, learning_rate=float(schedule(step - 1)), sequence_length=length,
                  batch_size=batch, dropout_multiplier=dropout,
                  tokens_per_second=tokens_since / max(now - last_time, 1e-9),
-                 mfu=step_flops / seconds / (peak * jax.device_count()),
+                 mfu=step_flops / seconds / peak,
                  nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
         history.append(m)
         writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
@@ -165,14 +190,6 @@ def train(model_dir: str, *,
         if bar is None:
           print(f"step {step}: {_format(m)}", flush=True)
         last_time, last_step, tokens_since = now, step, 0.0
-        if not m["finite"] and on_nonfinite == "stop":
-          # The step kept the last good parameters; save them and stop.
-          ckpt.save(step, state, data.state(), force=True)
-          stopped_by = "nonfinite"
-          print(f"stopping at step {step}: non-finite loss or gradients "
-                "(train.on_nonfinite='stop'); the checkpoint holds the last good state",
-                flush=True)
-          break
       ckpt.save(step, state, data.state())
       if sigterm.raised:
         ckpt.save(step, state, data.state(), force=True)
@@ -187,7 +204,7 @@ def train(model_dir: str, *,
     bar.close()
   if process_index == 0:
     with open(os.path.join(model_dir, "train_history.json"), "w") as f:
-      json.dump({"peak_flops_per_device": peak, "peak_source": peak_how,
+      json.dump({"peak_flops": peak, "peak_source": peak_how,
                  "history": history}, f, indent=1)
   return TrainResult(step, resumed_from, history, stopped_by, state)
 

@@ -1,0 +1,57 @@
+r"""Examples per second of each pre-training task's pipeline, and of the mixture.
+
+  python benchmarks/data_throughput.py --examples=2000 --sequence_length=128
+
+Prints one JSON line: settings and, per task, examples/s (after a warm-up of
+--warmup examples, which absorbs pipeline start-up and the UKTP alignment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_EXAMPLES = flags.DEFINE_integer("examples", 2000, "Examples timed per task.")
+_WARMUP = flags.DEFINE_integer("warmup", 200, "Examples read before timing.")
+_LENGTH = flags.DEFINE_integer("sequence_length", 128, "Tokens per example.")
+_BATCH = flags.DEFINE_integer("batch", 64, "Rows per tf.data batch when reading.")
+
+
+def measure(name: str, length: int, examples: int, warmup: int, batch: int) -> float:
+  import seqio  # pylint: disable=g-import-not-at-top
+  ds = seqio.get_mixture_or_task(name).get_dataset(
+      {"tokens": length}, split="train", shuffle=True, seed=0, num_epochs=None,
+      trim_output_features=False, use_cached=False).batch(batch)
+  it = ds.as_numpy_iterator()
+  seen = 0
+  while seen < warmup:
+    seen += len(next(it)["tokens"])
+  start, seen = time.perf_counter(), 0
+  while seen < examples:
+    seen += len(next(it)["tokens"])
+  return seen / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  names = ["knowledge_masked_lm", "uktp", "sentence_reordering", "sentence_distance",
+           "document_lm", "ernie3_pretrain"]
+  results = {n: round(measure(n, _LENGTH.value, _EXAMPLES.value, _WARMUP.value, _BATCH.value),
+                      1) for n in names}
+  print(json.dumps({"benchmark": "data_throughput", "unit": "examples/s",
+                    "sequence_length": _LENGTH.value, "examples": _EXAMPLES.value,
+                    "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+                    "results": results}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,655 @@
+"""Knowledge-masked language modelling (the ERNIE 1.0 masking ERNIE 3.0 keeps).
+
+A passage is cut into masking units that partition its SentencePiece pieces:
+
+* entity units: every piece of the words an entity mention (EntityMatcher) touches;
+* phrase units: a simple chunker over the remaining words. A phrase is a maximal run
+  of 2 to 4 content words inside one sentence, where a content word is alphanumeric
+  and not in `STOP_WORDS`; punctuation, stop words, entities and sentence ends break
+  runs. Longer runs are split into near-equal chunks of at most 4 words, so no single
+  word is left over ("ornate temperament", "surviving letters", "Parish records give
+  1711");
+* token units: one whole word each (whole-word masking). Words are maximal runs of
+  letters/digits (inner apostrophes allowed); every other non-space character is a word
+  of its own. A piece belongs to the first word it overlaps; a piece with no visible
+  character (a bare "▁") joins the next word.
+
+`mask_units` then picks whole units until the budget is reached and applies BERT's
+80/10/10 replacement; `knowledge_masked_lm` is the tf.data preprocessor.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import math
+import re
+import threading
+import zlib
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from ernie3_jax.tf_runtime import tf
+
+TOKEN, PHRASE, ENTITY = 0, 1, 2
+LEVEL_NAMES = ("token", "phrase", "entity")
+MAX_PHRASE_WORDS = 4
+MASK_PROB, RANDOM_PROB = 0.8, 0.1  # the rest of the chosen units stay unchanged
+
+STOP_WORDS = frozenset("""
+a an the and or but nor so yet if of in on at to for from by with without about as into
+onto upon over under after before during since until than then that this these those is
+are was were be been being am has have had having do does did will would shall should can
+could may might must it its he she they them his her hers their theirs him we us our you
+your i me my who whom whose which what where when why how not no also there here all any
+each both such very more most some other only own same too just while among between
+through against within along across around because though although
+""".split())
+
+_WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|\S")
+# A sentence ends at . ! ? (plus closing quotes/brackets) before whitespace, or at a newline.
+_SENTENCE_BREAK = re.compile(r"([.!?]+[\"')\]\u2019\u201d\u00bb]*)(\s+)|\s*\n\s*")
+
+
+class Unit(NamedTuple):
+  start: int  # piece indices, end exclusive
+  end: int
+  level: int  # TOKEN, PHRASE or ENTITY
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+  """Character spans of sentences (whitespace trimmed, empty ones dropped).
+
+  Breaks after . ! ? followed by whitespace, unless the next word starts lowercase
+  ("e.g. this"), and at every newline.
+  """
+  spans = []
+
+  def add(start: int, end: int) -> None:
+    while start < end and text[start].isspace():
+      start += 1
+    while end > start and text[end - 1].isspace():
+      end -= 1
+    if start < end:
+      spans.append((start, end))
+
+  start = 0
+  for m in _SENTENCE_BREAK.finditer(text):
+    if m.group(1) is not None:
+      if "\n" not in m.group(2) and m.end() < len(text) and text[m.end()].islower():
+        continue
+      end = m.end(1)
+    else:
+      end = m.start()
+    add(start, end)
+    start = m.end()
+  add(start, len(text))
+  return spans
+
+
+_OFFSET_MAPPING_SUPPORT: dict[type, bool] = {}
+
+
+def _pairs_to_array(pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+  # fromiter over a flat iterator is several times faster than asarray on tuples.
+  return np.fromiter(itertools.chain.from_iterable(pairs), np.int64,
+                     count=2 * len(pairs)).reshape(-1, 2)
+
+
+def _supports_offset_mapping(tokenizer: Any) -> bool:
+  """Whether this tokenizer class can return character offsets (probed once per class)."""
+  kind = type(tokenizer)
+  if kind not in _OFFSET_MAPPING_SUPPORT:
+    try:
+      probe = tokenizer.encode("a", out_type="offset_mapping")
+      _OFFSET_MAPPING_SUPPORT[kind] = isinstance(probe, dict) and "offsets" in probe
+    except (ValueError, TypeError, KeyError, RuntimeError):
+      _OFFSET_MAPPING_SUPPORT[kind] = False
+  return _OFFSET_MAPPING_SUPPORT[kind]
+
+
+def _offsets_from_proto(tokenizer: Any, text: str) -> tuple[list, np.ndarray]:
+  """Ids and character offsets from a SentencePiece proto (whose offsets are bytes)."""
+  encode = getattr(tokenizer, "encode_as_immutable_proto", None) or tokenizer.encode_as_proto
+  pieces = encode(text).pieces
+  ids = [p.id for p in pieces]
+  offsets = np.array([(p.begin, p.end) for p in pieces], np.int64).reshape(-1, 2)
+  if not text.isascii():
+    code_points = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    utf8_len = 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+    char_end = np.cumsum(utf8_len)
+    # A byte offset at a character boundary is preceded by exactly that many characters.
+    offsets = np.searchsorted(char_end, offsets, side="right")
+  return ids, offsets
+
+
+def encode_with_offsets(tokenizer: Any, text: str) -> tuple[np.ndarray, np.ndarray]:
+  """(piece ids int32[n], character offsets int64[n, 2]) of `text`, end exclusive.
+
+  sentencepiece 0.2.3 reports character offsets directly ("offset_mapping"); older
+  versions only have protos with UTF-8 byte offsets, converted here to characters.
+  """
+  if _supports_offset_mapping(tokenizer):
+    enc = tokenizer.encode(text, out_type="offset_mapping")
+    ids, offsets = enc["ids"], _pairs_to_array(enc["offsets"])
+  else:
+    ids, offsets = _offsets_from_proto(tokenizer, text)
+  return np.asarray(ids, np.int32), offsets
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+  """A text's pieces and the units partitioning them."""
+
+  ids: np.ndarray  # int32 [n]
+  char_spans: np.ndarray  # int64 [n, 2], character offsets of each piece
+  units: np.ndarray  # int64 [u, 3]: (start, end, level), contiguous and in order
+  sentence_starts: np.ndarray  # int64: piece index where each sentence begins
+
+  def unit_list(self) -> list[Unit]:
+    return [Unit(*map(int, u)) for u in self.units]
+
+
+def _runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Starts and ends of maximal runs of equal values."""
+  starts = np.flatnonzero(np.concatenate([[True], labels[1:] != labels[:-1]]))
+  ends = np.append(starts[1:], len(labels))
+  return starts, ends
+
+
+def segment(text: str, vocab: Any, *, matcher: Any = None,
+            mention_spans: Sequence[tuple[int, int]] | None = None) -> Segmentation:
+  """Tokenizes `text` and partitions its pieces into entity, phrase and token units.
+
+  Entity mentions come from `matcher.find(text)` and/or `mention_spans` (character
+  offsets; overlapping spans keep the earlier one). Text that spells a special piece
+  ("[SEP]") gets the unk id instead, so it cannot break the [CLS]/[SEP] layout.
+  """
+  ids, spans = encode_with_offsets(vocab.tokenizer, text)
+  spelled_special = np.isin(ids, vocab.special_ids)
+  if spelled_special.any():
+    ids[spelled_special] = vocab.tokenizer.unk_id()
+  n = len(ids)
+  if n == 0:
+    empty = np.zeros((0,), np.int64)
+    return Segmentation(ids, spans, np.zeros((0, 3), np.int64), empty)
+  words = [m.span() for m in _WORD.finditer(text)]
+  if not words:  # only invisible pieces: each is a unit of its own
+    units = np.stack([np.arange(n), np.arange(1, n + 1), np.zeros(n, np.int64)], 1)
+    return Segmentation(ids, spans, units, np.zeros((1,), np.int64))
+  word_span = _pairs_to_array(words)
+  num_words = len(words)
+
+  # Anchor: the first word a piece overlaps; invisible pieces take the next (or last) one.
+  first = np.searchsorted(word_span[:, 1], spans[:, 0], side="right")
+  anchored = first < num_words
+  anchored[anchored] = word_span[first[anchored], 0] < spans[anchored, 1]
+  if not anchored.any():
+    anchor = np.zeros(n, np.int64)
+  else:
+    index = np.arange(n)
+    nxt = np.minimum.accumulate(np.where(anchored, index, n)[::-1])[::-1]
+    prv = np.maximum.accumulate(np.where(anchored, index, -1))
+    src = np.where(nxt < n, nxt, prv)
+    anchor = first[src]
+
+  sentences = split_sentences(text)
+  sentence_begin = np.asarray([s for s, _ in sentences] or [0], np.int64)
+  word_sentence = np.maximum(np.searchsorted(sentence_begin, word_span[:, 0], "right") - 1, 0)
+
+  # Entity words: every word a mention overlaps; a mention overlapping an earlier one
+  # is dropped.
+  mentions = [(m.start, m.end) for m in matcher.find(text)] if matcher is not None else []
+  if mention_spans is not None:
+    mentions = sorted(set(mentions) | {(int(s), int(e)) for s, e in mention_spans
+                                       if 0 <= s < e <= len(text)})
+  word_entity = [-1] * num_words
+  num_entities = 0
+  if mentions:
+    bounds = np.asarray(mentions, np.int64)
+    first_word = np.searchsorted(word_span[:, 1], bounds[:, 0], side="right").tolist()
+    end_word = np.searchsorted(word_span[:, 0], bounds[:, 1], side="left").tolist()
+    covered = 0
+    for w0, w1 in zip(first_word, end_word):
+      if w0 < w1 and w0 >= covered:
+        word_entity[w0:w1] = [num_entities] * (w1 - w0)
+        num_entities += 1
+        covered = w1
+
+  # Phrase words: runs of content words that own a piece, outside entities.
+  has_piece = np.zeros(num_words, bool)
+  has_piece[anchor] = True
+  has_piece_list, sentence_list = has_piece.tolist(), word_sentence.tolist()
+  word_phrase = [-1] * num_words
+  num_phrases = 0
+  run: list[int] = []
+
+  def close_run() -> None:
+    nonlocal num_phrases
+    count = len(run)
+    if count >= 2:
+      num_chunks = -(-count // MAX_PHRASE_WORDS)
+      for k in range(num_chunks):  # near-equal chunks, each of 2 to 4 words
+        for w in run[k * count // num_chunks:(k + 1) * count // num_chunks]:
+          word_phrase[w] = num_phrases
+        num_phrases += 1
+    run.clear()
+
+  for w, (ws, we) in enumerate(words):
+    token = text[ws:we]
+    content = (has_piece_list[w] and word_entity[w] < 0 and token[0].isalnum()
+               and token.lower() not in STOP_WORDS)
+    if not content or (run and sentence_list[run[-1]] != sentence_list[w]):
+      close_run()
+    if content:
+      run.append(w)
+  close_run()
+  word_entity = np.asarray(word_entity, np.int64)
+  word_phrase = np.asarray(word_phrase, np.int64)
+
+  # Label every word with its unit; pieces inherit their anchor word's label.
+  label = np.arange(num_words, dtype=np.int64)
+  level = np.full(num_words + num_phrases + num_entities, TOKEN, np.int64)
+  in_phrase = word_phrase >= 0
+  label[in_phrase] = num_words + word_phrase[in_phrase]
+  level[num_words:num_words + num_phrases] = PHRASE
+  in_entity = word_entity >= 0
+  label[in_entity] = num_words + num_phrases + word_entity[in_entity]
+  level[num_words + num_phrases:] = ENTITY
+  piece_label = label[anchor]
+  starts, ends = _runs(piece_label)
+  units = np.stack([starts, ends, level[piece_label[starts]]], 1)
+  sentence_starts, _ = _runs(word_sentence[anchor])
+  return Segmentation(ids, spans, units, sentence_starts)
+
+
+def mask_budget(num_maskable: int, ratio: float) -> int:
+  """ceil(ratio * num_maskable): the most pieces `mask_units` may mask (but see there)."""
+  # The small tolerance keeps float error (0.15 * 20 = 3.0000000000000004) from adding 1.
+  return max(0, math.ceil(ratio * num_maskable - 1e-9))
+
+
+class VocabIds(NamedTuple):
+  mask_id: int
+  special_ids: tuple[int, ...]
+  vocab_size: int
+
+
+def vocab_ids(vocab: Any) -> VocabIds:
+  """The ids masking needs, from a Vocabulary (or anything with the same attributes)."""
+  if isinstance(vocab, VocabIds):
+    return vocab
+  return VocabIds(int(vocab.mask_id), tuple(int(i) for i in vocab.special_ids),
+                  int(vocab.vocab_size))
+
+
+@functools.lru_cache(maxsize=16)
+def id_tables(vocab_size: int, special_ids: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  """(is-special lookup bool[vocab_size], non-special ids for random replacement)."""
+  is_special = np.zeros(vocab_size, bool)
+  is_special[[i for i in special_ids if 0 <= i < vocab_size]] = True
+  return is_special, np.flatnonzero(~is_special).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def normalize_level_weights(level_weights: tuple[float, ...]) -> tuple[float, float, float]:
+  """(token, phrase, entity) weights scaled to sum 1; bad weights raise ValueError."""
+  weights = np.asarray(level_weights, np.float64)
+  if weights.shape != (3,) or not np.all(np.isfinite(weights)) or (weights < 0).any() or \
+      weights.sum() <= 0:
+    raise ValueError(f"level_weights must be 3 non-negative numbers (token, phrase, entity) "
+                     f"with a positive sum, got {level_weights!r}")
+  return tuple((weights / weights.sum()).tolist())
+
+
+def _choose_units(sizes: list[int], levels: list[int], rng: np.random.Generator,
+                  budget: int, weights: Sequence[float], preferred: Sequence[int]) -> list[int]:
+  """Indices of the units to mask (see `mask_units` for the rules)."""
+  chosen, used = [], 0
+  level_used = [0, 0, 0]
+  taken = set()
+  for i in preferred:
+    i = int(i)
+    if sizes[i] > 0 and i not in taken and used + sizes[i] <= budget:
+      taken.add(i)
+      chosen.append(i)
+      used += sizes[i]
+      level_used[levels[i]] += sizes[i]
+  present = {lvl for i, lvl in enumerate(levels) if sizes[i] > 0}
+  active = [lvl for lvl in range(3) if lvl in present and weights[lvl] > 0]
+  active = active or sorted(present)
+  if not active:
+    return chosen
+  share = [weights[lvl] for lvl in active]
+  share = [1.0] * len(active) if sum(share) <= 0 else share
+  quota = [0.0, 0.0, 0.0]
+  for lvl, w in zip(active, share):
+    quota[lvl] = budget * w / sum(share)
+  # One random order of all units, split by level, gives each level a random queue.
+  queues: dict[int, collections.deque] = {lvl: collections.deque() for lvl in active}
+  for i in rng.permutation(len(sizes)).tolist():
+    if sizes[i] > 0 and i not in taken and levels[i] in queues:
+      queues[levels[i]].append(i)
+
+  def front(lvl: int) -> int:
+    """The level's next unit that still fits (-1 if none); a unit too big now stays so."""
+    queue = queues[lvl]
+    while queue and sizes[queue[0]] > budget - used:
+      queue.popleft()
+    return queue[0] if queue else -1
+
+  def take(lvl: int) -> None:
+    nonlocal used
+    i = queues[lvl].popleft()
+    chosen.append(i)
+    used += sizes[i]
+    level_used[lvl] += sizes[i]
+
+  # Phase 1, each level up to its share: the level furthest below its share (relative
+  # to the share) goes next. A unit larger than the level's remaining shortfall d is
+  # taken with probability d / size (randomized rounding: in expectation the level gets
+  # exactly its share), otherwise the level stops.
+  tie_break = rng.random(3).tolist()
+  open_levels = [lvl for lvl in active if quota[lvl] > 0]
+  while open_levels:
+    fitting = [lvl for lvl in open_levels if front(lvl) >= 0]
+    if not fitting:
+      break
+    lvl = max(fitting, key=lambda l: ((quota[l] - level_used[l]) / quota[l], tie_break[l]))
+    size, shortfall = sizes[queues[lvl][0]], quota[lvl] - level_used[lvl]
+    if size <= shortfall or (shortfall > 0 and rng.random() * size < shortfall):
+      take(lvl)
+    else:
+      open_levels.remove(lvl)
+  # Phase 2, rounding leftovers: fill the budget, drawing levels in proportion to share.
+  while used < budget:
+    fitting = [lvl for lvl in active if front(lvl) >= 0]
+    if not fitting:
+      break
+    mass = [quota[lvl] for lvl in fitting]
+    pick = rng.random() * sum(mass)
+    lvl = fitting[-1]
+    for candidate, m in zip(fitting, mass):
+      if pick < m:
+        lvl = candidate
+        break
+      pick -= m
+    take(lvl)
+  if not chosen:
+    # Every unit is larger than the budget: mask one of the smallest rather than nothing.
+    candidates = [i for i, lvl in enumerate(levels) if sizes[i] > 0 and lvl in active]
+    smallest = min(sizes[i] for i in candidates)
+    candidates = [i for i in candidates if sizes[i] == smallest]
+    chosen.append(candidates[int(rng.integers(len(candidates)))])
+  return sorted(chosen)
+
+
+def mask_units(token_ids: Sequence[int] | np.ndarray,
+               units: Sequence[Sequence[int]] | np.ndarray,
+               rng: np.random.Generator,
+               budget_ratio: float = 0.15,
+               level_weights: Sequence[float] = (0.4, 0.3, 0.3),
+               *,
+               vocab: Any,
+               preferred: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Masks whole units; returns (inputs int32, targets int32, weights float32).
+
+  token_ids must lie in [0, vocab.vocab_size). Units are (start, end, level) piece ranges,
+  non-overlapping, level TOKEN/PHRASE/ENTITY; pieces outside every unit are never masked.
+  Maskable pieces are those whose id is not special (`vocab.special_ids`: pad, eos,
+  unk, [CLS], [SEP], [MASK]); a unit's size is its number of maskable pieces.
+
+  Budget: B = ceil(budget_ratio * maskable pieces in the sequence). Units are chosen
+  whole until no remaining unit fits, and the masked pieces never exceed B, with one
+  exception: when every unit is larger than B, one smallest unit is masked anyway, so a
+  sequence with a maskable piece never goes without a target.
+
+  `level_weights` (token, phrase, entity) split B among the levels: each level takes
+  its units in a random order up to its share of B, where the unit that would cross the
+  share is taken with the probability that keeps the expected amount on the share; what
+  rounding leaves of B is then filled from levels drawn in proportion to their share.
+  Levels with no units give their share to the others; weight-0 levels are used only
+  when no positive-weight level has units. `preferred` (unit indices) are tried first.
+
+  Each chosen unit, as a whole: with prob. 0.8 every piece becomes [MASK]; 0.1 every piece
+  becomes a random non-special id (one draw per piece); 0.1 stays unchanged. targets hold
+  the original id at every chosen maskable piece (0 elsewhere), weights 1.0 there.
+  """
+  ids = np.array(token_ids, dtype=np.int32).reshape(-1)
+  info = vocab_ids(vocab)
+  n = len(ids)
+  if not 0.0 < budget_ratio <= 1.0:
+    raise ValueError(f"budget_ratio must be in (0, 1], got {budget_ratio}")
+  level_share = normalize_level_weights(tuple(float(w) for w in level_weights))
+  if n and (ids.min() < 0 or ids.max() >= info.vocab_size):
+    raise ValueError(f"token ids must lie in [0, {info.vocab_size})")
+  maskable = ~id_tables(info.vocab_size, info.special_ids)[0][ids]
+  table = np.asarray(units, np.int64).reshape(-1, 3)
+  if len(table):
+    start, end, level = table[:, 0], table[:, 1], table[:, 2]
+    order = np.argsort(start, kind="stable")
+    if (start < 0).any() or (end > n).any() or (start >= end).any() or \
+        (end[order][:-1] > start[order][1:]).any() or ((level < 0) | (level > 2)).any():
+      raise ValueError("units must be non-empty, non-overlapping (start, end, level) piece "
+                       f"ranges within {n} pieces with level 0, 1 or 2")
+  return mask_units_unchecked(ids, maskable, table, rng, budget_ratio, level_share, info,
+                              preferred)
+
+
+def mask_units_unchecked(ids: np.ndarray, maskable: np.ndarray, table: np.ndarray,
+                         rng: np.random.Generator, budget_ratio: float,
+                         level_share: Sequence[float], info: VocabIds,
+                         preferred: Sequence[int] = ()
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`mask_units` without its input checks, for callers that build valid units.
+
+  `maskable` is the per-piece bool mask, `table` int[u, 3] units, `level_share` the
+  normalized level weights.
+  """
+  n = len(ids)
+  inputs, targets = ids.copy(), np.zeros(n, np.int32)
+  weights = np.zeros(n, np.float32)
+  cumulative = np.concatenate([[0], np.cumsum(maskable)])
+  num_maskable = int(cumulative[-1])
+  if num_maskable == 0 or not len(table):
+    return inputs, targets, weights
+  budget = mask_budget(num_maskable, budget_ratio)
+  sizes = (cumulative[table[:, 1]] - cumulative[table[:, 0]]).tolist()
+  chosen = _choose_units(sizes, table[:, 2].tolist(), rng, budget, level_share, preferred)
+
+  unit_of_piece = np.full(n, -1, np.int64)
+  for k, i in enumerate(chosen):
+    unit_of_piece[table[i, 0]:table[i, 1]] = k
+  positions = np.flatnonzero((unit_of_piece >= 0) & maskable)
+  draw = rng.random(len(chosen))[unit_of_piece[positions]]
+  targets[positions] = ids[positions]
+  weights[positions] = 1.0
+  inputs[positions[draw < MASK_PROB]] = info.mask_id
+  random_positions = positions[(draw >= MASK_PROB) & (draw < MASK_PROB + RANDOM_PROB)]
+  replacements = id_tables(info.vocab_size, info.special_ids)[1]
+  inputs[random_positions] = replacements[rng.integers(len(replacements),
+                                                       size=len(random_positions))]
+  return inputs, targets, weights
+
+
+class PreprocessStats:
+  """Thread-safe counters a preprocessor fills in (documents, truncations, ...)."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._counts: collections.Counter[str] = collections.Counter()
+
+  def add(self, **counts: int) -> None:
+    with self._lock:
+      self._counts.update(counts)
+
+  def __getitem__(self, key: str) -> int:
+    with self._lock:
+      return self._counts[key]
+
+  def as_dict(self) -> dict[str, int]:
+    with self._lock:
+      return dict(self._counts)
+
+
+def resolve_sequence_length(sequence_length: int | Mapping[str, int]) -> int:
+  """An int, or seqio's {feature: length} mapping (its "tokens" entry)."""
+  if isinstance(sequence_length, Mapping):
+    if "tokens" in sequence_length:
+      sequence_length = sequence_length["tokens"]
+    elif len(set(sequence_length.values())) == 1:
+      sequence_length = next(iter(sequence_length.values()))
+    else:
+      raise ValueError(f"sequence_length {dict(sequence_length)!r} has no 'tokens' entry")
+  if isinstance(sequence_length, bool) or int(sequence_length) != sequence_length:
+    raise ValueError(f"sequence_length must be an integer, got {sequence_length!r}")
+  return int(sequence_length)
+
+
+def example_rng(seed: int | None, index: int, data: bytes) -> np.random.Generator:
+  """The RNG of one example: a pure function of (seed, running index, CRC-32 of data)."""
+  seed = 0 if seed is None else int(seed)
+  return np.random.default_rng([seed % 2**64, int(index) % 2**64, zlib.crc32(data)])
+
+
+class KnowledgeMasker:
+  """Cuts a document into passages and masks each one; the per-document work of KMLM."""
+
+  def __init__(self, vocab: Any, matcher: Any, sequence_length: int,
+               level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15):
+    if sequence_length < 3:
+      raise ValueError(f"sequence_length={sequence_length} leaves no room for a passage "
+                       "between [CLS] and [SEP]; use at least 3")
+    if not 0.0 < mask_ratio <= 1.0:
+      raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
+    self.level_share = normalize_level_weights(tuple(float(w) for w in level_weights))
+    self.vocab, self.matcher = vocab, matcher
+    self.info = vocab_ids(vocab)
+    self.cls_id, self.sep_id = int(vocab.cls_id), int(vocab.sep_id)
+    self.sequence_length = sequence_length
+    self.mask_ratio = mask_ratio
+
+  def passages(self, seg: Segmentation,
+               stats: PreprocessStats | None = None) -> list[tuple[int, int]]:
+    """Piece ranges of at most sequence_length - 2 pieces, cut at sentence starts when a
+    sentence fits, else at a unit start, else anywhere."""
+    n, limit = len(seg.ids), self.sequence_length - 2
+    unit_starts = seg.units[:, 0]
+    out, a = [], 0
+    mid_sentence = hard = 0
+    while a < n:
+      b = a + limit
+      if b < n:
+        s = seg.sentence_starts[np.searchsorted(seg.sentence_starts, b, "right") - 1]
+        if s > a:
+          b = int(s)
+        else:
+          u = unit_starts[np.searchsorted(unit_starts, b, "right") - 1]
+          if u > a:
+            b, mid_sentence = int(u), mid_sentence + 1
+          else:
+            hard += 1
+      else:
+        b = n
+      out.append((a, b))
+      a = b
+    if stats is not None:
+      stats.add(mid_sentence_splits=mid_sentence, mid_unit_splits=hard)
+    return out
+
+  def document_arrays(self, text: str, rng: np.random.Generator,
+                      stats: PreprocessStats | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens int32[P, L], mlm_targets int32[P, L], mlm_weights float32[P, L]).
+
+    P is 0 for a document without pieces.
+    """
+    seg = segment(text, self.vocab, matcher=self.matcher)
+    ranges = self.passages(seg, stats)
+    length = self.sequence_length
+    tokens = np.zeros((len(ranges), length), np.int32)
+    targets = np.zeros((len(ranges), length), np.int32)
+    weights = np.zeros((len(ranges), length), np.float32)
+    unit_starts = seg.units[:, 0]
+    maskable = ~id_tables(self.info.vocab_size, self.info.special_ids)[0][seg.ids]
+    for row, (a, b) in enumerate(ranges):
+      lo = int(np.searchsorted(unit_starts, a, "right")) - 1
+      hi = int(np.searchsorted(unit_starts, b, "left"))
+      units = seg.units[max(lo, 0):hi].copy()
+      units[:, :2] = np.clip(units[:, :2], a, b) - a
+      units = units[units[:, 0] < units[:, 1]]
+      inputs, tgt, wgt = mask_units_unchecked(seg.ids[a:b], maskable[a:b], units, rng,
+                                              self.mask_ratio, self.level_share, self.info)
+      tokens[row, 0] = self.cls_id
+      tokens[row, 1:b - a + 1] = inputs
+      tokens[row, b - a + 1] = self.sep_id
+      targets[row, 1:b - a + 1] = tgt
+      weights[row, 1:b - a + 1] = wgt
+    if stats is not None:
+      stats.add(documents=1, empty_documents=int(not ranges), passages=len(ranges),
+                masked_pieces=int(weights.sum()))
+    return tokens, targets, weights
+
+
+def check_features(dataset: tf.data.Dataset, required: Sequence[str], fn_name: str) -> None:
+  """Fails early, naming the features, when examples lack one `fn_name` reads."""
+  spec = dataset.element_spec
+  if not isinstance(spec, Mapping) or any(k not in spec for k in required):
+    have = sorted(spec) if isinstance(spec, Mapping) else type(spec).__name__
+    raise ValueError(f"{fn_name} needs examples with features {list(required)}, got {have}")
+
+
+def mlm_features(tokens: tf.Tensor, segment_ids: tf.Tensor, targets: tf.Tensor,
+                 weights: tf.Tensor, task_id: int) -> dict[str, tf.Tensor]:
+  """The shared output features of a batch of rows [P, L] (before unbatching)."""
+  rows = tf.shape(tokens)[0]
+  return {"tokens": tokens, "segment_ids": segment_ids, "mlm_targets": targets,
+          "mlm_weights": weights, "label": tf.zeros([rows], tf.int32),
+          "label_weight": tf.zeros([rows], tf.float32),
+          "task_id": tf.fill([rows], tf.constant(task_id, tf.int32))}
+
+
+def knowledge_masked_lm(dataset: tf.data.Dataset,
+                        seed: int | None = None,
+                        *,
+                        vocab: Any,
+                        matcher: Any,
+                        sequence_length: int | Mapping[str, int],
+                        level_weights: Sequence[float] = (0.4, 0.3, 0.3),
+                        mask_ratio: float = 0.15,
+                        task_id: int = 0,
+                        stats: PreprocessStats | None = None) -> tf.data.Dataset:
+  """Documents {"text": string} -> knowledge-masked passages of `sequence_length` pieces.
+
+  Each document is cut into passages of at most L-2 pieces (at sentence ends where a
+  sentence fits) and each passage becomes one example:
+    tokens int32[L]        [CLS] passage [SEP], then 0-padding (masked pieces replaced)
+    segment_ids int32[L]   zeros
+    mlm_targets int32[L]   original ids at masked pieces, 0 elsewhere
+    mlm_weights float32[L] 1.0 at masked pieces
+    label int32[], label_weight float32[] (0, 0.0), task_id int32[]
+  Documents without pieces yield nothing (counted in `stats` as empty_documents).
+  The output is a pure function of (input dataset, seed): document i is masked with
+  `example_rng(seed, i, text)`; seed None means 0. level_weights are (token, phrase,
+  entity) shares of the ~mask_ratio budget (see `mask_units`).
+  """
+  check_features(dataset, ["text"], "knowledge_masked_lm")
+  length = resolve_sequence_length(sequence_length)
+  masker = KnowledgeMasker(vocab, matcher, length, level_weights, mask_ratio)
+  base_seed = 0 if seed is None else int(seed)
+
+  def build(index: np.ndarray, text: bytes) -> tuple[np.ndarray, ...]:
+    rng = example_rng(base_seed, int(index), text)
+    return masker.document_arrays(text.decode("utf-8", "replace"), rng, stats)
+
+  def to_rows(index: tf.Tensor, example: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    tokens, targets, weights = tf.numpy_function(
+        build, [index, example["text"]], (tf.int32, tf.int32, tf.float32), stateful=False)
+    for t in (tokens, targets, weights):
+      t.set_shape([None, length])
+    return mlm_features(tokens, tf.zeros_like(tokens), targets, weights, task_id)
+
+  return dataset.enumerate().map(to_rows).unbatch()

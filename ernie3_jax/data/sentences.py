@@ -1,0 +1,82 @@
+"""A small sentence splitter and sentence-level tokenisation for the structure-aware tasks.
+
+Rules (deliberately simple; abbreviations such as "Dr." are not special-cased):
+* Paragraphs are separated by a blank line (a line holding only whitespace); "\\r\\n", "\\r"
+  and U+2029 PARAGRAPH SEPARATOR are normalised first.
+* A sentence ends after a run of terminators (. ! ? U+2026) plus any closing quotes or
+  brackets, when whitespace follows; after the CJK full-width terminators (U+3002, U+FF01,
+  U+FF1F, U+FF0E) no whitespace is needed. Text without a terminator is one sentence.
+* Sentences keep their terminator, lose surrounding whitespace, and are never empty.
+
+The splitter works on any Python string (including empty text and arbitrary unicode).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+_CLOSERS = "\"'\u2019\u201d\u00bb\u300d\u300f\uff09)\\]}"
+_SENTENCE_END = re.compile(
+    rf"[.!?\u2026]+[{_CLOSERS}]*(?=\s)|[\u3002\uff01\uff1f\uff0e]+[{_CLOSERS}]*")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+
+
+def split_paragraphs(text: str) -> list[str]:
+  """Non-empty, stripped paragraphs of `text`, in order."""
+  text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2029", "\n\n")
+  return [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
+
+
+def _split_paragraph(paragraph: str) -> list[str]:
+  sentences, start = [], 0
+  for match in _SENTENCE_END.finditer(paragraph):
+    sentence = paragraph[start:match.end()].strip()
+    if sentence:
+      sentences.append(sentence)
+    start = match.end()
+  tail = paragraph[start:].strip()
+  if tail:
+    sentences.append(tail)
+  return sentences
+
+
+def split_sentences(text: str) -> list[str]:
+  """All sentences of `text`; paragraph breaks are also sentence breaks."""
+  return [s for p in split_paragraphs(text) for s in _split_paragraph(p)]
+
+
+def split_document(text: str) -> list[list[str]]:
+  """Paragraphs of sentences; every paragraph has at least one sentence."""
+  return [_split_paragraph(p) for p in split_paragraphs(text)]
+
+
+def encode_document(tokenizer, text: str, special_ids: Sequence[int] = (),
+                    replacement_id: int = 2) -> list[list[list[int]]]:
+  """Paragraphs -> sentences -> SentencePiece ids.
+
+  Sentences that encode to nothing (e.g. only zero-width characters) are dropped, and so
+  are paragraphs left empty. Text that literally spells a user-defined piece ("[SEP]")
+  would encode to that piece's id and corrupt the layout of an example, so ids listed in
+  `special_ids` are replaced by `replacement_id` (UNK by default).
+  """
+  paragraphs = split_document(text)
+  flat = [s for p in paragraphs for s in p]
+  if not flat:
+    return []
+  encoded = tokenizer.encode(flat)
+  special = set(special_ids)
+  out, i = [], 0
+  for paragraph in paragraphs:
+    sentences = []
+    for sentence in paragraph:
+      ids = encoded[i]
+      # Only text containing "[" can spell a special piece; skip the scan otherwise.
+      if special and "[" in flat[i]:
+        ids = [replacement_id if t in special else t for t in ids]
+      i += 1
+      if ids:
+        sentences.append(ids)
+    if sentences:
+      out.append(sentences)
+  return out
