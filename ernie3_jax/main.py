@@ -83,8 +83,29 @@ def main(argv):
   runs.run(_RUN_MODE.value, model_dir)
 
 
+def _main_and_exit(argv):
+  """Runs main, then leaves without interpreter teardown.
+
+  Checkpoints are closed and output flushed by then; TensorFlow's input-pipeline
+  threads can otherwise hang or abort the interpreter's shutdown.
+  """
+  code = 0
+  try:
+    main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, (app.UsageError,)):
+      raise
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    code = 1
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def cli():
-  app.run(main, argv=rewrite_gin_args(sys.argv))
+  app.run(_main_and_exit, argv=rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

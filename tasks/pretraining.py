@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 
 import gin
+
+from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio
 
 from ernie3_jax.data import data_config as dc

@@ -100,3 +100,19 @@ def test_rows_of_other_tasks_never_poison_a_loss():
   assert all(np.isfinite(float(v)) for v in sums.values())
   assert float(sums["sentence_distance/loss_sum"]) == pytest.approx(np.log(3), rel=1e-5)
   assert float(sums["sentence_reordering/loss_sum"]) == pytest.approx(np.log(9), rel=1e-5)
+
+
+def test_init_from_restores_parameters_only(tmp_path):
+  pre = tt.run(tmp_path / "pre", 3)
+  # A fine-tuning-like model: same backbone plus a fresh classification head.
+  fine = tt.run(tmp_path / "fine", 0, extra_bindings=["Ernie3Config.num_labels=3"],
+                init_from=str(tmp_path / "pre"))
+  assert fine.resumed_from is None
+  src, dst = tt.params_of(pre), tt.params_of(fine)
+  np.testing.assert_array_equal(dst["universal"]["layers"]["ffn"]["wi"]["kernel"],
+                                src["universal"]["layers"]["ffn"]["wi"]["kernel"])
+  assert "classifier" in dst and "classifier" not in src
+  assert int(jax.device_get(fine.state.opt_state[1][0].count)) == 0  # fresh optimizer
+  with pytest.raises(ValueError, match=r"\['embedder'\]\['token'\]\['embedding'\].*shape"):
+    tt.run(tmp_path / "bad", 0, extra_bindings=["Ernie3Config.vocab_size=128"],
+           init_from=str(tmp_path / "pre"))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+
 import seqio
 
 from ernie3_jax.data.corpus_readers import EMBEDDED_DIR

@@ -72,9 +72,16 @@ def resolve_mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> t
 
 @gin.configurable
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh over `devices` (default: all devices)."""
+              devices: Sequence[jax.Device] | None = None,
+              num_devices: int | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all devices, or the
+  first `num_devices` of them)."""
   devices = list(jax.devices() if devices is None else devices)
+  if num_devices is not None:
+    if not 0 < num_devices <= len(devices):
+      raise ValueError(f"make_mesh.num_devices={num_devices}, but {len(devices)} devices "
+                       "are available")
+    devices = devices[:num_devices]
   shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
   try:
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top

@@ -58,3 +58,58 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def latest_checkpoint_dir(path: str) -> tuple[str, int]:
+  """(directory of the latest complete checkpoint's state item, its step) under `path`,
+  which is a MODEL_DIR or its checkpoints/ directory."""
+  root = os.path.join(path, "checkpoints") if os.path.isdir(
+      os.path.join(path, "checkpoints")) else path
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+  manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=("state", "data"))
+  step = manager.latest_step()
+  manager.close()
+  if step is None:
+    raise FileNotFoundError(f"{root!r} holds no complete checkpoint")
+  return os.path.join(root, str(step), "state"), step
+
+
+def restore_params_into(params: Any, shardings: Any, source: str) -> tuple[Any, dict]:
+  """Copies the parameters of `source`'s latest checkpoint into `params`.
+
+  Only parameters are read (not optimizer state or memory). A parameter present in
+  both must have the same shape (else an error names it); parameters only in
+  `params` (e.g. fresh fine-tuning heads) keep their initial values; both kinds
+  are counted in the returned report.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  path, step = latest_checkpoint_dir(source)
+  ckptr = ocp.PyTreeCheckpointer()
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  meta = getattr(meta, "tree", meta)
+  only = {"params": meta["params"]}
+  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), only)
+  loaded = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+      item=only, restore_args=args, partial_restore=True))["params"]
+  flat_src = {jax.tree_util.keystr(k): v for k, v in
+              jax.tree_util.tree_flatten_with_path(loaded)[0]}
+  restored, fresh = [], []
+
+  def take(key_path, target, sharding):
+    key = jax.tree_util.keystr(key_path)
+    if key not in flat_src:
+      fresh.append(key)
+      return target
+    value = flat_src[key]
+    if value.shape != target.shape:
+      raise ValueError(f"parameter {key} has shape {value.shape} in the checkpoint of step "
+                       f"{step} at {source!r} but {target.shape} in this model")
+    restored.append(key)
+    return jax.device_put(value.astype(target.dtype), sharding)
+
+  new = jax.tree_util.tree_map_with_path(take, params, shardings)
+  unused = sorted(set(flat_src) - set(restored))
+  return new, {"step": step, "restored": len(restored), "fresh": fresh, "unused": unused}

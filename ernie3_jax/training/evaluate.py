@@ -88,6 +88,8 @@ def evaluate(model_dir: str, *, input_builder: Callable = gin.REQUIRED, num_batc
         totals[k] = totals.get(k, 0.0) + float(v)
       for k, v in jax.device_get(weights).items():
         totals[f"{k}/weight"] = totals.get(f"{k}/weight", 0.0) + float(v)
+  if hasattr(data, "close"):
+    data.close()
   metrics = {"step": float(step)}
   for key in [k for k in totals if k.endswith("/weight")]:
     name = key.split("/")[0]

@@ -93,17 +93,19 @@ def train(model_dir: str, *,
           seed: int = 0,
           num_microbatches: int = 1,
           task_weights: dict[str, float] | None = None,
-          progressive: ProgressiveSchedule = ProgressiveSchedule(),
+          progressive: ProgressiveSchedule | None = None,
           log_every: int = 10,
           checkpoint_every: int = 100,
           keep_checkpoints: int = 3,
           async_checkpoints: bool = True,
           on_nonfinite: str = "skip",
           mesh_fn: Callable = mesh_lib.make_mesh,
+          init_from: str | None = None,
           progress_bar: bool | None = None) -> TrainResult:
   """Pre-trains (or resumes pre-training of) an ERNIE 3.0 model in `model_dir`."""
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
+  progressive = progressive or ProgressiveSchedule()
   cfg = Ernie3Config()
   model = Ernie3(cfg)
   mesh = mesh_fn()
@@ -134,6 +136,15 @@ def train(model_dir: str, *,
   else:
     state, shardings, abstract = partitioning.create_train_state(
         model, tx, mesh, rules, nlg_batch_size, seed)
+    if init_from:
+      # Parameters only (e.g. fine-tuning from pre-training): fresh optimizer,
+      # memory and data position.
+      params, report = checkpointing.restore_params_into(state.params, shardings.params,
+                                                         init_from)
+      state = state.replace(params=params)
+      print(f"initialised {report['restored']} parameters from step {report['step']} of "
+            f"{init_from}; {len(report['fresh'])} new {report['fresh'][:5]}, "
+            f"{len(report['unused'])} unused {report['unused'][:5]}", flush=True)
 
   rows = partitioning.batch_sharding(mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -199,6 +210,8 @@ def train(model_dir: str, *,
   if stopped_by == "num_steps":
     ckpt.save(step, state, data.state(), force=True)
   ckpt.close()
+  if hasattr(data, "close"):
+    data.close()
   writer.flush()
   if bar is not None:
     bar.close()
