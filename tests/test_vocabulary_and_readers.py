@@ -64,3 +64,35 @@ def test_plain_text_documents_split_on_blank_lines(tmp_path):
   docs = list(corpus_readers.read_documents(str(path)))
   assert [d.text for d in docs] == ["first doc para one\n\nfirst doc para two", "second doc"]
   assert docs[1].source.endswith("d.txt:5")
+
+
+def test_tfrecord_corpus(tmp_path):
+  from ernie3_jax.tf_runtime import tf
+  path = tmp_path / "docs.tfrecord"
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for title, text in (("A", "first text"), ("B", "second text")):
+      ex = tf.train.Example(features=tf.train.Features(feature={
+          "title": tf.train.Feature(bytes_list=tf.train.BytesList(value=[title.encode()])),
+          "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[text.encode()]))}))
+      writer.write(ex.SerializeToString())
+  docs = list(corpus_readers.read_documents(str(path)))
+  assert [(d.title, d.text) for d in docs] == [("A", "first text"), ("B", "second text")]
+  bad = tmp_path / "bad.tfrecord"
+  with tf.io.TFRecordWriter(str(bad)) as writer:
+    writer.write(tf.train.Example().SerializeToString())
+  with pytest.raises(corpus_readers.CorpusError, match=r"bad.tfrecord: record 0 has no"):
+    list(corpus_readers.read_documents(str(bad)))
+
+
+def test_tfds_corpus_reads_prepared_data():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=3, as_dataset_fn=lambda *a, **kw: _mock_text()):
+    docs = list(corpus_readers.read_documents("tfds:wikipedia/20230601.en:train"))
+  assert [d.text for d in docs] == ["doc 0", "doc 1", "doc 2"]
+  assert docs[0].title == "t0" and docs[2].source == "tfds:wikipedia/20230601.en:train#2"
+
+
+def _mock_text():
+  from ernie3_jax.tf_runtime import tf
+  return tf.data.Dataset.from_tensor_slices(
+      {"title": [f"t{i}" for i in range(3)], "text": [f"doc {i}" for i in range(3)]})

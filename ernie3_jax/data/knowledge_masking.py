@@ -32,6 +32,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ernie3_jax.data.sentences import sentence_spans
 from ernie3_jax.tf_runtime import tf
 
 TOKEN, PHRASE, ENTITY = 0, 1, 2
@@ -51,43 +52,12 @@ through against within along across around because though although
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*|\S")
 # A sentence ends at . ! ? (plus closing quotes/brackets) before whitespace, or at a newline.
-_SENTENCE_BREAK = re.compile(r"([.!?]+[\"')\]\u2019\u201d\u00bb]*)(\s+)|\s*\n\s*")
 
 
 class Unit(NamedTuple):
   start: int  # piece indices, end exclusive
   end: int
   level: int  # TOKEN, PHRASE or ENTITY
-
-
-def split_sentences(text: str) -> list[tuple[int, int]]:
-  """Character spans of sentences (whitespace trimmed, empty ones dropped).
-
-  Breaks after . ! ? followed by whitespace, unless the next word starts lowercase
-  ("e.g. this"), and at every newline.
-  """
-  spans = []
-
-  def add(start: int, end: int) -> None:
-    while start < end and text[start].isspace():
-      start += 1
-    while end > start and text[end - 1].isspace():
-      end -= 1
-    if start < end:
-      spans.append((start, end))
-
-  start = 0
-  for m in _SENTENCE_BREAK.finditer(text):
-    if m.group(1) is not None:
-      if "\n" not in m.group(2) and m.end() < len(text) and text[m.end()].islower():
-        continue
-      end = m.end(1)
-    else:
-      end = m.start()
-    add(start, end)
-    start = m.end()
-  add(start, len(text))
-  return spans
 
 
 _OFFSET_MAPPING_SUPPORT: dict[type, bool] = {}
@@ -196,7 +166,7 @@ def segment(text: str, vocab: Any, *, matcher: Any = None,
     src = np.where(nxt < n, nxt, prv)
     anchor = first[src]
 
-  sentences = split_sentences(text)
+  sentences = sentence_spans(text)
   sentence_begin = np.asarray([s for s, _ in sentences] or [0], np.int64)
   word_sentence = np.maximum(np.searchsorted(sentence_begin, word_span[:, 0], "right") - 1, 0)
 

@@ -19,31 +19,62 @@ from typing import Sequence
 _CLOSERS = "\"'\u2019\u201d\u00bb\u300d\u300f\uff09)\\]}"
 _SENTENCE_END = re.compile(
     rf"[.!?\u2026]+[{_CLOSERS}]*(?=\s)|[\u3002\uff01\uff1f\uff0e]+[{_CLOSERS}]*")
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# A blank line (two line breaks with only horizontal space between) or U+2029.
+_PARAGRAPH_BREAK = re.compile(r"(?:\r\n|\r|\n)[^\S\r\n]*(?:\r\n|\r|\n)\s*|\u2029\s*")
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int] | None:
+  while start < end and text[start].isspace():
+    start += 1
+  while end > start and text[end - 1].isspace():
+    end -= 1
+  return (start, end) if start < end else None
+
+
+def paragraph_spans(text: str) -> list[tuple[int, int]]:
+  """Character spans of the non-empty paragraphs of `text` (whitespace trimmed)."""
+  spans, start = [], 0
+  for match in _PARAGRAPH_BREAK.finditer(text):
+    span = _trimmed(text, start, match.start())
+    if span:
+      spans.append(span)
+    start = match.end()
+  span = _trimmed(text, start, len(text))
+  return spans + [span] if span else spans
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+  """Character spans of every sentence of `text`, in order, into the original text.
+
+  Tasks that need offsets (entity masking, UKTP alignment) use the spans; the others
+  use `split_sentences`, which returns the same sentences as strings.
+  """
+  spans = []
+  for p_start, p_end in paragraph_spans(text):
+    start = p_start
+    for match in _SENTENCE_END.finditer(text, p_start, p_end):
+      span = _trimmed(text, start, match.end())
+      if span:
+        spans.append(span)
+      start = match.end()
+    span = _trimmed(text, start, p_end)
+    if span:
+      spans.append(span)
+  return spans
 
 
 def split_paragraphs(text: str) -> list[str]:
   """Non-empty, stripped paragraphs of `text`, in order."""
-  text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2029", "\n\n")
-  return [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
+  return [text[s:e] for s, e in paragraph_spans(text)]
 
 
 def _split_paragraph(paragraph: str) -> list[str]:
-  sentences, start = [], 0
-  for match in _SENTENCE_END.finditer(paragraph):
-    sentence = paragraph[start:match.end()].strip()
-    if sentence:
-      sentences.append(sentence)
-    start = match.end()
-  tail = paragraph[start:].strip()
-  if tail:
-    sentences.append(tail)
-  return sentences
+  return [paragraph[s:e] for s, e in sentence_spans(paragraph)]
 
 
 def split_sentences(text: str) -> list[str]:
   """All sentences of `text`; paragraph breaks are also sentence breaks."""
-  return [s for p in split_paragraphs(text) for s in _split_paragraph(p)]
+  return [text[s:e] for s, e in sentence_spans(text)]
 
 
 def split_document(text: str) -> list[list[str]]:

@@ -24,6 +24,7 @@ from absl import logging
 from ernie3_jax.data import knowledge_masking as km
 from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
+from ernie3_jax.data.sentences import sentence_spans
 from ernie3_jax.tf_runtime import tf
 
 # [CLS], one piece each of head, relation and tail, [SEP], one sentence piece, [SEP].
@@ -109,7 +110,7 @@ def align_triples(documents: Iterable[Any], kg: KnowledgeGraph,
     if entity is not None:
       article_of.setdefault(entity, d)
     begin = len(sentences)
-    for start, end in km.split_sentences(doc.text):
+    for start, end in sentence_spans(doc.text):
       sid = len(sentences)
       sentence = doc.text[start:end]
       mentions = matcher.find(sentence)
