@@ -14,3 +14,22 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
+
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def vocab():
+  """The shipped SentencePiece vocabulary."""
+  from ernie3_jax.data.vocabulary import Vocabulary
+  return Vocabulary()
+
+
+@pytest.fixture(scope="session")
+def texts():
+  """The first 120 articles of the embedded corpus."""
+  from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
+  return [d.text for d in itertools.islice(read_documents(EMBEDDED_CORPUS), 120)]

@@ -16,14 +16,6 @@ from ernie3_jax.tf_runtime import tf
 L = 128
 
 
-@pytest.fixture(scope="module")
-def vocab():
-  return Vocabulary()
-
-
-@pytest.fixture(scope="module")
-def texts():
-  return [d.text for d in itertools.islice(read_documents(EMBEDDED_CORPUS), 120)]
 
 
 @pytest.fixture(scope="module")

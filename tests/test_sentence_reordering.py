@@ -17,14 +17,6 @@ from ernie3_jax.tf_runtime import tf
 L = 128
 
 
-@pytest.fixture(scope="module")
-def vocab():
-  return Vocabulary()
-
-
-@pytest.fixture(scope="module")
-def texts():
-  return [d.text for d in itertools.islice(read_documents(EMBEDDED_CORPUS), 120)]
 
 
 def _dataset(texts):
