@@ -116,3 +116,12 @@ def test_init_from_restores_parameters_only(tmp_path):
   with pytest.raises(ValueError, match=r"\['embedder'\]\['token'\]\['embedding'\].*shape"):
     tt.run(tmp_path / "bad", 0, extra_bindings=["Ernie3Config.vocab_size=128"],
            init_from=str(tmp_path / "pre"))
+
+
+def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
+  result = tt.run(tmp_path / "bf16", 3, extra_bindings=["Ernie3Config.dtype='bfloat16'"],
+                  log_every=3, checkpoint_every=0)
+  leaves = jax.tree_util.tree_leaves(result.state.params)
+  assert all(x.dtype == np.float32 for x in leaves)
+  assert result.state.memory["universal"].dtype == jax.numpy.bfloat16
+  assert np.isfinite(result.history[-1]["loss"])
