@@ -33,3 +33,12 @@ def texts():
   """The first 120 articles of the embedded corpus."""
   from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
   return [d.text for d in itertools.islice(read_documents(EMBEDDED_CORPUS), 120)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+  """Gin bindings are process-global: no test may leak them into the next one."""
+  import gin
+  gin.clear_config()
+  yield
+  gin.clear_config()
