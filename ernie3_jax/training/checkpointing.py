@@ -31,9 +31,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
-
   def save(self, step: int, state: Any, data_state: dict, force: bool = False) -> bool:
     """Saves when `step` is a multiple of save_every (or `force`). Returns whether it did."""
     if not force and (self.save_every <= 0 or step % self.save_every):
