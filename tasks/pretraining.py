@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 
-import gin
 
 from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio

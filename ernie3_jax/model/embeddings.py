@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from ernie3_jax.model import layers
 from ernie3_jax.model.config import Ernie3Config

@@ -9,7 +9,6 @@ writes /tmp/spm.model and /tmp/spm.vocab (pad=0, eos=1, unk=2, then [CLS], [SEP]
 
 from __future__ import annotations
 
-import io
 import os
 
 from absl import app

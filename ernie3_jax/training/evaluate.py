@@ -7,13 +7,11 @@ across those batches as in training.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from ernie3_jax.model import Ernie3, Ernie3Config, init_memory
 from ernie3_jax.parallel import mesh as mesh_lib
