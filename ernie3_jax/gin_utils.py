@@ -7,7 +7,10 @@ are looked up in the given search paths, then the repository root.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
+import re
 from typing import Sequence
 
 import gin
@@ -35,7 +38,64 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
           f"--gin_file={f!r} not found (looked in the working directory and in "
           f"{list(search_paths) + [REPO_ROOT, GIN_CONFIG_DIR]})")
     resolved.append(found)
-  gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+  try:
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
+  except ValueError as e:
+    hint = _suggestion_for(str(e))
+    if hint is None:
+      raise
+    raise GinConfigError(f"{e}\n{hint}") from None
+
+
+class GinConfigError(ValueError):
+  """A gin binding names no configurable or no parameter; says what was probably meant."""
+
+
+def _configurables() -> dict[str, object]:
+  """{short name and full selector: Configurable} of everything registered so far."""
+  # gin keeps its registry private; it is the only place that lists the names.
+  registry = getattr(gin.config, "_REGISTRY", None)
+  out = {}
+  for selector, configurable in (registry.items() if registry is not None else ()):
+    if selector.startswith("gin."):
+      continue
+    out[selector] = configurable
+    out.setdefault(selector.rsplit(".", 1)[-1], configurable)
+  return out
+
+
+def _parameters(configurable) -> list[str]:
+  """Names `configurable` accepts as gin bindings (allow/denylists applied)."""
+  fn = configurable.wrapped
+  fn = fn.__init__ if inspect.isclass(fn) else fn
+  try:
+    names = [n for n, p in inspect.signature(fn).parameters.items()
+             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  except (TypeError, ValueError):
+    return []
+  if configurable.allowlist:
+    names = [n for n in names if n in configurable.allowlist]
+  return [n for n in names if n not in (configurable.denylist or ())]
+
+
+def _suggestion_for(message: str) -> str | None:
+  """A 'did you mean' line for gin's unknown-configurable/parameter errors, else None."""
+  known = _configurables()
+  m = re.search(r"No configurable matching (?:reference )?'@?([\w.]+)", message)
+  if m:
+    selector = m.group(1)
+    close = difflib.get_close_matches(selector, sorted(known), n=3, cutoff=0.6)
+    if close:
+      return f"Did you mean {' or '.join(repr(c) for c in close)}?"
+    return (f"No configurable is named like {selector!r}; registered: "
+            f"{sorted(k for k in known if '.' not in k)}")
+  m = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+  if m and m.group(1) in known:
+    params = _parameters(known[m.group(1)])
+    close = difflib.get_close_matches(m.group(2), params, n=3, cutoff=0.6)
+    lead = f"Did you mean {' or '.join(f'{m.group(1)}.{c}' for c in close)}? " if close else ""
+    return f"{lead}{m.group(1)} takes: {', '.join(params)}"
+  return None
 
 
 def model_config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()):
