@@ -1,0 +1,1 @@
+"""SuperGLUE: sources, input formats, official metrics and leaderboard submissions."""
