@@ -107,3 +107,15 @@ def model_config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()
 def effective_config() -> str:
   """The parsed gin config (files + bindings), as written to MODEL_DIR/config.gin."""
   return gin.config_str()
+
+
+def rewrite_gin_args(argv: list[str]) -> list[str]:
+  """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X's convention)."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      out.append(f"--gin_bindings={name} = {value}")
+    else:
+      out.append(arg)
+  return out

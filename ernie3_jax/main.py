@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from ernie3_jax import gin_utils
+from ernie3_jax.gin_utils import rewrite_gin_args
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings NAME=VALUE.")
@@ -32,18 +33,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _AUTO_DISTRIBUTED = flags.DEFINE_bool(
     "auto_distributed", None,
     "Call jax.distributed.initialize() with auto-detection (default: on TPU pods and SLURM).")
-
-
-def rewrite_gin_args(argv: list[str]) -> list[str]:
-  """`--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (T5X's convention)."""
-  out = []
-  for arg in argv:
-    if arg.startswith("--gin.") and "=" in arg:
-      name, value = arg[len("--gin."):].split("=", 1)
-      out.append(f"--gin_bindings={name} = {value}")
-    else:
-      out.append(arg)
-  return out
 
 
 def initialize_distributed() -> None:

@@ -83,6 +83,12 @@ def _aligned_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.
 
 @functools.lru_cache(maxsize=4)
 def _alignment(cfg: dc.DataConfig, split: str):
+  if cfg.uktp_alignment:  # precomputed by the Beam pipeline (same examples, same order)
+    from ernie3_jax.data import beam_alignment  # pylint: disable=g-import-not-at-top
+    examples, report = beam_alignment.read_alignment(cfg.uktp_alignment, split)
+    summary = uktp.AlignmentReport(**{k: report[k] for k in (
+        "total", "in_head_article", "elsewhere", "not_aligned", "heads_without_article")})
+    return examples, summary
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   matcher = dc.entity_matcher(cfg.kg, cfg.aliases)
   return uktp.align_triples(list(dc.documents(cfg, split)), kg, matcher)
@@ -121,6 +127,13 @@ def _uktp(dataset, sequence_length, seed=None):
                    sequence_length=sequence_length,
                    relation_mask_prob=cfg.uktp_relation_mask_prob, task_id=task_ids.UKTP,
                    level_weights=cfg.level_weights, mask_ratio=cfg.mask_ratio)
+
+
+# The NLU tasks' preprocessors by task name (also used by `pretraining_cached`).
+NLU_PREPROCESSORS = {"knowledge_masked_lm": _kmlm, "sentence_reordering": _reorder,
+                     "sentence_distance": _distance, "uktp": _uktp}
+fill_missing = _fill_missing
+aligned_rows = _aligned_fn
 
 
 def _streams_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:

@@ -86,20 +86,87 @@ def find_literal(sentence: str, value: str,
   return None
 
 
+class SentenceRecord(NamedTuple):
+  """A corpus sentence with its entity mentions (what alignment needs of it)."""
+
+  text: str
+  first: dict[str, tuple[int, int]]  # entity -> span of its first mention
+  mentions: tuple[tuple[int, int], ...]  # every mention, in order
+
+
+def sentence_records(text: str, matcher: EntityMatcher) -> list[SentenceRecord]:
+  """The sentences of one document, in order, with their mentions."""
+  records = []
+  for start, end in sentence_spans(text):
+    sentence = text[start:end]
+    mentions = matcher.find(sentence)
+    first: dict[str, tuple[int, int]] = {}
+    for m in mentions:
+      first.setdefault(m.entity, (m.start, m.end))
+    records.append(SentenceRecord(sentence, first,
+                                  tuple((m.start, m.end) for m in mentions)))
+  return records
+
+
+def locate(record: SentenceRecord, triple: Triple,
+           literal: bool) -> tuple[tuple[int, int], tuple[int, int]] | None:
+  """(head span, tail span) if `record` states both ends of `triple`, else None.
+
+  An entity tail must be a matcher mention; a literal tail (year, occupation) must
+  occur as whole words (case-insensitive).
+  """
+  head = record.first.get(triple.head)
+  if head is None:
+    return None
+  if literal:
+    tail = find_literal(record.text, triple.tail, avoid=head)
+  else:
+    tail = record.first.get(triple.tail)
+    if tail == head:
+      return None
+  return None if tail is None else (head, tail)
+
+
+def aligned_example(triple: Triple, record: SentenceRecord, doc_title: str,
+                    spans: tuple[tuple[int, int], tuple[int, int]], literal: bool,
+                    in_article: bool) -> AlignedExample:
+  head_span, tail_span = spans
+  mention_spans = record.mentions
+  if literal and tail_span not in mention_spans:
+    mention_spans = tuple(sorted(mention_spans + (tail_span,)))
+  return AlignedExample(triple, record.text, doc_title, head_span, tail_span, mention_spans,
+                        not literal, in_article)
+
+
+def count_triple(report: AlignmentReport, triple: Triple, example: AlignedExample | None,
+                 head_has_article: bool) -> None:
+  """Adds one triple's outcome to `report` (shared by the in-process and Beam paths)."""
+  report.total += 1
+  if not head_has_article:
+    report.heads_without_article += 1
+  if example is None:
+    report.not_aligned += 1
+    report.unaligned.append(triple)
+    report.not_aligned_by_relation[triple.relation] = (
+        report.not_aligned_by_relation.get(triple.relation, 0) + 1)
+  elif example.in_head_article:
+    report.in_head_article += 1
+  else:
+    report.elsewhere += 1
+
+
 def align_triples(documents: Iterable[Any], kg: KnowledgeGraph,
                   matcher: EntityMatcher) -> tuple[list[AlignedExample], AlignmentReport]:
   """Pairs each triple with a sentence naming its head (name or alias) and tail.
 
   A triple whose head titles an article is looked up first in that article's sentences
-  (in order), then in every other sentence mentioning the head (in corpus order). An
-  entity tail must be a matcher mention; a literal tail (year, occupation) must occur
-  as whole words (case-insensitive). Triples found nowhere are counted, not dropped
-  silently (`AlignmentReport.unaligned` lists them).
+  (in order), then in every other sentence stating both ends (the first in corpus
+  order). Triples found nowhere are counted, not dropped silently
+  (`AlignmentReport.unaligned` lists them). `beam_alignment.AlignTriples` computes the
+  same result as a distributed pipeline.
   """
-  sentences: list[str] = []
+  records: list[SentenceRecord] = []
   sentence_doc: list[int] = []
-  first_mention: list[dict[str, tuple[int, int]]] = []  # per sentence: entity -> span
-  all_mentions: list[tuple[tuple[int, int], ...]] = []
   titles: list[str] = []
   article_of: dict[str, int] = {}
   article_range: list[tuple[int, int]] = []
@@ -109,83 +176,47 @@ def align_triples(documents: Iterable[Any], kg: KnowledgeGraph,
     entity = matcher.entity_of(doc.title.strip())
     if entity is not None:
       article_of.setdefault(entity, d)
-    begin = len(sentences)
-    for start, end in sentence_spans(doc.text):
-      sid = len(sentences)
-      sentence = doc.text[start:end]
-      mentions = matcher.find(sentence)
-      first: dict[str, tuple[int, int]] = {}
-      for m in mentions:
-        if m.entity not in first:
-          first[m.entity] = (m.start, m.end)
-          index[m.entity].append(sid)
-      sentences.append(sentence)
+    begin = len(records)
+    for record in sentence_records(doc.text, matcher):
+      for entity in record.first:
+        index[entity].append(len(records))
+      records.append(record)
       sentence_doc.append(d)
-      first_mention.append(first)
-      all_mentions.append(tuple((m.start, m.end) for m in mentions))
-    article_range.append((begin, len(sentences)))
-
-  def locate(sid: int, triple: Triple, literal: bool) -> tuple | None:
-    spans = first_mention[sid]
-    head = spans.get(triple.head)
-    if head is None:
-      return None
-    if literal:
-      tail = find_literal(sentences[sid], triple.tail, avoid=head)
-      if tail is None:
-        return None
-    else:
-      tail = spans.get(triple.tail)
-      if tail is None or tail == head:
-        return None
-    return head, tail
+    article_range.append((begin, len(records)))
 
   report = AlignmentReport()
   examples: list[AlignedExample] = []
-  not_aligned_by_relation: collections.Counter[str] = collections.Counter()
   for triple in kg.triples:
-    report.total += 1
     literal = kg.is_literal(triple)
     head_sids = index.get(triple.head, [])
     article = article_of.get(triple.head)
     lo, hi = article_range[article] if article is not None else (0, 0)
-    if article is None:
-      report.heads_without_article += 1
     found = None
     # The head's article first: the sentences of [lo, hi) that mention the head.
     for sid in head_sids[bisect.bisect_left(head_sids, lo):bisect.bisect_left(head_sids, hi)]:
-      spans = locate(sid, triple, literal)
+      spans = locate(records[sid], triple, literal)
       if spans is not None:
-        found, in_article = (sid, spans), True
+        found = (sid, spans, True)
         break
     if found is None:
       candidates = head_sids
       if not literal and len(index.get(triple.tail, [])) < len(head_sids):
-        candidates = index[triple.tail]  # the rarer end is the shorter scan
+        candidates = index[triple.tail]  # the rarer end is the shorter scan (same first hit)
       for sid in candidates:
         if lo <= sid < hi:
           continue
-        spans = locate(sid, triple, literal)
+        spans = locate(records[sid], triple, literal)
         if spans is not None:
-          found, in_article = (sid, spans), False
+          found = (sid, spans, False)
           break
-    if found is None:
-      report.not_aligned += 1
-      report.unaligned.append(triple)
-      not_aligned_by_relation[triple.relation] += 1
-      continue
-    sid, (head_span, tail_span) = found
-    mention_spans = all_mentions[sid]
-    if literal and tail_span not in mention_spans:
-      mention_spans = tuple(sorted(mention_spans + (tail_span,)))
-    if in_article:
-      report.in_head_article += 1
-    else:
-      report.elsewhere += 1
-    examples.append(AlignedExample(triple, sentences[sid], titles[sentence_doc[sid]],
-                                   head_span, tail_span, mention_spans, not literal,
-                                   in_article))
-  report.not_aligned_by_relation = dict(sorted(not_aligned_by_relation.items()))
+    example = None
+    if found is not None:
+      sid, spans, in_article = found
+      example = aligned_example(triple, records[sid], titles[sentence_doc[sid]], spans,
+                                literal, in_article)
+      examples.append(example)
+    count_triple(report, triple, example, article is not None)
+  report.not_aligned_by_relation = dict(sorted(report.not_aligned_by_relation.items()))
   return examples, report
 
 
