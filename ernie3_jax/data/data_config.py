@@ -33,6 +33,9 @@ class DataConfig:
   level_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
   max_reorder_segments: int = 3
   uktp_relation_mask_prob: float = 0.5
+  # Directory written by `python -m ernie3_jax.tools.preprocess` (Beam alignment);
+  # None aligns the triples in-process when the UKTP task is first read.
+  uktp_alignment: str | None = None
   preprocess_seed: int = 0
 
 
@@ -41,11 +44,30 @@ def split_of(doc: corpus_readers.Document, validation_every: int) -> str:
   return "validation" if validation_every and key % validation_every == 0 else "train"
 
 
+def require_file(path: str | None, binding: str) -> None:
+  """Fails, naming the gin binding that set `path`, unless it is a readable file."""
+  if path is None:
+    return
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{binding}={path!r}: no such file")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{binding}={path!r} is not a file")
+  if not os.access(path, os.R_OK):
+    raise PermissionError(f"{binding}={path!r} is not readable")
+
+
 def documents(config: DataConfig, split: str) -> Iterator[corpus_readers.Document]:
   """The corpus documents of `split` ("train", "validation" or "all"), in file order."""
   if split not in ("train", "validation", "all"):
     raise ValueError(f"unknown split {split!r}; expected train, validation or all")
-  for doc in corpus_readers.read_documents(config.corpus):
+  try:
+    paths = corpus_readers.expand_paths(config.corpus)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"DataConfig.corpus={config.corpus!r}: {e}") from None
+  for path in paths:
+    if not path.startswith(corpus_readers.TFDS_PREFIX):
+      require_file(path, "DataConfig.corpus")
+  for doc in corpus_readers.read_documents(paths):
     if split == "all" or split_of(doc, config.validation_every) == split:
       yield doc
 
@@ -53,12 +75,15 @@ def documents(config: DataConfig, split: str) -> Iterator[corpus_readers.Documen
 @functools.lru_cache(maxsize=4)
 def vocabulary(path: str):
   from ernie3_jax.data.vocabulary import Vocabulary  # pylint: disable=g-import-not-at-top
+  require_file(path, "DataConfig.vocabulary")
   return Vocabulary(path)
 
 
 @functools.lru_cache(maxsize=4)
 def knowledge_graph(kg_path: str, aliases_path: str | None):
   from ernie3_jax.data import knowledge_graph as kg_lib  # pylint: disable=g-import-not-at-top
+  require_file(kg_path, "DataConfig.kg")
+  require_file(aliases_path, "DataConfig.aliases")
   return kg_lib.load_knowledge_graph(kg_path, aliases_path)
 
 
