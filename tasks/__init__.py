@@ -2,4 +2,5 @@
 
 from tasks import pretraining  # noqa: F401
 from tasks import pretraining_cached  # noqa: F401
+from tasks import superglue  # noqa: F401
 from tasks import superglue_zero_shot  # noqa: F401
