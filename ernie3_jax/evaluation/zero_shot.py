@@ -1,0 +1,290 @@
+"""Zero-/few-shot rank classification through the NLG (causal) stack.
+
+ERNIE 3.0 evaluates zero-shot by scoring each verbalised candidate continuation with
+the NLG stack and picking the most likely one. A row is a (prompt, candidate) pair;
+its score is the log-likelihood of the candidate's pieces given the prompt, summed
+("sum") or averaged per piece ("mean"). Prompts too long for `max_length` lose their
+beginning (the end holds the question), and such truncations are counted.
+
+Few-shot prepends k solved training questions, drawn per question with a seeded
+generator (so a run is reproducible and every question sees its own draw).
+
+The seqio side (tasks/superglue_zero_shot.py) registers one task per SuperGLUE task
+whose rows are these pairs; `score_task` runs a checkpoint through seqio's
+Evaluator score path and returns the task's metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ernie3_jax.evaluation import prompts as prompts_lib
+from ernie3_jax.model import Ernie3
+from ernie3_jax.training import task_ids
+
+NORMALIZATIONS = ("sum", "mean")
+
+
+def check_normalization(normalization: str) -> str:
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"normalization={normalization!r}; expected one of {NORMALIZATIONS}")
+  return normalization
+
+
+def fit_prompt(prompt_ids: Sequence[int], target_ids: Sequence[int],
+               max_length: int) -> tuple[list[int], bool]:
+  """(prompt ids cut from the left to fit `max_length` with the target, truncated?)."""
+  if not target_ids:
+    raise ValueError("a candidate continuation tokenised to no pieces")
+  room = max_length - len(target_ids)
+  if room < 1:
+    raise ValueError(f"a candidate of {len(target_ids)} pieces leaves no room for the prompt "
+                     f"in max_length={max_length}; raise max_length")
+  if not prompt_ids:
+    raise ValueError("an empty prompt: the first candidate piece would have no context")
+  if len(prompt_ids) > room:
+    return list(prompt_ids[len(prompt_ids) - room:]), True
+  return list(prompt_ids), False
+
+
+def choose_shots(pool: Sequence[prompts_lib.Question], k: int, seed: int, position: int,
+                 exclude_key: str | None = None) -> list[prompts_lib.Question]:
+  """k labelled demonstrations for the question at `position`, seeded by (seed, position)."""
+  if k <= 0:
+    return []
+  eligible = [q for q in pool if q.correct and q.key != exclude_key]
+  if len(eligible) < k:
+    raise ValueError(f"num_shots={k} but only {len(eligible)} labelled demonstrations exist")
+  rng = np.random.default_rng([seed, position])
+  return [eligible[i] for i in rng.choice(len(eligible), size=k, replace=False)]
+
+
+class NlgScorer:
+  """Log-likelihoods of target pieces under the NLG stack (no memory, one segment).
+
+  Rows are padded to `max_length` and scored `batch_size` at a time, so one compiled
+  program serves every batch. Causal attention makes right padding invisible to the
+  real positions.
+  """
+
+  def __init__(self, model: Ernie3, params: Any, max_length: int = 128, batch_size: int = 16):
+    self.model, self.params = model, params
+    self.max_length, self.batch_size = int(max_length), int(batch_size)
+    vocab_size = model.config.vocab_size
+
+    def batch_scores(params, tokens, target_mask):
+      task = jnp.full((tokens.shape[0],), task_ids.DOCUMENT_LM, jnp.int32)
+      out, _ = model.apply({"params": params}, tokens, jnp.zeros_like(tokens), task,
+                           method=Ernie3.nlg_pretrain)
+      logp = jax.nn.log_softmax(out["lm_logits"][:, :-1, :vocab_size].astype(jnp.float32))
+      picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+      mask = target_mask[:, 1:].astype(jnp.float32)
+      return (picked * mask).sum(-1), mask.sum(-1)
+
+    self._batch_scores = jax.jit(batch_scores)
+
+  def score_rows(self, tokens: Sequence[Sequence[int]], target_masks: Sequence[Sequence[int]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of target log-probs, number of target pieces) per row.
+
+    `target_masks[i][j]` is 1 where token j of row i is scored given tokens[:j].
+    """
+    n = len(tokens)
+    sums, counts = np.zeros(n, np.float64), np.zeros(n, np.int64)
+    for start in range(0, n, self.batch_size):
+      stop = min(start + self.batch_size, n)
+      tok = np.zeros((self.batch_size, self.max_length), np.int32)
+      mask = np.zeros((self.batch_size, self.max_length), np.int32)
+      for r in range(start, stop):
+        row, m = np.asarray(tokens[r]), np.asarray(target_masks[r])
+        if len(row) > self.max_length:
+          raise ValueError(f"row {r} has {len(row)} tokens > max_length={self.max_length}")
+        if len(row) and row[0] != 0 and m[0]:
+          raise ValueError(f"row {r}: the first token cannot be a target (it has no context)")
+        tok[r - start, :len(row)] = row
+        mask[r - start, :len(m)] = m
+      s, c = jax.device_get(self._batch_scores(self.params, tok, mask))
+      sums[start:stop], counts[start:stop] = s[:stop - start], c[:stop - start]
+    return sums, counts
+
+  def score_pairs(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sums, counts, number of left-truncated prompts) for (prompt ids, target ids)."""
+    tokens, masks, truncated = [], [], 0
+    for prompt_ids, target_ids in pairs:
+      fitted, cut = fit_prompt(prompt_ids, target_ids, self.max_length)
+      truncated += cut
+      tokens.append(fitted + list(target_ids))
+      masks.append([0] * len(fitted) + [1] * len(target_ids))
+    sums, counts = self.score_rows(tokens, masks)
+    return sums, counts, truncated
+
+
+def normalize(sums: np.ndarray, counts: np.ndarray, normalization: str) -> np.ndarray:
+  """Raw summed log-likelihoods, or their per-piece mean."""
+  check_normalization(normalization)
+  if normalization == "sum":
+    return np.asarray(sums, np.float64)
+  return np.asarray(sums, np.float64) / np.maximum(counts, 1)
+
+
+@dataclasses.dataclass
+class RankResult:
+  """Predicted candidate per question, accuracy and the prompts that lost their start."""
+
+  predictions: list[int]
+  accuracy: float
+  truncated_prompts: int
+
+
+def rank_questions(questions: Sequence[prompts_lib.Question], encode: Callable[[str], list[int]],
+                   scorer: NlgScorer, normalization: str = "sum") -> RankResult:
+  """Scores every candidate of every question and picks the best per question."""
+  pairs, owner = [], []
+  truncated = 0
+  for qi, q in enumerate(questions):
+    prompt_ids = encode(q.prompt)
+    for cand in q.candidates:
+      target_ids = encode(cand)
+      fitted, cut = fit_prompt(prompt_ids, target_ids, scorer.max_length)
+      truncated += cut and cand is q.candidates[0]  # count each question once
+      pairs.append((fitted, target_ids))
+      owner.append(qi)
+  sums, counts, _ = scorer.score_pairs(pairs)
+  scores = normalize(sums, counts, normalization)
+  predictions = pick_best(np.asarray(owner), scores, len(questions))
+  labelled = [i for i, q in enumerate(questions) if q.correct]
+  correct = sum(predictions[i] in questions[i].correct for i in labelled)
+  return RankResult(predictions, correct / max(len(labelled), 1), int(truncated))
+
+
+def pick_best(groups: np.ndarray, scores: np.ndarray, num_groups: int) -> list[int]:
+  """Index within its group of the best-scoring row, per group (ties: the first)."""
+  best: list[int] = [-1] * num_groups
+  best_score = [-np.inf] * num_groups
+  position = [0] * num_groups
+  for g, s in zip(groups.tolist(), np.asarray(scores).tolist()):
+    if best[g] < 0 or s > best_score[g]:
+      best[g], best_score[g] = position[g], s
+    position[g] += 1
+  return best
+
+
+# -- seqio score path ---------------------------------------------------------
+
+
+def seqio_score_fn(scorer: NlgScorer, normalization: str = "sum"
+                   ) -> Callable[..., list[tuple[int, float]]]:
+  """A seqio.Evaluator `score_fn` over PrefixLM model features.
+
+  The converter concatenates inputs and targets into `decoder_target_tokens` and
+  puts `decoder_loss_weights` on the target pieces: exactly the rows and masks the
+  scorer wants (the shifted `decoder_input_tokens` start with id 0, our padding).
+  """
+  check_normalization(normalization)
+
+  def score_fn(dataset, model_feature_shapes=None) -> list[tuple[int, float]]:
+    del model_feature_shapes
+    indices, tokens, masks = [], [], []
+    for index, ex in dataset.as_numpy_iterator():
+      length = int(np.count_nonzero(ex["decoder_target_tokens"]))
+      indices.append(int(index))
+      tokens.append(ex["decoder_target_tokens"][:length])
+      masks.append((ex["decoder_loss_weights"][:length] > 0).astype(np.int32))
+    sums, counts = scorer.score_rows(tokens, masks)
+    return list(zip(indices, normalize(sums, counts, normalization).tolist()))
+
+  return score_fn
+
+
+def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16) -> NlgScorer:
+  """An NlgScorer over the latest checkpoint in `model_dir` (its config.gin is parsed)."""
+  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training.evaluate import load_latest  # pylint: disable=g-import-not-at-top
+  config = os.path.join(model_dir, "config.gin")
+  if not os.path.isfile(config):
+    raise FileNotFoundError(f"{config} does not exist: --model_dir must be a training run's "
+                            "MODEL_DIR (it holds config.gin and checkpoints/)")
+  gin_utils.parse_gin([config])
+  _, model, state, _, _, _, _ = load_latest(model_dir)
+  return NlgScorer(model, jax.device_get(state.params), max_length, batch_size)
+
+
+def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
+               normalization: str = "sum", num_examples: int | None = None
+               ) -> dict[str, float]:
+  """Runs seqio's Evaluator score path on a registered zero-shot task; its metrics."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  evaluator = seqio.Evaluator(task_name, seqio.PrefixLMFeatureConverter(pack=False),
+                              eval_split=split, use_cached=False, seed=None,
+                              sequence_length=None, num_examples=num_examples,
+                              async_compute_metrics=False)
+  if not evaluator.eval_tasks:
+    raise ValueError(f"seqio task {task_name!r} has no split {split!r} or no score metric")
+  metrics, _ = evaluator.evaluate(compute_metrics=True,
+                                  score_fn=seqio_score_fn(scorer, normalization))
+  result = metrics.result()[task_name]
+  evaluator.close()
+  return {k: float(getattr(v, "value", v)) for k, v in result.items()}
+
+
+def accuracy_table(results: Mapping[str, Mapping[str, float]]) -> str:
+  """A plain-text table of {task: {metric: value}}."""
+  lines = []
+  for task, metrics in results.items():
+    lines.append(f"{task:12s} " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
+  return "\n".join(lines)
+
+
+def _parse_tasks(value: str) -> list[str]:
+  tasks = [t.strip() for t in value.split(",") if t.strip()]
+  bad = [t for t in tasks if t not in prompts_lib.TASKS]
+  if bad:
+    raise ValueError(f"--tasks: unknown {bad}; expected a comma-separated subset of "
+                     f"{list(prompts_lib.TASKS)}")
+  return tasks
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+  """`python -m ernie3_jax.evaluation.zero_shot --model_dir=... --source=DIR`."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--model_dir", required=True)
+  parser.add_argument("--source", default="tfds",
+                      help='"tfds" or a directory in the official SuperGLUE layout')
+  parser.add_argument("--tasks", default="boolq,cb,copa,multirc,rte,wic,wsc")
+  parser.add_argument("--split", default="validation")
+  parser.add_argument("--normalization", default="sum", choices=NORMALIZATIONS)
+  parser.add_argument("--num_shots", type=int, default=0)
+  parser.add_argument("--shot_seed", type=int, default=0)
+  parser.add_argument("--shot_split", default="train")
+  parser.add_argument("--max_length", type=int, default=128)
+  parser.add_argument("--batch_size", type=int, default=16)
+  args = parser.parse_args(argv)
+  tasks = _parse_tasks(args.tasks)
+  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size)
+  import tasks as _tasks  # noqa: F401  pylint: disable=g-import-not-at-top
+  from tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
+  results = {}
+  for task in tasks:
+    with gin.unlock_config():
+      gin.bind_parameter("ZeroShotConfig.source", args.source)
+      gin.bind_parameter("ZeroShotConfig.num_shots", args.num_shots)
+      gin.bind_parameter("ZeroShotConfig.shot_seed", args.shot_seed)
+      gin.bind_parameter("ZeroShotConfig.shot_split", args.shot_split)
+      gin.bind_parameter("ZeroShotConfig.max_length", args.max_length)
+    results[task] = score_task(zs.task_name(task), scorer, args.split, args.normalization)
+    print(f"{task:12s} " + " ".join(f"{k}={v:.3f}" for k, v in sorted(results[task].items())),
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()

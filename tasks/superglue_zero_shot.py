@@ -1,0 +1,268 @@
+"""seqio tasks `superglue_<task>_zero_shot`: rank classification rows for the NLG stack.
+
+A row is one (prompt, candidate) pair: `inputs` is the (few-shot) prompt, `targets`
+the candidate continuation, and `group` / `candidate` / `is_correct` place it in its
+question. The score metric functions take one log-likelihood per row (seqio's
+"score" path), pick the best candidate per group and compute the task's metrics.
+Prompts longer than `ZeroShotConfig.max_length` minus the candidate lose their
+beginning; `truncated_prompts` counts the questions that did.
+
+Raw rows come from `ernie3_jax.evaluation.superglue_sources.read_split`
+(`ZeroShotConfig.source`: "tfds" or a directory in the official layout).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Iterator, Mapping, Sequence
+
+import gin
+
+from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+import numpy as np
+import seqio
+
+from ernie3_jax.data import data_config as dc
+from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
+from ernie3_jax.evaluation import prompts as prompts_lib
+from ernie3_jax.evaluation import zero_shot
+from ernie3_jax.tf_runtime import tf
+
+SPLITS = ("train", "validation", "test")
+# AX-b and AX-g ship one labelled split, which TFDS and the official files call test.
+DIAGNOSTIC_SPLITS = ("test",)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ZeroShotConfig:
+  """How the zero-shot rows are built (read when a dataset is built, like DataConfig)."""
+
+  source: str = "tfds"  # or a directory in the official SuperGLUE layout
+  num_shots: int = 0
+  shot_seed: int = 0
+  shot_split: str = "train"
+  max_length: int = 128  # prompt + candidate pieces; the trained context of the demo
+
+
+def task_name(task: str) -> str:
+  return f"superglue_{task}_zero_shot"
+
+
+def read_rows(task: str, split: str, source: str) -> Iterator[Mapping[str, Any]]:
+  """Raw rows of a split (the shared SuperGLUE reader)."""
+  from ernie3_jax.evaluation import superglue_sources  # pylint: disable=g-import-not-at-top
+  return superglue_sources.read_split(task, split, source)
+
+
+def build_rows(task: str, questions: Sequence[prompts_lib.Question],
+               pool: Sequence[prompts_lib.Question] = (), num_shots: int = 0,
+               shot_seed: int = 0, same_split: bool = False) -> dict[str, list]:
+  """Columns of the (prompt, candidate) rows of `questions`, demonstrations prepended."""
+  cols: dict[str, list] = collections.defaultdict(list)
+  for position, q in enumerate(questions):
+    shots = zero_shot.choose_shots(pool, num_shots, shot_seed, position,
+                                   exclude_key=q.key if same_split else None)
+    q = prompts_lib.with_shots(q, shots)
+    gold = q.label if task == "record" else ()
+    for c, cand in enumerate(q.candidates):
+      cols["inputs"].append(q.prompt)
+      cols["targets"].append(cand)
+      cols["group"].append(position)
+      cols["candidate"].append(c)
+      cols["is_correct"].append(int(c in q.correct))
+      cols["labelled"].append(int(bool(q.correct)))
+      cols["key"].append(q.key)
+      cols["choice"].append(q.names[c] if q.names else cand.strip())
+      cols["gold"].append("\t".join(gold or ()))
+  return cols
+
+
+def _source_fn(task: str):
+  def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None):
+    del shuffle_files, seed  # rows keep file order: groups must stay contiguous
+    cfg = ZeroShotConfig()
+    questions = list(prompts_lib.questions(task, read_rows(task, split, cfg.source)))
+    if not questions:
+      raise ValueError(f"{task_name(task)}: split {split!r} of source {cfg.source!r} is empty")
+    pool: list[prompts_lib.Question] = []
+    if cfg.num_shots:
+      pool = (questions if cfg.shot_split == split else
+              list(prompts_lib.questions(task, read_rows(task, cfg.shot_split, cfg.source))))
+    cols = build_rows(task, questions, pool, cfg.num_shots, cfg.shot_seed,
+                      same_split=cfg.shot_split == split)
+    return tf.data.Dataset.from_tensor_slices(
+        {k: tf.constant(v, tf.string if isinstance(v[0], str) else tf.int32)
+         for k, v in cols.items()})
+  return dataset_fn
+
+
+def fit_to_length(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """Cuts `inputs` from the left so inputs + targets fit ZeroShotConfig.max_length."""
+  max_length = ZeroShotConfig().max_length
+
+  def fit(ex):
+    room = max_length - tf.size(ex["targets"])
+    tf.debugging.assert_positive(room, message=(
+        f"a candidate fills ZeroShotConfig.max_length={max_length}; raise it"))
+    ex = dict(ex)
+    length = tf.size(ex["inputs"])
+    ex["inputs"] = ex["inputs"][tf.maximum(length - room, 0):]
+    ex["truncated"] = tf.cast(length > room, tf.int32)
+    return ex
+
+  return dataset.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def row_info(output: Any, example: Mapping[str, Any] | None = None,
+             is_target: bool = False) -> Any:
+  """Postprocessor: a target becomes its row's place in its question."""
+  if not is_target or example is None:
+    return output
+  text = lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v)
+  return {"group": int(example["group"]), "candidate": int(example["candidate"]),
+          "is_correct": bool(example["is_correct"]), "labelled": bool(example["labelled"]),
+          "key": text(example["key"]), "choice": text(example["choice"]),
+          "gold": [g for g in text(example["gold"]).split("\t") if g],
+          "truncated": bool(example.get("truncated", 0))}
+
+
+# -- metrics over per-row scores ------------------------------------------------
+
+
+@dataclasses.dataclass
+class Decided:
+  """One question: its rows' infos and the index of the best-scoring candidate."""
+  rows: list[dict]
+  best: int
+
+  @property
+  def right(self) -> bool:
+    return self.rows[self.best]["is_correct"]
+
+
+def decide(targets: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> list[Decided]:
+  """Groups rows by question (in order) and picks the argmax of each."""
+  if len(targets) != len(scores):
+    raise ValueError(f"{len(targets)} rows but {len(scores)} scores")
+  groups: dict[int, list[int]] = collections.OrderedDict()
+  for i, t in enumerate(targets):
+    groups.setdefault(t["group"], []).append(i)
+  out = []
+  for rows in groups.values():
+    best = int(np.argmax([scores[i] for i in rows]))  # ties: the first candidate
+    out.append(Decided([dict(targets[i]) for i in rows], best))
+  return out
+
+
+def _base(decided: list[Decided]) -> tuple[list[Decided], dict[str, float]]:
+  labelled = [d for d in decided if d.rows[0]["labelled"]]
+  if not labelled:
+    raise ValueError("no labelled question: metrics need a labelled split")
+  return labelled, {
+      "accuracy": float(np.mean([d.right for d in labelled])),
+      "num_questions": float(len(labelled)),
+      "truncated_prompts": float(sum(d.rows[0]["truncated"] for d in decided)),
+  }
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+  return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def accuracy_metric(targets, scores) -> dict[str, float]:
+  return _base(decide(targets, scores))[1]
+
+
+def cb_metric(targets, scores) -> dict[str, float]:
+  """Accuracy and the macro-F1 over the three classes (CB's official pair)."""
+  labelled, out = _base(decide(targets, scores))
+  f1s = []
+  for cls in range(3):
+    gold = [next(r["candidate"] for r in d.rows if r["is_correct"]) for d in labelled]
+    pred = [d.best for d in labelled]
+    tp = sum(g == cls and p == cls for g, p in zip(gold, pred))
+    fp = sum(g != cls and p == cls for g, p in zip(gold, pred))
+    fn = sum(g == cls and p != cls for g, p in zip(gold, pred))
+    f1s.append(_f1(tp, fp, fn))
+  out["f1_macro"] = float(np.mean(f1s))
+  return out
+
+
+def multirc_metric(targets, scores) -> dict[str, float]:
+  """F1 over all answer options (true = positive) and exact match per question."""
+  labelled, out = _base(decide(targets, scores))
+  tp = sum(d.best == 0 and d.right for d in labelled)  # candidate 0 is " true"
+  fp = sum(d.best == 0 and not d.right for d in labelled)
+  fn = sum(d.best == 1 and not d.right for d in labelled)
+  out["f1a"] = _f1(tp, fp, fn)
+  by_question: dict[str, list[bool]] = collections.defaultdict(list)
+  for d in labelled:
+    by_question[d.rows[0]["key"].rsplit("/", 1)[0]].append(d.right)
+  out["exact_match"] = float(np.mean([all(v) for v in by_question.values()]))
+  return out
+
+
+def _tokens(text: str) -> list[str]:
+  import re  # pylint: disable=g-import-not-at-top
+  import string  # pylint: disable=g-import-not-at-top
+  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+  return re.sub(r"\b(a|an|the)\b", " ", text).split()
+
+
+def _token_f1(prediction: str, gold: str) -> float:
+  p, g = _tokens(prediction), _tokens(gold)
+  common = sum((collections.Counter(p) & collections.Counter(g)).values())
+  if not common:
+    return 0.0
+  precision, recall = common / len(p), common / len(g)
+  return 2 * precision * recall / (precision + recall)
+
+
+def record_metric(targets, scores) -> dict[str, float]:
+  """Max exact match / token F1 of the chosen entity over the gold answers."""
+  labelled, out = _base(decide(targets, scores))
+  em, f1 = [], []
+  for d in labelled:
+    chosen = d.rows[d.best]
+    entity = chosen["choice"]
+    golds = chosen["gold"] or [""]
+    em.append(max(float(_tokens(entity) == _tokens(g)) for g in golds))
+    f1.append(max(_token_f1(entity, g) for g in golds))
+  out["exact_match"], out["f1"] = float(np.mean(em)), float(np.mean(f1))
+  return out
+
+
+def matthews_metric(targets, scores) -> dict[str, float]:
+  """Accuracy and Matthews correlation (AX-b's official metric); yes = entailment."""
+  labelled, out = _base(decide(targets, scores))
+  pred = np.asarray([d.best == 0 for d in labelled])
+  gold = np.asarray([d.rows[0]["is_correct"] for d in labelled])  # candidate 0 is " yes"
+  tp, tn = np.sum(pred & gold), np.sum(~pred & ~gold)
+  fp, fn = np.sum(pred & ~gold), np.sum(~pred & gold)
+  denom = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+  out["matthews_corr"] = float((tp * tn - fp * fn) / denom) if denom else 0.0
+  return out
+
+
+METRICS = {"cb": cb_metric, "multirc": multirc_metric, "record": record_metric,
+           "axb": matthews_metric}
+
+
+def register() -> None:
+  # The model's vocabulary: rows are scored by a model trained with it.
+  vocab = dc.vocabulary(EMBEDDED_VOCAB)
+  features = {k: seqio.Feature(vocab, add_eos=False, required=True)
+              for k in ("inputs", "targets")}
+  for task in prompts_lib.TASKS:
+    splits = DIAGNOSTIC_SPLITS if task in ("axb", "axg") else SPLITS
+    seqio.TaskRegistry.add(
+        task_name(task), source=seqio.FunctionDataSource(_source_fn(task), splits=splits),
+        preprocessors=[seqio.preprocessors.tokenize, fit_to_length],
+        output_features=features, postprocess_fn=row_info,
+        metric_fns=[METRICS.get(task, accuracy_metric)])
+
+
+if task_name("boolq") not in seqio.TaskRegistry.names():
+  register()
