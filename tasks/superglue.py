@@ -9,9 +9,10 @@ Every task yields unbatched, unpadded rows with the features in `OUTPUT_FEATURES
                           (COPA example, MultiRC question, ReCoRD query; else the example);
   idx          int32 [3]  official idx: MultiRC (paragraph, question, answer), ReCoRD
                           (passage, query, -1), others (idx, -1, -1).
-Tasks also pass through `candidate` (string) and `answers` (string [n], ReCoRD's gold
-answers) for `postprocess`, metrics and submissions; the mixture drops them (seqio keeps
-only the output features). Input formats: `ernie3_jax/evaluation/superglue_formats.py`.
+Tasks also pass through `candidate` (string: COPA choice, ReCoRD entity, MultiRC answer,
+WiC word, WSC noun phrase), `candidate_index` (int32: the row's position in its group, so
+COPA's choice index) and `answers` (string [n], ReCoRD's gold answers) for `postprocess`,
+metrics and submissions; the mixture drops them (seqio keeps only the output features). Input formats: `ernie3_jax/evaluation/superglue_formats.py`.
 
 Data comes from `superglue_sources.read_split` with the gin-configurable default source
 `superglue_source.path` ("tfds" or an official-layout directory), read when a dataset is
@@ -84,13 +85,14 @@ _TEXT_SIGNATURE = {
     "text_a": tf.TensorSpec([], tf.string), "text_b": tf.TensorSpec([], tf.string),
     "has_b": tf.TensorSpec([], tf.bool), "label": tf.TensorSpec([], tf.int32),
     "group": tf.TensorSpec([], tf.int32), "idx": tf.TensorSpec([3], tf.int32),
-    "candidate": tf.TensorSpec([], tf.string), "answers": tf.TensorSpec([None], tf.string),
+    "candidate": tf.TensorSpec([], tf.string), "candidate_index": tf.TensorSpec([], tf.int32),
+    "answers": tf.TensorSpec([None], tf.string),
 }
 _ROW_SIGNATURE = {
     "input_ids": tf.TensorSpec([None], tf.int32), "segment_ids": tf.TensorSpec([None], tf.int32),
     "label": tf.TensorSpec([], tf.int32), "group": tf.TensorSpec([], tf.int32),
     "idx": tf.TensorSpec([3], tf.int32), "candidate": tf.TensorSpec([], tf.string),
-    "answers": tf.TensorSpec([None], tf.string),
+    "candidate_index": tf.TensorSpec([], tf.int32), "answers": tf.TensorSpec([None], tf.string),
 }
 
 
@@ -114,10 +116,11 @@ def text_rows(task: str, split: str, source: str | None = None) -> Iterator[dict
       if not decision:
         stats.add(queries_without_candidates=1)
         continue
-      for row in decision:
+      for position, row in enumerate(decision):
         yield {"text_a": row.text_a, "text_b": row.text_b or "", "has_b": row.text_b is not None,
                "label": row.label, "group": group, "idx": np.asarray(row.idx, np.int32),
-               "candidate": row.candidate, "answers": np.asarray(row.answers, dtype=object)}
+               "candidate": row.candidate, "candidate_index": position,
+               "answers": np.asarray(row.answers, dtype=object)}
       group += 1
 
 
@@ -201,7 +204,7 @@ def tokenize_rows(dataset: tf.data.Dataset, sequence_length: Any, *, vocab,
         c.add(rows=1, truncated_rows=int(cut > 0), truncated_tokens=cut)
       yield {"input_ids": ids, "segment_ids": segments, "label": ex["label"],
              "group": ex["group"], "idx": ex["idx"], "candidate": ex["candidate"],
-             "answers": ex["answers"]}
+             "candidate_index": ex["candidate_index"], "answers": ex["answers"]}
     done = counts.as_dict()
     logging.info("%s: %d rows, %d truncated to %s tokens (%d tokens cut)", name,
                  done.get("rows", 0), done.get("truncated_rows", 0), length,
@@ -232,6 +235,7 @@ def postprocess(output: Any, example: Mapping[str, Any] | None = None,
   return {"label": int(example["label"]), "group": int(example["group"]),
           "idx": tuple(int(i) for i in np.asarray(example["idx"]).reshape(-1)),
           "candidate": _text(example.get("candidate", b"")),
+          "candidate_index": int(example.get("candidate_index", 0)),
           "answers": [_text(a) for a in np.asarray(example.get("answers", [])).reshape(-1)]}
 
 
