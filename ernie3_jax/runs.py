@@ -29,8 +29,17 @@ def summarize_training(history: list[dict[str, float]]) -> str:
 
 @gin.configurable
 def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
-        max_new_tokens: int = 32) -> dict:
-  """Dispatches on run_mode; returns what it measured (also printed)."""
+        max_new_tokens: int = 32, job: str = "pretrain") -> dict:
+  """Dispatches on run_mode; returns what it measured (also printed).
+
+  `job` selects what the run modes act on: 'pretrain' (below) or 'finetune'
+  (ernie3_jax/finetune_runs.py).
+  """
+  if job == "finetune":
+    from ernie3_jax import finetune_runs  # pylint: disable=g-import-not-at-top
+    return finetune_runs.run(run_mode, directory)
+  if job != "pretrain":
+    raise ValueError(f"run.job={job!r}; expected 'pretrain' or 'finetune'")
   if run_mode == "train":
     from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
     result = train_lib.train(directory)

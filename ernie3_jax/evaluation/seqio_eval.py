@@ -1,0 +1,276 @@
+"""Evaluating a fine-tuned checkpoint with `seqio.Evaluator`, and test-split submissions.
+
+`evaluate_checkpoint` runs the latest checkpoint of a fine-tuning MODEL_DIR over the
+validation split of every task of the configured task or mixture, computes the
+metric functions registered on the tasks through `seqio.Evaluator`, and writes
+them to TensorBoard (`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json`.
+`infer_checkpoint` predicts the test split and writes one leaderboard file per task
+through `submission.write_submission` (AX-b and AX-g through the RTE head).
+
+Predictions follow `superglue_metrics`: a classification row's prediction is its
+vector of class log-probabilities (the metrics take the argmax); a candidate row's
+(COPA, ReCoRD) is its score for being the right candidate, log p(1) − log p(0).
+
+`seqio.Evaluator` measures every declared feature's length along its first axis, so
+a task that declares scalar features (`label`, `group`) cannot be given to it as is.
+It is evaluated through a view: a copy of the task (same metrics and postprocess_fn)
+whose source is the task's own preprocessed split and which declares only the
+rank-1 features; the scalars still pass through to `postprocess_fn`'s `example`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from absl import logging
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+import seqio
+
+from ernie3_jax.tf_runtime import tf
+from ernie3_jax.training import checkpointing, finetune, partitioning
+from ernie3_jax.training.finetune_input import pad_or_truncate
+
+CANDIDATE_TASKS = ("superglue_copa", "superglue_record")
+# Tasks without training data that are predicted with another task's head.
+DIAGNOSTIC_HEADS = {"superglue_axb": "superglue_rte", "superglue_axg": "superglue_rte"}
+VIEW_PREFIX = "_eval_view_"
+
+
+class EvalFeatureConverter(seqio.FeatureConverter):
+  """input_ids / segment_ids zero-padded to the evaluation length; idx passed along."""
+
+  TASK_FEATURES = {"input_ids": seqio.FeatureConverter.FeatureSpec(tf.int32),
+                   "segment_ids": seqio.FeatureConverter.FeatureSpec(tf.int32),
+                   "idx": seqio.FeatureConverter.FeatureSpec(tf.int32)}
+  MODEL_FEATURES = TASK_FEATURES
+  PACKING_FEATURE_DTYPES = None
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    length = task_feature_lengths["input_ids"]
+    return ds.map(lambda ex: {"input_ids": pad_or_truncate(ex["input_ids"], length),
+                              "segment_ids": pad_or_truncate(ex["segment_ids"], length),
+                              "idx": ex["idx"]})
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> Mapping[str, int]:
+    return task_feature_lengths
+
+
+@contextlib.contextmanager
+def evaluation_view(task: seqio.Task, split: str, sequence_length: int) -> Iterator[str]:
+  """Registers (and afterwards removes) the view of `task` that seqio.Evaluator can
+  measure (see the module docstring); yields its registered name."""
+  lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
+
+  def source_fn(split_name, shuffle_files, seed=None):
+    del shuffle_files, seed
+    return task.get_dataset(lengths, split=split_name, shuffle=False, num_epochs=1,
+                            use_cached=False)
+
+  name = VIEW_PREFIX + task.name
+  view = task.replace(name=name, source=seqio.FunctionDataSource(source_fn, splits=[split]),
+                      preprocessors=[],
+                      output_features={k: v for k, v in task.output_features.items()
+                                       if v.rank >= 1})
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add_provider(name, view)
+  try:
+    yield name
+  finally:
+    seqio.TaskRegistry.remove(name)
+
+
+class Predictor:
+  """Batched, sharded forward passes of a fine-tuned model (no dropout)."""
+
+  def __init__(self, setup: finetune.FinetuneSetup, params: Any, batch_size: int):
+    self.setup, self.params, self.batch_size = setup, params, batch_size
+    self.rows = partitioning.batch_sharding(setup.mesh, setup.rules)
+    replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
+    self._fn = jax.jit(
+        lambda p, b: finetune.classify_log_probs(setup.model, p, b, setup.layout),
+        out_shardings=replicated)
+
+  def log_probs(self, examples: Sequence[Mapping[str, np.ndarray]], task_index: int,
+                length: int) -> np.ndarray:
+    """[N, max classes] log-probabilities of `examples` over task `task_index`'s head."""
+    out = []
+    n, p = jax.process_count(), jax.process_index()
+    for start in range(0, len(examples), self.batch_size):
+      chunk = examples[start:start + self.batch_size]
+      batch = {"input_ids": np.zeros((self.batch_size, length), np.int32),
+               "segment_ids": np.zeros((self.batch_size, length), np.int32),
+               "task_index": np.full((self.batch_size,), task_index, np.int32)}
+      for i, ex in enumerate(chunk):
+        for key in ("input_ids", "segment_ids"):
+          values = np.asarray(ex[key])[:length]
+          batch[key][i, :len(values)] = values
+      # Every process walks the same rows and hands over its share of the batch.
+      share = self.batch_size // n
+      local = {k: v[p * share:(p + 1) * share] for k, v in batch.items()}
+      with self.setup.mesh, nn.logical_axis_rules(self.setup.rules):
+        result = self._fn(self.params, partitioning.to_global_batch(local, self.rows))
+      out.append(np.asarray(jax.device_get(result))[:len(chunk)])
+    width = max(self.setup.layout.num_classes)
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+def row_predictions(log_probs: np.ndarray, num_classes: int, candidate: bool) -> np.ndarray:
+  """Per-row predictions in the metrics' convention (see the module docstring)."""
+  if candidate:
+    return (log_probs[:, 1] - log_probs[:, 0])[:, None]
+  return log_probs[:, :num_classes]
+
+
+def load_finetuned(model_dir: str, batch_size: int) -> tuple[finetune.FinetuneSetup, Predictor,
+                                                             int]:
+  """(setup, predictor, step) of the latest checkpoint in a fine-tuning model_dir."""
+  setup = finetune.finetune_setup()
+  abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
+                                                     setup.rules, 0)
+  params, report = checkpointing.restore_params_into(abstract.params, shardings.params,
+                                                     model_dir)
+  if report["fresh"]:
+    raise ValueError(f"the checkpoint of step {report['step']} in {model_dir!r} lacks "
+                     f"parameters {report['fresh'][:5]} of the configured model (tasks "
+                     f"{list(setup.layout.task_names)}); was it trained with another config?")
+  row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
+  if batch_size % (row_shards * jax.process_count()):
+    raise ValueError(f"seqio_evaluate/infer batch_size={batch_size} must be divisible by "
+                     f"data x fsdp = {row_shards} and the process count")
+  return setup, Predictor(setup, params, batch_size), report["step"]
+
+
+def _head_of(setup: finetune.FinetuneSetup, task_name: str) -> tuple[int, int] | None:
+  """(task index, classes) of the head that predicts `task_name`, or None."""
+  head = task_name if task_name in setup.layout.task_names else DIAGNOSTIC_HEADS.get(task_name)
+  if head not in setup.layout.task_names:
+    return None
+  i = setup.layout.index(head)
+  return i, setup.layout.num_classes[i]
+
+
+def _scalar(value: Any) -> float:
+  value = getattr(value, "value", value)  # seqio.metrics.Scalar
+  return float(np.asarray(value))
+
+
+@gin.configurable(denylist=["model_dir"])
+def evaluate_checkpoint(model_dir: str, *, split: str = "validation", batch_size: int = 32,
+                        sequence_length: int = 128,
+                        candidate_tasks: Sequence[str] = CANDIDATE_TASKS) -> dict[str, Any]:
+  """Metrics of the latest checkpoint on `split` of every task with metric functions.
+
+  Returns {"step", "split", "tasks": {task: {metric: value}}, and "superglue_average"
+  when all 8 main SuperGLUE tasks were scored}.
+  """
+  setup, predictor, step = load_finetuned(model_dir, batch_size)
+  provider = seqio.get_mixture_or_task(setup.name)
+  results: dict[str, dict[str, float]] = {}
+  for task in seqio.get_subtasks(provider):
+    head = _head_of(setup, task.name)
+    if head is None or split not in task.splits or not task.metric_objs:
+      continue
+    index, classes = head
+    candidate = task.name in candidate_tasks
+
+    def predict_fn(dataset, index=index, classes=classes, candidate=candidate):
+      pairs = list(dataset.as_numpy_iterator())
+      scores = row_predictions(
+          predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
+          candidate)
+      return [(int(i), s) for (i, _), s in zip(pairs, scores)]
+
+    with evaluation_view(task, split, sequence_length) as view:
+      evaluator = seqio.Evaluator(view, EvalFeatureConverter(pack=False), eval_split=split,
+                                  sequence_length={"input_ids": sequence_length,
+                                                   "segment_ids": sequence_length},
+                                  target_field_name="idx", async_compute_metrics=False)
+      metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+      results[task.name] = {k: _scalar(v) for k, v in metrics.result()[view].items()}
+      evaluator.close()
+  if not results:
+    raise ValueError(f"no task of {setup.name!r} has a {split!r} split with metrics")
+  out: dict[str, Any] = {"step": step, "split": split, "tasks": results}
+  average = _superglue_average(results)
+  if average is not None:
+    out["superglue_average"] = average
+  _write_metrics(model_dir, out)
+  return out
+
+
+def _superglue_average(results: Mapping[str, Mapping[str, float]]) -> float | None:
+  from ernie3_jax.evaluation import superglue_metrics  # pylint: disable=g-import-not-at-top
+  main = {f"superglue_{t}" for t in superglue_metrics.SCORE_METRICS}
+  if not main <= set(results):
+    return None
+  return superglue_metrics.superglue_average({k: results[k] for k in main})
+
+
+def _write_metrics(model_dir: str, out: Mapping[str, Any]) -> None:
+  if jax.process_index() > 0:
+    return
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  writer = metric_writers.create_default_writer(os.path.join(model_dir, "tensorboard", "eval"))
+  scalars = {f"{out['split']}/{task}/{name}": value
+             for task, values in out["tasks"].items() for name, value in values.items()}
+  if "superglue_average" in out:
+    scalars[f"{out['split']}/superglue_average"] = out["superglue_average"]
+  writer.write_scalars(int(out["step"]), scalars)
+  writer.flush()
+  with open(os.path.join(model_dir, "eval_metrics.json"), "w") as f:
+    json.dump(out, f, indent=1)
+
+
+def _default_writer():
+  from ernie3_jax.evaluation import submission  # pylint: disable=g-import-not-at-top
+  return submission.write_submission
+
+
+@gin.configurable(denylist=["model_dir"])
+def infer_checkpoint(model_dir: str, *, split: str = "test", batch_size: int = 32,
+                     sequence_length: int = 128, output_dir: str | None = None,
+                     candidate_tasks: Sequence[str] = CANDIDATE_TASKS,
+                     diagnostics: Sequence[str] = tuple(DIAGNOSTIC_HEADS),
+                     write_fn: Callable | None = None) -> dict[str, str]:
+  """Predicts `split` of every task (and the diagnostics whose head was trained) and
+  writes each task's file with `write_fn(task, rows, predictions, out_dir)` (default:
+  `submission.write_submission`) into `output_dir` (default MODEL_DIR/submission).
+  Returns {task: path written}."""
+  setup, predictor, step = load_finetuned(model_dir, batch_size)
+  write_fn = write_fn or _default_writer()
+  output_dir = output_dir or os.path.join(model_dir, "submission")
+  names = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(setup.name))]
+  names += [d for d in diagnostics if d not in names and d in seqio.TaskRegistry.names()]
+  written = {}
+  lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
+  for name in names:
+    task = seqio.get_mixture_or_task(name)
+    head = _head_of(setup, name)
+    if head is None or split not in task.splits:
+      continue
+    rows = list(task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1,
+                                 use_cached=False).as_numpy_iterator())
+    if not rows:
+      continue
+    index, classes = head
+    predictions = row_predictions(predictor.log_probs(rows, index, sequence_length), classes,
+                                  name in candidate_tasks)
+    if jax.process_index() == 0:
+      written[name] = write_fn(name, rows, list(predictions), output_dir)
+      logging.info("%s: %d rows predicted with the checkpoint of step %d -> %s", name,
+                   len(rows), step, written[name])
+  if not written:
+    raise ValueError(f"no task of {setup.name!r} has a {split!r} split to predict")
+  return written

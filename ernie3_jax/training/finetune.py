@@ -1,0 +1,302 @@
+"""Fine-tuning through the NLU path: classification heads on a seqio task or mixture.
+
+`finetune()` is gin-configurable (gin_configs/runs/finetune_superglue.gin). Rows run
+through the bidirectional universal + NLU stacks with the FINETUNE task id; each
+task of a mixture has its own head (see finetune_heads.py). It shares the
+pre-training machinery: the mesh and logical-axis shardings
+(`partitioning.state_shardings`), AdamW (`optimizer.py`), orbax checkpoints with
+resume (`checkpointing.Checkpointer`), parameter-only initialisation from a
+pre-trained checkpoint with fresh heads (`checkpointing.restore_params_into`),
+and the logging helpers of `train.py`. Restarting with the same model_dir resumes.
+
+`freeze_universal=True` trains only the task-specific part (NLU module, pooler,
+heads), as the paper allows: the embeddings and the universal module get no
+optimizer state and their parameters stay bit-identical; their gradients are not
+even computed, so a step skips the universal module's backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Mapping
+
+from absl import logging
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ernie3_jax.model import Ernie3, Ernie3Config
+from ernie3_jax.parallel import mesh as mesh_lib
+from ernie3_jax.training import checkpointing, optimizer, partitioning, task_ids
+from ernie3_jax.training import train as train_lib
+from ernie3_jax.training.finetune_heads import HeadLayout
+from ernie3_jax.training.finetune_input import FinetuneInput, task_rates
+
+# The shared representation: frozen by `freeze_universal`.
+UNIVERSAL_MODULES = ("embedder", "universal")
+
+
+def default_num_classes() -> dict[str, int]:
+  """Class counts of the registered SuperGLUE tasks (tasks.superglue.NUM_CLASSES)."""
+  try:
+    from tasks import superglue  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return {}
+  return dict(superglue.NUM_CLASSES)
+
+
+def head_layout(mixture_or_task: str, num_classes: Mapping[str, int] | None = None
+                ) -> tuple[HeadLayout, dict[str, float]]:
+  """(head layout, sampling rates) of a registered task or mixture."""
+  rates = task_rates(mixture_or_task)
+  counts = dict(default_num_classes())
+  counts.update(num_classes or {})
+  return HeadLayout.for_tasks(list(rates), counts), rates
+
+
+def model_config(layout: HeadLayout) -> Ernie3Config:
+  """The gin-bound `Ernie3Config` with `num_labels` set to the packed heads' width."""
+  cfg = Ernie3Config()
+  if cfg.num_labels not in (0, layout.total):
+    raise ValueError(
+        f"Ernie3Config.num_labels={cfg.num_labels}, but the tasks {list(layout.task_names)} "
+        f"need {layout.total} packed head outputs ({list(layout.num_classes)}); leave "
+        "Ernie3Config.num_labels unset for fine-tuning")
+  return dataclasses.replace(cfg, num_labels=layout.total)
+
+
+def _top_level_labels(params: Any, frozen: tuple[str, ...]) -> Any:
+  return {k: jax.tree_util.tree_map(lambda _, k=k: "frozen" if k in frozen else "train", v)
+          for k, v in params.items()}
+
+
+def make_finetune_optimizer(schedule: optax.Schedule,
+                            frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """`optimizer.make_optimizer` for the trainable modules; none for the `frozen` ones."""
+  tx = optimizer.make_optimizer(schedule)
+  if not frozen:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: _top_level_labels(params, frozen))
+
+
+def classification_sums(log_probs: jax.Array, batch: Mapping[str, jax.Array],
+                        layout: HeadLayout) -> dict[str, jax.Array]:
+  """Per-task loss/correct/weight sums of one batch (label −1 rows weigh 0)."""
+  label = batch["label"]
+  weight = (label >= 0).astype(jnp.float32)
+  target = jnp.clip(label, 0, log_probs.shape[-1] - 1)
+  nll = -jnp.take_along_axis(log_probs, target[:, None], axis=-1)[:, 0]
+  correct = (jnp.argmax(log_probs, axis=-1) == target).astype(jnp.float32)
+  sums = {}
+  for i, name in enumerate(layout.task_names):
+    w = weight * (batch["task_index"] == i)
+    sums[f"{name}/loss_sum"] = (nll * w).sum()
+    sums[f"{name}/correct_sum"] = (correct * w).sum()
+    sums[f"{name}/weight"] = w.sum()
+  return sums
+
+
+def classify_log_probs(model: Ernie3, params: Any, batch: Mapping[str, jax.Array],
+                       layout: HeadLayout, deterministic: bool = True,
+                       rng: jax.Array | None = None) -> jax.Array:
+  """[B, max classes] log-probabilities of each row over its own task's head."""
+  tid = jnp.full(batch["input_ids"].shape[:1], task_ids.FINETUNE, jnp.int32)
+  logits = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"], tid,
+                       deterministic, method=Ernie3.classify,
+                       rngs=None if deterministic else {"dropout": rng})
+  return layout.task_log_probs(logits, batch["task_index"])
+
+
+def make_finetune_step(model: Ernie3, tx: optax.GradientTransformation, layout: HeadLayout,
+                       frozen: tuple[str, ...] = ()) -> Callable:
+  """Returns step(state, batch, rng) -> (state, metrics): one AdamW update on the
+  mean cross-entropy of the labeled rows; non-finite updates are skipped."""
+
+  def loss_fn(trainable, fixed, batch, rng):
+    log_probs = classify_log_probs(model, {**trainable, **fixed}, batch, layout, False, rng)
+    sums = classification_sums(log_probs, batch, layout)
+    total_weight = sum(sums[f"{n}/weight"] for n in layout.task_names)
+    total_nll = sum(sums[f"{n}/loss_sum"] for n in layout.task_names)
+    return total_nll / jnp.maximum(total_weight, 1.0), sums
+
+  def step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    trainable = {k: v for k, v in state.params.items() if k not in frozen}
+    fixed = {k: v for k, v in state.params.items() if k in frozen}
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, fixed, batch,
+                                                                    rng)
+    grads = {**grads, **jax.tree_util.tree_map(jnp.zeros_like, fixed)}
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(grad_norm))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # Frozen modules keep their exact values (x + 0.0 would turn -0.0 into +0.0).
+    params = {k: state.params[k] if k in frozen else v for k, v in params.items()}
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new,
+                                                   old)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_skipped=state.nonfinite_skipped + jnp.logical_not(finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    for name in layout.task_names:
+      w = jnp.maximum(sums[f"{name}/weight"], 1e-8)
+      metrics[f"{name}/loss"] = sums[f"{name}/loss_sum"] / w
+      metrics[f"{name}/accuracy"] = sums[f"{name}/correct_sum"] / w
+      metrics[f"{name}/weight"] = sums[f"{name}/weight"]
+    return new_state, metrics
+
+  return step
+
+
+@dataclasses.dataclass
+class FinetuneSetup:
+  """What training, evaluation and inference of one fine-tuning config share."""
+
+  name: str  # the seqio task or mixture
+  config: Ernie3Config
+  model: Ernie3
+  layout: HeadLayout
+  rates: dict[str, float]
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  frozen: tuple[str, ...]
+  mesh: Any
+  rules: Any
+
+
+@gin.configurable
+def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
+                   num_classes: Mapping[str, int] | None = None,
+                   freeze_universal: bool = False, num_steps: int = 1000,
+                   mesh_fn: Callable = mesh_lib.make_mesh) -> FinetuneSetup:
+  """Model, head layout, optimizer and mesh of the fine-tuning config in gin.
+
+  Args:
+    mixture_or_task: a registered seqio task or mixture (e.g. 'superglue_rte',
+      'superglue').
+    num_classes: class counts by task, added to tasks.superglue.NUM_CLASSES.
+    freeze_universal: train only the NLU module, pooler and heads.
+    num_steps: length of the learning-rate schedule (the training length).
+  """
+  layout, rates = head_layout(mixture_or_task, num_classes)
+  cfg = model_config(layout)
+  frozen = UNIVERSAL_MODULES if freeze_universal else ()
+  schedule = optimizer.learning_rate_schedule(total_steps=num_steps)
+  return FinetuneSetup(mixture_or_task, cfg, Ernie3(cfg), layout, rates,
+                       make_finetune_optimizer(schedule, frozen), schedule, frozen, mesh_fn(),
+                       mesh_lib.logical_axis_rules())
+
+
+def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data: Any,
+                    seed: int, init_from: str | None):
+  """(state, shardings, resumed step or None): the latest checkpoint in `ckpt` if
+  any; else a fresh state whose parameters come from `init_from`'s checkpoint
+  where they exist (heads stay fresh)."""
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
+                                                       setup.rules, 0)
+    state, data_state = ckpt.restore(resumed_from, abstract, shardings)
+    data.restore(data_state)
+    print(f"resumed from step {resumed_from} ({ckpt.directory})", flush=True)
+    return state, shardings, resumed_from
+  state, shardings, _ = partitioning.create_train_state(setup.model, setup.tx, setup.mesh,
+                                                        setup.rules, 0, seed)
+  if init_from:
+    params, report = checkpointing.restore_params_into(state.params, shardings.params,
+                                                       init_from)
+    state = state.replace(params=params)
+    print(f"initialised {report['restored']} parameters from step {report['step']} of "
+          f"{init_from}; fresh: {report['fresh']}", flush=True)
+  return state, shardings, None
+
+
+@gin.configurable(denylist=["model_dir"])
+def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128,
+             num_steps: int = 1000, seed: int = 0, init_from: str | None = None,
+             log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
+             async_checkpoints: bool = True,
+             progress_bar: bool | None = None) -> train_lib.TrainResult:
+  """Fine-tunes (or resumes fine-tuning) in `model_dir`; `finetune_setup` (gin)
+  names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
+  parameters start the backbone (ignored when resuming)."""
+  setup = finetune_setup(num_steps=num_steps)
+  row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
+  if batch_size % row_shards:
+    raise ValueError(f"finetune.batch_size={batch_size} must be divisible by data x fsdp = "
+                     f"{row_shards}")
+  num_processes, process_index = jax.process_count(), jax.process_index()
+  data = FinetuneInput(setup.layout.task_names, batch_size=batch_size // num_processes,
+                       sequence_length=sequence_length, seed=seed, shard_index=process_index,
+                       num_shards=num_processes, rates=setup.rates)
+  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
+                                    keep_checkpoints, async_checkpoints)
+  state, shardings, resumed_from = restore_or_init(setup, ckpt, data, seed, init_from)
+
+  rows = partitioning.batch_sharding(setup.mesh, setup.rules)
+  replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(make_finetune_step(setup.model, setup.tx, setup.layout, setup.frozen),
+                   in_shardings=(shardings, rows, replicated),
+                   out_shardings=(shardings, replicated), donate_argnums=(0,))
+  base_rng = jax.random.PRNGKey(seed + 1)
+  writer = train_lib._metric_writer(model_dir)  # pylint: disable=protected-access
+  history: list[dict[str, float]] = []
+  step = int(jax.device_get(state.step))
+  stopped_by = "num_steps"
+  bar = train_lib._progress_bar(num_steps, step, progress_bar)  # pylint: disable=protected-access
+  pending: list[dict] = []
+  last_time, last_step = time.perf_counter(), step
+  with train_lib._SigtermFlag() as sigterm, setup.mesh, nn.logical_axis_rules(setup.rules):  # pylint: disable=protected-access
+    while step < num_steps:
+      batch = data.next_batch()
+      state, metrics = jitted(state, partitioning.to_global_batch(batch, rows), base_rng)
+      pending.append(metrics)
+      step += 1
+      if bar is not None:
+        bar.update(1)
+      if step % log_every == 0 or step == num_steps:
+        m = train_lib._window_average(pending)  # pylint: disable=protected-access
+        pending = []
+        now = time.perf_counter()
+        m.update(step=step, learning_rate=float(setup.schedule(step - 1)),
+                 seconds_per_step=(now - last_time) / max(step - last_step, 1),
+                 nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
+        last_time, last_step = now, step
+        history.append(m)
+        writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
+        line = _format(m)
+        logging.info("step %d %s", step, line)
+        if bar is None:
+          print(f"step {step}: {line}", flush=True)
+      ckpt.save(step, state, data.state())
+      if sigterm.raised:
+        ckpt.save(step, state, data.state(), force=True)
+        stopped_by = "sigterm"
+        print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
+        break
+  if stopped_by == "num_steps":
+    ckpt.save(step, state, data.state(), force=True)
+  ckpt.close()
+  data.close()
+  writer.flush()
+  if bar is not None:
+    bar.close()
+  if process_index == 0:
+    with open(os.path.join(model_dir, "finetune_history.json"), "w") as f:
+      json.dump({"tasks": list(setup.layout.task_names), "history": history}, f, indent=1)
+  return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _format(m: dict[str, float]) -> str:
+  per_task = " ".join(f"{k.split('/')[0]}={v:.3f}" for k, v in sorted(m.items())
+                      if k.endswith("/accuracy") and np.isfinite(v))
+  return (f"loss={m['loss']:.4f} accuracy[{per_task}] lr={m['learning_rate']:.2e} "
+          f"{m['seconds_per_step']:.3f}s/step")
