@@ -137,9 +137,9 @@ def _copa(example: dict[str, Any]) -> list[FormattedRow]:
   rows = []
   for choice_index, key in enumerate(("choice1", "choice2")):
     choice = example[key]
-    # "She lost ..." -> "so she lost ...", but keep "I" and acronyms as written.
+    # "She lost ..." -> "so she lost ...", but keep "I" and acronyms ("NASA") as written.
     first = choice.split(" ", 1)[0]
-    if first != "I" and not first.isupper():
+    if not first.isupper():
       choice = choice[:1].lower() + choice[1:]
     label = NO_LABEL if "label" not in example else int(example["label"] == choice_index)
     rows.append(FormattedRow(example["premise"], f"{connective} {choice}", label,
