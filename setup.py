@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     "protobuf==6.33.6",
     "pyarrow==25.0.1",
+    "google-crc32c==1.9.0",  # Beam writes TFRecords with it
 ]
 
 EXTRAS_REQUIRE = {

@@ -88,7 +88,7 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
                         task, split, setup_fn=worker_setup, modules_to_import=("tasks",))
                     | f"{label}/shuffle" >> beam.Reshuffle())
         _ = examples | f"{label}/write" >> beam_utils.WriteExampleTfRecord(
-            seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=num_shards or None)
+            seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=num_shards)
         _ = (examples | f"{label}/info" >> beam_utils.GetInfo(num_shards or 1)
              | f"{label}/write_info" >> beam_utils.WriteJson(
                  seqio.get_cached_info_path(task_dir, split)))

@@ -12,6 +12,7 @@ skips the consumed rows; the streams restore exactly.
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Sequence
 
 import gin
@@ -57,12 +58,16 @@ class PretrainInput:
       `document_lm` task (if present) turns on the NLG streams.
     stages: optional [(num_steps, {task: rate}), ...] replacing the mixture's rates;
       the last stage runs until training ends.
+    cache_dir: directory of seqio caches written by `python -m
+      ernie3_jax.tools.preprocess`; tasks cached there (as `<task>_cached`) are read
+      from it, the others are preprocessed here (both are reported).
   """
 
   def __init__(self, *, nlu_batch_size: int, nlg_batch_size: int, sequence_length: int,
                nlg_segment_length: int, seed: int, shard_index: int = 0, num_shards: int = 1,
                split: str = "train", mixture: str = "ernie3_pretrain",
-               stages: Sequence[tuple[int, dict[str, float]]] | None = None):
+               stages: Sequence[tuple[int, dict[str, float]]] | None = None,
+               cache_dir: str | None = None):
     rates = mixture_rates(mixture)
     self.stages = [(int(n), dict(r)) for n, r in stages] if stages else [(0, rates)]
     seen: set[str] = set()
@@ -77,6 +82,7 @@ class PretrainInput:
     self.nlu_batch_size, self.sequence_length = nlu_batch_size, sequence_length
     self.seed, self.shard_index, self.num_shards, self.split = (seed, shard_index, num_shards,
                                                                 split)
+    self.cached = self._find_caches(cache_dir, seen - {"document_lm"}) if cache_dir else {}
     self.use_streams = "document_lm" in seen
     self.streams = None
     if self.use_streams and nlg_batch_size:
@@ -92,6 +98,28 @@ class PretrainInput:
     self._stage = -1
     self._consumed = 0
     self._rows = None
+
+  @staticmethod
+  def _find_caches(cache_dir: str, names: set[str]) -> dict[str, str]:
+    """{task: its cached task} for the tasks cached under `cache_dir`."""
+    if not os.path.isdir(cache_dir):
+      raise FileNotFoundError(f"PretrainInput.cache_dir={cache_dir!r} is not a directory")
+    if cache_dir not in seqio.get_global_cache_dirs():
+      seqio.add_global_cache_dirs([cache_dir])
+    cached = {}
+    for name in sorted(names):
+      candidate = name + "_cached"
+      if (candidate in seqio.TaskRegistry.names()
+          and os.path.exists(os.path.join(cache_dir, candidate, "COMPLETED"))):
+        cached[name] = candidate
+    if not cached:
+      raise FileNotFoundError(
+          f"PretrainInput.cache_dir={cache_dir!r} holds no completed cache of {sorted(names)}; "
+          "run `python -m ernie3_jax.tools.preprocess` first")
+    uncached = sorted(names - set(cached))
+    print(f"reading {sorted(cached)} from the caches in {cache_dir}"
+          + (f"; preprocessing {uncached} during training" if uncached else ""), flush=True)
+    return cached
 
   # -- NLU rows ---------------------------------------------------------------
 
@@ -112,10 +140,10 @@ class PretrainInput:
     shard = seqio.ShardInfo(self.shard_index, self.num_shards)
     datasets = []
     for i, name in enumerate(sorted(rates)):
-      ds = _resolve(name).get_dataset(
+      ds = _resolve(self.cached.get(name, name)).get_dataset(
           {"tokens": self.sequence_length}, split=self.split, shuffle=True,
           seed=self.seed + 1000 * stage + i, shard_info=shard, num_epochs=None,
-          trim_output_features=False, use_cached=False)
+          trim_output_features=False, use_cached=name in self.cached)
       datasets.append(ds.map(lambda ex: {k: ex[k] for k in NLU_KEYS}))
     weights = [rates[name] for name in sorted(rates)]
     mixed = tf.data.Dataset.sample_from_datasets(datasets, weights=weights,

@@ -1,0 +1,130 @@
+"""Beam preprocessing (DirectRunner): the alignment equals the in-process one, the
+seqio caches hold exactly the rows the tasks produce, and training reads them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ernie3_jax import gin_utils
+from ernie3_jax import tf_runtime  # noqa: F401
+from ernie3_jax.data import beam_alignment, corpus_readers, uktp
+from ernie3_jax.data import data_config as dc
+import seqio
+import tasks  # noqa: F401  (registers the tasks and `cache_settings`)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_DOCS = 120
+LENGTH = 64
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """The first documents of the embedded corpus, in two files (two read shards)."""
+  directory = tmp_path_factory.mktemp("corpus")
+  with open(corpus_readers.EMBEDDED_CORPUS) as f:
+    lines = [next(f) for _ in range(NUM_DOCS)]
+  for i, part in enumerate((lines[:NUM_DOCS // 2], lines[NUM_DOCS // 2:])):
+    (directory / f"part{i}.jsonl").write_text("".join(part))
+  return str(directory / "*.jsonl")
+
+
+def _bindings(corpus, extra=()):
+  return [f"DataConfig.corpus = '{corpus}'", f"cache_settings.sequence_length = {LENGTH}",
+          "cache_settings.source_shards = 2", *extra]
+
+
+@pytest.fixture(scope="module")
+def preprocessed(corpus, tmp_path_factory):
+  """Runs the real command line once: alignment of both splits, two tasks cached."""
+  out = tmp_path_factory.mktemp("preprocessed")
+  args = [sys.executable, "-m", "ernie3_jax.tools.preprocess", f"--output_dir={out}",
+          "--cache_tasks=knowledge_masked_lm,uktp", "--cache_splits=train"]
+  args += [f"--gin.{b.replace(' = ', '=')}" for b in _bindings(corpus)]
+  args += ["--", "--runner=DirectRunner"]
+  proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "cached 2 tasks" in proc.stdout
+  return str(out)
+
+
+def test_beam_alignment_equals_in_process(corpus, preprocessed):
+  gin_utils.parse_gin([], _bindings(corpus))
+  cfg = dc.current()
+  kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
+  matcher = dc.entity_matcher(cfg.kg, cfg.aliases)
+  for split in ("train", "validation"):
+    expected, report = uktp.align_triples(list(dc.documents(cfg, split)), kg, matcher)
+    examples, beam_report = beam_alignment.read_alignment(
+        os.path.join(preprocessed, "uktp_alignment"), split)
+    assert examples == expected
+    for field in ("total", "in_head_article", "elsewhere", "not_aligned",
+                  "heads_without_article", "not_aligned_by_relation"):
+      assert beam_report[field] == getattr(report, field), field
+    with open(os.path.join(preprocessed, "uktp_alignment", split, "unaligned.tsv")) as f:
+      unaligned = [tuple(line.rstrip("\n").split("\t")) for line in f]
+    assert sorted(unaligned) == sorted(tuple(t) for t in report.unaligned)
+  assert report.in_head_article + report.elsewhere > 0
+
+
+def _rows(dataset):
+  return sorted(tuple(ex["tokens"].tolist()) + tuple(ex["mlm_targets"].tolist())
+                for ex in dataset.as_numpy_iterator())
+
+
+@pytest.mark.parametrize("name", ["knowledge_masked_lm", "uktp"])
+def test_cache_holds_the_task_rows(corpus, preprocessed, name):
+  alignment = os.path.join(preprocessed, "uktp_alignment")
+  gin_utils.parse_gin([], _bindings(corpus, [f"DataConfig.uktp_alignment = '{alignment}'"]))
+  task = seqio.get_mixture_or_task(name + "_cached")
+  expected = []
+  for index in range(2):  # the same two source shards the pipeline processed
+    ds = task.source.get_dataset("train", shard_info=seqio.ShardInfo(index, 2))
+    expected += _rows(task.preprocess_precache(ds))
+  if preprocessed not in seqio.get_global_cache_dirs():
+    seqio.add_global_cache_dirs([preprocessed])
+  cached = task.get_dataset({"tokens": LENGTH}, split="train", use_cached=True, shuffle=False)
+  assert _rows(cached) == sorted(expected) and len(expected) > 20
+  with open(os.path.join(preprocessed, f"{name}_cached", "stats.train.json")) as f:
+    assert json.load(f)["examples"] == len(expected)
+
+
+def test_cached_rows_refuse_another_length(corpus, preprocessed):
+  gin_utils.parse_gin([], _bindings(corpus))
+  if preprocessed not in seqio.get_global_cache_dirs():
+    seqio.add_global_cache_dirs([preprocessed])
+  task = seqio.get_mixture_or_task("knowledge_masked_lm_cached")
+  ds = task.get_dataset({"tokens": 2 * LENGTH}, split="train", use_cached=True, shuffle=False)
+  with pytest.raises(Exception, match="cache_settings.sequence_length=128"):
+    next(ds.as_numpy_iterator())
+
+
+def test_train_from_the_cache(corpus, preprocessed, tmp_path, capsys):
+  from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin(["gin_configs/experiments/demo.gin"], _bindings(corpus, [
+      f"MODEL_DIR = '{tmp_path}'", "NLU_BATCH = 8", "NLG_BATCH = 2",
+      f"SEQUENCE_LENGTH = {LENGTH}", "NLG_SEGMENT_LENGTH = 32", "train.num_steps = 3",
+      "train.log_every = 1", "train.checkpoint_every = 0", "train.progress_bar = False",
+      "ProgressiveSchedule.steps = 0", "make_mesh.num_devices = 1",
+      f"PretrainInput.cache_dir = '{preprocessed}'",
+      f"DataConfig.uktp_alignment = '{os.path.join(preprocessed, 'uktp_alignment')}'"]))
+  result = train_lib.train(str(tmp_path))
+  out = capsys.readouterr().out
+  assert "reading ['knowledge_masked_lm', 'uktp'] from the caches" in out
+  assert "preprocessing ['sentence_distance', 'sentence_reordering'] during training" in out
+  assert len(result.history) == 3 and np.isfinite(result.history[-1]["loss"])
+
+
+def test_missing_cache_dir_is_named(tmp_path):
+  from ernie3_jax.training import pretrain_input  # pylint: disable=g-import-not-at-top
+  with pytest.raises(FileNotFoundError, match="PretrainInput.cache_dir="):
+    pretrain_input.PretrainInput(nlu_batch_size=2, nlg_batch_size=0, sequence_length=64,
+                                 nlg_segment_length=32, seed=0,
+                                 cache_dir=str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="holds no completed cache"):
+    pretrain_input.PretrainInput(nlu_batch_size=2, nlg_batch_size=0, sequence_length=64,
+                                 nlg_segment_length=32, seed=0, cache_dir=str(tmp_path))
