@@ -12,7 +12,8 @@ Every task yields unbatched, unpadded rows with the features in `OUTPUT_FEATURES
 Tasks also pass through `candidate` (string: COPA choice, ReCoRD entity, MultiRC answer,
 WiC word, WSC noun phrase), `candidate_index` (int32: the row's position in its group, so
 COPA's choice index) and `answers` (string [n], ReCoRD's gold answers) for `postprocess`,
-metrics and submissions; the mixture drops them (seqio keeps only the output features). Input formats: `ernie3_jax/evaluation/superglue_formats.py`.
+metrics and submissions; the mixture drops them (seqio keeps only the output features).
+Input formats: `ernie3_jax/evaluation/superglue_formats.py`.
 
 Data comes from `superglue_sources.read_split` with the gin-configurable default source
 `superglue_source.path` ("tfds" or an official-layout directory), read when a dataset is

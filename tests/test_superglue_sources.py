@@ -41,8 +41,9 @@ def test_normalised_shapes():
   record = list(sources.read_split("record", "validation", FIXTURES))
   assert record[0]["passage"]["entities"] == ["Northgate United", "Riverside Rovers", "Rovers",
                                               "Sam Hale"]
-  assert record[0]["qas"][0] == {"idx": 0, "query": "Fans of @placeholder celebrated in the square.",
-                                 "answers": ["Riverside Rovers", "Rovers"]}
+  assert record[0]["qas"][0] == {
+      "idx": 0, "query": "Fans of @placeholder celebrated in the square.",
+      "answers": ["Riverside Rovers", "Rovers"]}
   copa = list(sources.read_split("copa", "validation", FIXTURES))
   assert [r["label"] for r in copa] == [0, 1, 0]
 
@@ -67,7 +68,8 @@ def _write(tmp_path, task_dir, name, lines):
 
 @pytest.mark.parametrize("task,line,message", [
     ("cb", "{not json", "invalid JSON"),
-    ("cb", json.dumps({"premise": "p", "idx": 0, "label": "neutral"}), "missing field 'hypothesis'"),
+    ("cb", json.dumps({"premise": "p", "idx": 0, "label": "neutral"}),
+     "missing field 'hypothesis'"),
     ("cb", json.dumps({"premise": "p", "hypothesis": "h", "idx": 0, "label": "maybe"}),
      "unknown cb label 'maybe'"),
     ("boolq", json.dumps({"question": "q", "passage": "p", "idx": 0, "label": "yes"}),

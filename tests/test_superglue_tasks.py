@@ -51,6 +51,9 @@ def test_copa_rows_per_choice_with_connective():
                                       "because the bulb burned out."]
   assert [r.label for r in lamp] == [0, 1]
   assert dog[1].text_b == "because NASA launched a probe." and dog[1].label == -1
+  lower = formats.lower_first_word
+  assert [lower(s) for s in ("A tree fell.", "I'm late.", "Ann left.")] == [
+      "a tree fell.", "I'm late.", "ann left."]
 
 
 def test_multirc_rows_per_answer_grouped_by_question():

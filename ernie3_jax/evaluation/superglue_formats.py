@@ -132,15 +132,20 @@ def _wic(example: dict[str, Any], markers: SpanMarkers) -> list[FormattedRow]:
   return [FormattedRow(a, b, _bool_label(example), _single(example), candidate=example["word"])]
 
 
+def lower_first_word(sentence: str) -> str:
+  """"She lost ..." -> "she lost ...", but "I", "I'm" and acronyms ("NASA") stay as written."""
+  first = sentence.split(" ", 1)[0]
+  if first == "I" or first.startswith("I'") or (len(first) > 1 and first.isupper()):
+    return sentence
+  return sentence[:1].lower() + sentence[1:]
+
+
 def _copa(example: dict[str, Any]) -> list[FormattedRow]:
   connective = COPA_CONNECTIVES[example["question"]]
   rows = []
   for choice_index, key in enumerate(("choice1", "choice2")):
     choice = example[key]
-    # "She lost ..." -> "so she lost ...", but keep "I" and acronyms ("NASA") as written.
-    first = choice.split(" ", 1)[0]
-    if not first.isupper():
-      choice = choice[:1].lower() + choice[1:]
+    choice = lower_first_word(choice)
     label = NO_LABEL if "label" not in example else int(example["label"] == choice_index)
     rows.append(FormattedRow(example["premise"], f"{connective} {choice}", label,
                              _single(example), candidate=example[key]))
