@@ -80,6 +80,16 @@ class Ernie3(nn.Module):
     return h, {"universal": umem, "nlg": nmem,
                "valid": recurrence_memory.append_valid(mem_valid, valid)}
 
+  # -- cached decoding (see model/decode_cache.py) ---------------------------
+
+  def embed(self, tokens: Array, segment_ids: Array, task_ids: Array) -> Array:
+    """Deterministic input embeddings [B, L, d_model] (the first step of every path)."""
+    return self.embedder(tokens, segment_ids, task_ids, True)
+
+  def lm_logits(self, h: Array) -> Array:
+    """Next-token logits [..., V] of NLG hidden states [..., task_d_model]."""
+    return self.lm_head(h, self.embedder.attend)
+
   # -- pre-training heads ---------------------------------------------------
 
   def nlu_pretrain(self, tokens, segment_ids, task_ids, deterministic=True,

@@ -105,3 +105,65 @@ class RelativeMultiHeadAttention(nn.Module):
     return layers.DenseGeneral((d_model,), ("heads", "kv"), (self.embed_axis,),
                                dtype=self.dtype, param_dtype=self.param_dtype,
                                kernel_init_std=self.init_std, name="out")(out)
+
+
+class CachedRelativeAttention(nn.Module):
+  """Incremental twin of `RelativeMultiHeadAttention` for decoding (same parameters).
+
+  Parameter names match the training module, so a trained attention's params
+  apply unchanged. The caller keeps projected keys/values ([memory ; open
+  segment]) in a cache and passes, for every (query, key) pair, the index of its
+  relative distance into `r` (the projected encodings of distances 0 .. P - 1);
+  a new token then costs one query against the cached keys instead of a re-run.
+  """
+
+  num_heads: int
+  head_dim: int
+  d_model: int
+  embed_axis: str
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    def dense(features, in_names, out_names, use_bias=True):
+      return layers.DenseGeneral(features, in_names, out_names, use_bias=use_bias,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
+    heads = (self.num_heads, self.head_dim)
+    self.query = dense(heads, (self.embed_axis,), ("heads", "kv"))
+    self.key = dense(heads, (self.embed_axis,), ("heads", "kv"))
+    self.value = dense(heads, (self.embed_axis,), ("heads", "kv"))
+    self.position = dense(heads, (self.embed_axis,), ("heads", "kv"), use_bias=False)
+    self.out = dense((self.d_model,), ("heads", "kv"), (self.embed_axis,))
+    shape = (self.num_heads, self.head_dim)
+    self.content_bias = self.param("content_bias", nn.initializers.zeros, shape,
+                                   self.param_dtype)
+    self.position_bias = self.param("position_bias", nn.initializers.zeros, shape,
+                                    self.param_dtype)
+
+  def keys_values(self, context: Array) -> tuple[Array, Array]:
+    """[B, K, D] -> projected keys and values [B, K, H, Dh]."""
+    return self.key(context), self.value(context)
+
+  def project_positions(self, encoding: Array) -> Array:
+    """This layer's W_R applied to sinusoidal encodings [P, D] -> [P, H, Dh]."""
+    return self.position(encoding)
+
+  def __call__(self, x: Array, keys: Array, values: Array, r: Array, mask: Array,
+               distance_index: Array) -> Array:
+    """Attends from `x` [B, Q, D] to cached `keys`/`values` [B, K, H, Dh].
+
+    `r` [P, H, Dh] holds projected encodings of distances 0 .. P - 1;
+    `distance_index` [B, Q, K] picks each pair's distance (masked pairs may hold
+    any index); `mask` is [B, 1, Q, K] as from `attention_mask`.
+    """
+    scale = self.head_dim ** -0.5
+    q = self.query(x) * jnp.asarray(scale, self.dtype)
+    u = (self.content_bias * scale).astype(self.dtype)
+    vb = (self.position_bias * scale).astype(self.dtype)
+    content = jnp.einsum("bqhd,bkhd->bhqk", q + u, keys, preferred_element_type=jnp.float32)
+    by_distance = jnp.einsum("bqhd,phd->bhqp", q + vb, r.astype(self.dtype),
+                             preferred_element_type=jnp.float32)
+    logits = content + jnp.take_along_axis(by_distance, distance_index[:, None], axis=-1)
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, values))

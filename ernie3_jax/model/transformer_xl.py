@@ -10,7 +10,8 @@ from jax.ad_checkpoint import checkpoint_name
 from ernie3_jax.model import layers
 from ernie3_jax.model import recurrence_memory
 from ernie3_jax.model.config import Ernie3Config, StackConfig
-from ernie3_jax.model.relative_attention import RelativeMultiHeadAttention, attention_mask
+from ernie3_jax.model.relative_attention import (CachedRelativeAttention,
+                                                 RelativeMultiHeadAttention, attention_mask)
 from ernie3_jax.model.relative_position import relative_distances, sinusoidal_encoding
 
 Array = jax.Array
@@ -148,3 +149,70 @@ def unstack_scanned_params(stack_params: dict, num_layers: int) -> dict:
   for i in range(num_layers):
     out[f"layers_{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], stack_params["layers"])
   return out
+
+
+def write_rows(buffer: Array, update: Array, start: Array) -> Array:
+  """Writes `update` [B, Q, ...] into `buffer` [B, S, ...] at per-row offsets `start` [B]."""
+  put = lambda buf, upd, s: jax.lax.dynamic_update_slice_in_dim(buf, upd.astype(buf.dtype), s,
+                                                                axis=0)
+  return jax.vmap(put)(buffer, update, start)
+
+
+class CachedTransformerXLBlock(nn.Module):
+  """Incremental twin of `TransformerXLBlock` for decoding (same parameters).
+
+  The open segment's keys, values and remembered states (the block output for
+  same-layer memory, its input for previous-layer memory) live in a cache, so
+  new tokens attend to [memory ; open segment] without re-running earlier ones.
+  Deterministic: decoding never drops out.
+  """
+
+  stack: StackConfig
+  config: Ernie3Config
+
+  def setup(self):
+    cfg, st = self.config, self.stack
+    dtype, pdtype = cfg.compute_dtype, cfg.weights_dtype
+    norm = lambda: layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, dtype, pdtype)
+    self.attention = CachedRelativeAttention(st.num_heads, st.head_dim, st.d_model,
+                                             st.embed_axis, dtype, pdtype)
+    self.attention_norm = norm()
+    self.ffn_norm = norm()
+    self.ffn = layers.FeedForward(st.d_ff, st.embed_axis, 0.0, dtype, pdtype)
+
+  def project_positions(self, encoding: Array) -> Array:
+    """Sinusoidal encodings [P, D] -> this layer's projected [P, H, Dh]."""
+    return self.attention.project_positions(encoding)
+
+  def memory_keys_values(self, memory: Array) -> tuple[Array, Array]:
+    """Keys and values [B, M, H, Dh] of this layer's memory [B, M, D]."""
+    cfg = self.config
+    context = self.attention_norm(memory) if cfg.pre_layer_norm else memory.astype(
+        cfg.compute_dtype)
+    return self.attention.keys_values(context)
+
+  def __call__(self, x: Array, start: Array, mem_k: Array, mem_v: Array, seg_k: Array,
+               seg_v: Array, seg_states: Array, r: Array, mask: Array,
+               distance_index: Array):
+    """Runs x [B, Q, D] (open-segment positions start .. start + Q - 1 of each row).
+
+    Writes the new keys, values and remembered states into the segment cache
+    (seg_k/seg_v [B, S, H, Dh], seg_states [B, S, D]) before attending, so each
+    query sees itself. Returns (output, seg_k, seg_v, seg_states).
+    """
+    cfg = self.config
+    block_input = x
+    h = self.attention_norm(x) if cfg.pre_layer_norm else x
+    k, v = self.attention.keys_values(h)
+    seg_k, seg_v = write_rows(seg_k, k, start), write_rows(seg_v, v, start)
+    keys = jnp.concatenate([mem_k.astype(seg_k.dtype), seg_k], axis=1)
+    values = jnp.concatenate([mem_v.astype(seg_v.dtype), seg_v], axis=1)
+    a = self.attention(h, keys, values, r, mask, distance_index)
+    if cfg.pre_layer_norm:
+      x = x + a
+      x = x + self.ffn(self.ffn_norm(x), True, 1.0)
+    else:
+      x = self.attention_norm(x + a)
+      x = self.ffn_norm(x + self.ffn(x, True, 1.0))
+    remembered = x if cfg.memory_mode == "same_layer" else block_input
+    return x, seg_k, seg_v, write_rows(seg_states, remembered, start)

@@ -1,0 +1,290 @@
+"""Incremental (key/value-cached) decoding through the NLG path.
+
+Generation follows the training layout: text is cut into segments of
+`segment_length` S counted from the start of each row's text; finished segments
+live in the recurrence memory (M slots per layer) and the current, open segment
+grows one token at a time. For every layer of the universal and NLG stacks the
+cache holds
+
+* the projected keys/values of the memory (recomputed only when a segment is
+  committed), and
+* the projected keys/values of the open segment's tokens and the states the
+  memory will remember of them (the layer output under same-layer memory, its
+  input under previous-layer memory).
+
+A new token therefore costs one query per layer against M + S cached keys. When
+the open segment holds S tokens it is committed: its remembered states are
+appended to the memory exactly as `Ernie3.nlg_decode` appends a training
+segment's, and the next token starts a new segment.
+
+Rows keep their own positions: each row's open-segment length is `length[b]`,
+so prompts of different lengths need no padding on the left and rows commit at
+different steps. Every array keeps a fixed shape, so one compiled step serves
+the whole generation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ernie3_jax.model import layers, recurrence_memory
+from ernie3_jax.model.config import Ernie3Config, StackConfig
+from ernie3_jax.model.ernie3 import PAD_ID, Ernie3
+from ernie3_jax.model.relative_position import sinusoidal_encoding
+from ernie3_jax.model.transformer_xl import CachedTransformerXLBlock, write_rows
+
+Array = jax.Array
+DecodeParams = dict[str, Any]
+
+
+@flax.struct.dataclass
+class StackCache:
+  """One stack's cache; every array has layers first and batch second."""
+
+  memory: Array      # [L, B, M, D]  remembered states of committed segments
+  mem_k: Array       # [L, B, M, H, Dh]
+  mem_v: Array       # [L, B, M, H, Dh]
+  seg_k: Array       # [L, B, S, H, Dh]  the open segment's keys
+  seg_v: Array       # [L, B, S, H, Dh]
+  seg_states: Array  # [L, B, S, D]  what the memory will remember of the open segment
+
+
+@flax.struct.dataclass
+class DecodeCache:
+  """The universal and NLG stack caches plus per-row positions and validity."""
+
+  universal: StackCache
+  nlg: StackCache
+  mem_valid: Array  # [B, M]  memory slots holding real tokens
+  seg_valid: Array  # [B, S]  open-segment slots holding real (non-pad) tokens
+  length: Array     # [B]     tokens in each row's open segment (0 .. S)
+
+
+def _batch_axes(cache: DecodeCache) -> DecodeCache:
+  """A tree like `cache` whose leaves are each array's batch axis."""
+  stack = lambda s: jax.tree_util.tree_map(lambda _: 1, s)
+  return DecodeCache(stack(cache.universal), stack(cache.nlg), 0, 0, 0)
+
+
+def select_rows(rows: Array, new: DecodeCache, old: DecodeCache) -> DecodeCache:
+  """Row b of the result is row b of `new` where rows[b], else of `old`."""
+  def pick(a, b, axis):
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    return jnp.where(rows.reshape(shape), a, b)
+  return jax.tree_util.tree_map(pick, new, old, _batch_axes(new))
+
+
+def reorder_rows(cache: DecodeCache, index: Array) -> DecodeCache:
+  """Row b of the result is row index[b] of `cache` (beam reordering, replication)."""
+  return jax.tree_util.tree_map(lambda a, axis: jnp.take(a, index, axis=axis), cache,
+                                _batch_axes(cache))
+
+
+def _stacked_layers(stack_params: dict, num_layers: int) -> dict:
+  """Per-layer params stacked on a leading axis, from scanned or unrolled params."""
+  if "layers" in stack_params:
+    return stack_params["layers"]
+  per_layer = [stack_params[f"layers_{i}"] for i in range(num_layers)]
+  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_layer)
+
+
+class CachedNLGDecoder:
+  """Prefill, one-token steps and segment commits for `Ernie3`'s NLG path.
+
+  All methods are pure functions of (decode params, cache, tokens), meant to
+  run under `jax.jit`; `prepare` turns the model's params into decode params.
+  """
+
+  def __init__(self, model: Ernie3, segment_length: int, task_id: int):
+    if segment_length < 1:
+      raise ValueError(f"segment_length must be >= 1, got {segment_length}")
+    self.model = model
+    self.config: Ernie3Config = model.config
+    self.segment_length = segment_length
+    self.task_id = task_id
+    self.memory_len = self.config.memory_len
+    # Distances a causal query can have to a key of [memory ; open segment].
+    self.num_distances = self.memory_len + segment_length
+    self.stacks = {"universal": self.config.universal_stack(), "nlg": self.config.nlg_stack()}
+    self.blocks = {name: CachedTransformerXLBlock(st, self.config)
+                   for name, st in self.stacks.items()}
+
+  # -- parameters -------------------------------------------------------------
+
+  def _stack_params(self, params: dict, name: str) -> dict:
+    return params["universal"] if name == "universal" else params["nlg"]["stack"]
+
+  def _positions(self, stack_params: dict, layer_params: dict, name: str) -> Array:
+    """Projected encodings [L, P, H, Dh] of distances 0 .. P - 1 for every layer."""
+    cfg, st = self.config, self.stacks[name]
+    distances = jnp.arange(self.num_distances, dtype=jnp.float32)
+    encoding = sinusoidal_encoding(distances, st.d_model).astype(cfg.compute_dtype)
+    if st.share_position_projection:
+      shared = layers.DenseGeneral((st.num_heads, st.head_dim), (st.embed_axis,),
+                                   ("heads", "kv"), use_bias=False, dtype=cfg.compute_dtype,
+                                   param_dtype=cfg.weights_dtype)
+      r = shared.apply({"params": stack_params["shared_position"]}, encoding)
+      return jnp.broadcast_to(r, (st.num_layers,) + r.shape)
+    block = self.blocks[name]
+    project = lambda p: block.apply({"params": p}, encoding,
+                                    method=CachedTransformerXLBlock.project_positions)
+    return jax.vmap(project)(layer_params)
+
+  def prepare(self, params: dict) -> DecodeParams:
+    """Model params -> decode params: per-stack stacked layers and position projections."""
+    params = nn.unbox(params)
+    out: DecodeParams = {"model": params}
+    for name, st in self.stacks.items():
+      stack_params = self._stack_params(params, name)
+      layer_params = _stacked_layers(stack_params, st.num_layers)
+      out[name] = {"layers": layer_params,
+                   "positions": self._positions(stack_params, layer_params, name)}
+    return out
+
+  # -- cache --------------------------------------------------------------------
+
+  def _memory_keys_values(self, dp: DecodeParams, name: str, memory: Array):
+    block = self.blocks[name]
+    project = lambda p, m: block.apply({"params": p}, m,
+                                       method=CachedTransformerXLBlock.memory_keys_values)
+    return jax.vmap(project)(dp[name]["layers"], memory)
+
+  def init_cache(self, dp: DecodeParams, batch_size: int) -> DecodeCache:
+    """An empty cache: all-invalid memory (as `init_memory`) and empty open segments."""
+    cfg, s = self.config, self.segment_length
+    memory = recurrence_memory.init_memory(cfg, batch_size)
+    stacks = {}
+    for name, st in self.stacks.items():
+      mem_k, mem_v = self._memory_keys_values(dp, name, memory[name])
+      kv = jnp.zeros((st.num_layers, batch_size, s, st.num_heads, st.head_dim),
+                     cfg.compute_dtype)
+      stacks[name] = StackCache(
+          memory=memory[name], mem_k=mem_k, mem_v=mem_v, seg_k=kv, seg_v=kv,
+          seg_states=jnp.zeros((st.num_layers, batch_size, s, st.d_model), cfg.compute_dtype))
+    return DecodeCache(stacks["universal"], stacks["nlg"], memory["valid"],
+                       jnp.zeros((batch_size, s), jnp.bool_),
+                       jnp.zeros((batch_size,), jnp.int32))
+
+  # -- running tokens -----------------------------------------------------------
+
+  def _run_stack(self, dp: DecodeParams, name: str, cache: StackCache, x: Array,
+                 start: Array, mask: Array, distance_index: Array):
+    cfg, block = self.config, self.blocks[name]
+
+    def layer(h, xs):
+      p, r, mem_k, mem_v, seg_k, seg_v, seg_states = xs
+      h, seg_k, seg_v, seg_states = block.apply(
+          {"params": p}, h, start, mem_k, mem_v, seg_k, seg_v, seg_states, r, mask,
+          distance_index)
+      return h, (seg_k, seg_v, seg_states)
+
+    x, (seg_k, seg_v, seg_states) = jax.lax.scan(
+        layer, x, (dp[name]["layers"], dp[name]["positions"], cache.mem_k, cache.mem_v,
+                   cache.seg_k, cache.seg_v, cache.seg_states))
+    if cfg.pre_layer_norm:
+      st = self.stacks[name]
+      final_norm = layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, cfg.compute_dtype,
+                                    cfg.weights_dtype)
+      x = final_norm.apply({"params": self._stack_params(dp["model"], name)["final_norm"]}, x)
+    return x, cache.replace(seg_k=seg_k, seg_v=seg_v, seg_states=seg_states)
+
+  def extend(self, dp: DecodeParams, cache: DecodeCache, tokens: Array):
+    """Appends tokens [B, Q] to each row's open segment (needs length + Q <= S).
+
+    Returns (NLG hidden states [B, Q, task_d_model], updated cache).
+    """
+    cfg, m = self.config, self.memory_len
+    b, q = tokens.shape
+    start = cache.length
+    seg_valid = write_rows(cache.seg_valid, tokens != PAD_ID, start)
+    key_valid = jnp.concatenate([cache.mem_valid, seg_valid], axis=1)
+    # Query i of row b sits at key index m + start[b] + i of [memory ; open segment].
+    query_at = (m + start[:, None] + jnp.arange(q)[None, :])[:, :, None]
+    key_at = jnp.arange(m + self.segment_length)[None, None, :]
+    mask = jnp.logical_and(key_valid[:, None, :], key_at <= query_at)[:, None]
+    distance_index = jnp.clip(query_at - key_at, 0, self.num_distances - 1)
+    params = dp["model"]
+    x = self.model.apply({"params": params}, tokens, jnp.zeros_like(tokens),
+                         jnp.full((b,), self.task_id, jnp.int32), method=Ernie3.embed)
+    x, universal = self._run_stack(dp, "universal", cache.universal, x, start, mask,
+                                   distance_index)
+    st = self.stacks["nlg"]
+    projection = layers.DenseGeneral((st.d_model,), ("embed",), (st.embed_axis,),
+                                     dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype)
+    projection_norm = layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon,
+                                       cfg.compute_dtype, cfg.weights_dtype)
+    h = projection.apply({"params": params["nlg"]["projection"]}, x)
+    h = projection_norm.apply({"params": params["nlg"]["projection_norm"]}, h)
+    h, nlg = self._run_stack(dp, "nlg", cache.nlg, h, start, mask, distance_index)
+    return h, cache.replace(universal=universal, nlg=nlg, seg_valid=seg_valid,
+                            length=start + q)
+
+  def logits(self, dp: DecodeParams, h: Array) -> Array:
+    """NLG hidden states [B, Q, Dt] -> next-token logits [B, Q, V] (float32)."""
+    return self.model.apply({"params": dp["model"]}, h, method=Ernie3.lm_logits)
+
+  def commit(self, dp: DecodeParams, cache: DecodeCache, rows: Array) -> DecodeCache:
+    """Moves the open segment of rows where `rows` [B] into memory, as training does."""
+    m = self.memory_len
+
+    def move(cache: DecodeCache) -> DecodeCache:
+      stacks = {}
+      for name in self.stacks:
+        c: StackCache = getattr(cache, name)
+        memory = recurrence_memory.append(c.memory, c.seg_states, m)
+        mem_k, mem_v = self._memory_keys_values(dp, name, memory)
+        stacks[name] = c.replace(memory=memory, mem_k=mem_k, mem_v=mem_v)
+      moved = cache.replace(
+          universal=stacks["universal"], nlg=stacks["nlg"],
+          mem_valid=recurrence_memory.append_valid(cache.mem_valid, cache.seg_valid),
+          seg_valid=jnp.zeros_like(cache.seg_valid), length=jnp.zeros_like(cache.length))
+      return select_rows(rows, moved, cache)
+
+    return jax.lax.cond(jnp.any(rows), move, lambda c: c, cache)
+
+  def step(self, dp: DecodeParams, cache: DecodeCache, token: Array):
+    """Feeds one token [B] per row; returns (next-token logits [B, V], cache).
+
+    A row whose open segment is full commits it first, so the token starts a new
+    segment (the same boundaries as training's segments).
+    """
+    cache = self.commit(dp, cache, cache.length >= self.segment_length)
+    h, cache = self.extend(dp, cache, token[:, None])
+    return self.logits(dp, h)[:, 0], cache
+
+  def prefill(self, dp: DecodeParams, cache: DecodeCache, prompts: Array,
+              prompt_lengths: Array):
+    """Runs prompts [B, C * S] (row b's tokens first, then padding) segment by segment.
+
+    Row b's segments are its tokens [kS, (k+1)S); every full segment before its
+    last is committed, the last (1 .. S tokens) stays open. `cache` must be empty.
+    Returns (logits [B, V] for the token after each prompt, cache).
+    """
+    b, total = prompts.shape
+    s = self.segment_length
+    if total % s:
+      raise ValueError(f"prefill needs a multiple of segment_length={s} columns, got {total}")
+    chunks = prompts.reshape(b, total // s, s).transpose(1, 0, 2)
+    open_chunk = (prompt_lengths - 1) // s
+    open_length = prompt_lengths - open_chunk * s
+
+    def chunk(carry, xs):
+      cache, last = carry
+      k, tokens = xs
+      h, extended = self.extend(dp, cache, tokens)
+      cache = select_rows(k <= open_chunk, extended, cache)
+      cache = self.commit(dp, cache, k < open_chunk)
+      h_last = jnp.take_along_axis(h, (open_length - 1)[:, None, None], axis=1)
+      last = jnp.where((k == open_chunk)[:, None, None], h_last, last)
+      return (cache, last), None
+
+    last = jnp.zeros((b, 1, self.stacks["nlg"].d_model), self.config.compute_dtype)
+    (cache, last), _ = jax.lax.scan(chunk, (cache, last),
+                                    (jnp.arange(chunks.shape[0]), chunks))
+    return self.logits(dp, last)[:, 0], cache
