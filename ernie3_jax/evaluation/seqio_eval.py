@@ -72,9 +72,9 @@ def evaluation_view(task: seqio.Task, split: str, sequence_length: int) -> Itera
   measure (see the module docstring); yields its registered name."""
   lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
 
-  def source_fn(split_name, shuffle_files, seed=None):
+  def source_fn(split, shuffle_files, seed=None):  # pylint: disable=redefined-outer-name
     del shuffle_files, seed
-    return task.get_dataset(lengths, split=split_name, shuffle=False, num_epochs=1,
+    return task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1,
                             use_cached=False)
 
   name = VIEW_PREFIX + task.name

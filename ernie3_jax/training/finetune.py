@@ -223,16 +223,21 @@ def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data
 def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128,
              num_steps: int = 1000, seed: int = 0, init_from: str | None = None,
              log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
-             async_checkpoints: bool = True,
-             progress_bar: bool | None = None) -> train_lib.TrainResult:
+             async_checkpoints: bool = True, progress_bar: bool | None = None,
+             dry_run: bool = False) -> train_lib.TrainResult | None:
   """Fine-tunes (or resumes fine-tuning) in `model_dir`; `finetune_setup` (gin)
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
-  parameters start the backbone (ignored when resuming)."""
+  parameters start the backbone (ignored when resuming). `dry_run`: only check
+  the configuration (tasks, class counts, mesh, batch, init_from), touching nothing."""
   setup = finetune_setup(num_steps=num_steps)
   row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
-  if batch_size % row_shards:
+  if batch_size % (row_shards * jax.process_count()):
     raise ValueError(f"finetune.batch_size={batch_size} must be divisible by data x fsdp = "
-                     f"{row_shards}")
+                     f"{row_shards} and by the process count {jax.process_count()}")
+  if dry_run:
+    if init_from:
+      checkpointing.latest_checkpoint_dir(init_from)  # raises when there is none
+    return None
   num_processes, process_index = jax.process_count(), jax.process_index()
   data = FinetuneInput(setup.layout.task_names, batch_size=batch_size // num_processes,
                        sequence_length=sequence_length, seed=seed, shard_index=process_index,
