@@ -87,7 +87,7 @@ _TEXT_SIGNATURE = {
     "has_b": tf.TensorSpec([], tf.bool), "label": tf.TensorSpec([], tf.int32),
     "group": tf.TensorSpec([], tf.int32), "idx": tf.TensorSpec([3], tf.int32),
     "candidate": tf.TensorSpec([], tf.string), "candidate_index": tf.TensorSpec([], tf.int32),
-    "answers": tf.TensorSpec([None], tf.string),
+    "answers": tf.TensorSpec([None], tf.string), "keep": tf.TensorSpec([2], tf.int32),
 }
 _ROW_SIGNATURE = {
     "input_ids": tf.TensorSpec([None], tf.int32), "segment_ids": tf.TensorSpec([None], tf.int32),
@@ -121,7 +121,8 @@ def text_rows(task: str, split: str, source: str | None = None) -> Iterator[dict
         yield {"text_a": row.text_a, "text_b": row.text_b or "", "has_b": row.text_b is not None,
                "label": row.label, "group": group, "idx": np.asarray(row.idx, np.int32),
                "candidate": row.candidate, "candidate_index": position,
-               "answers": np.asarray(row.answers, dtype=object)}
+               "answers": np.asarray(row.answers, dtype=object),
+               "keep": np.asarray(row.keep or (-1, -1), np.int32)}
       group += 1
 
 
@@ -171,18 +172,50 @@ def fit_segments(segments: list[list[int]], budget: int) -> tuple[list[list[int]
   return [s[:n] for s, n in zip(segments, lengths)], cut_total
 
 
-def encode_pair(vocab, text_a: str, text_b: str | None,
-                length: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+def fit_around(before: list[int], focus: list[int], after: list[int],
+               budget: int) -> tuple[list[int], int]:
+  """before + focus + after within `budget`, cutting the longer side first (`before` from
+  its start, `after` from its end) and `focus`'s tail only when the sides are gone."""
+  excess = len(before) + len(focus) + len(after) - budget
+  cut_total = max(0, excess)
+  while excess > 0 and (before or after):
+    side_cut = min(excess, max(len(before), len(after)) - min(len(before), len(after))) or 1
+    if len(before) >= len(after):
+      before = before[side_cut:]
+    else:
+      after = after[:len(after) - side_cut]
+    excess -= side_cut
+  if excess > 0:
+    focus = focus[:len(focus) - excess]
+  return before + focus + after, cut_total
+
+
+def _encode(vocab, text: str) -> list[int]:
+  # Special pieces typed in the text ("[SEP]") become <unk>: only the packing adds them.
+  specials = {vocab.cls_id, vocab.sep_id, vocab.mask_id}
+  return [UNK_ID if t in specials else t for t in vocab.tokenizer.encode(text)]
+
+
+def encode_pair(vocab, text_a: str, text_b: str | None, length: int | None,
+                keep: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
   """(input_ids, segment_ids, tokens cut) of [CLS] a [SEP] (b [SEP]) within `length`.
 
-  Special pieces typed in the text ("[SEP]") become <unk>, so only the packing adds them.
+  `keep` = characters [start, end) of a one-segment `text_a` that truncation cuts around
+  rather than through (the three parts are encoded apart, at word boundaries).
   """
-  specials = {vocab.cls_id, vocab.sep_id, vocab.mask_id}
-  segments = [[UNK_ID if t in specials else t for t in vocab.tokenizer.encode(text)]
-              for text in ([text_a] if text_b is None else [text_a, text_b])]
   cut = 0
-  if length is not None:
-    segments, cut = fit_segments(segments, length - 1 - len(segments))
+  if keep is not None and text_b is None:
+    start, end = keep
+    parts = [_encode(vocab, t) for t in (text_a[:start], text_a[start:end], text_a[end:])]
+    if length is None:
+      segments = [parts[0] + parts[1] + parts[2]]
+    else:
+      ids, cut = fit_around(*parts, length - 2)
+      segments = [ids]
+  else:
+    segments = [_encode(vocab, t) for t in ([text_a] if text_b is None else [text_a, text_b])]
+    if length is not None:
+      segments, cut = fit_segments(segments, length - 1 - len(segments))
   ids, seg = [vocab.cls_id], [0]
   for i, piece in enumerate(segments):
     ids += piece + [vocab.sep_id]
@@ -199,7 +232,9 @@ def tokenize_rows(dataset: tf.data.Dataset, sequence_length: Any, *, vocab,
     counts = PreprocessStats()
     for ex in dataset.as_numpy_iterator():
       text_b = ex["text_b"].decode("utf-8") if ex["has_b"] else None
-      ids, segments, cut = encode_pair(vocab, ex["text_a"].decode("utf-8"), text_b, length)
+      keep = tuple(int(k) for k in ex["keep"]) if ex["keep"][0] >= 0 else None
+      ids, segments, cut = encode_pair(vocab, ex["text_a"].decode("utf-8"), text_b, length,
+                                       keep)
       # The shared counters are updated per row, so a pass stopped early still counts.
       for c in (counts, stats):
         c.add(rows=1, truncated_rows=int(cut > 0), truncated_tokens=cut)

@@ -99,6 +99,19 @@ def test_wsc_and_wic_spans_are_marked_in_every_row():
     assert row.text_a.count("*") == 2 and row.text_b.count("*") == 2
 
 
+def test_truncated_wsc_rows_keep_both_marked_spans(sample_rows, vocab):
+  _, sg, rows = sample_rows
+  kept = 0
+  for ex, row in zip(sources.read_split("wsc", "validation", str(SAMPLE)), rows["wsc"]):
+    (formatted,), = format_example("wsc", ex)
+    start, end = formatted.keep
+    focus = vocab.tokenizer.encode(formatted.text_a[start:end])
+    ids = row["input_ids"].tolist()
+    assert any(ids[i:i + len(focus)] == focus for i in range(len(ids))), ex["idx"]
+    kept += len(ids) == LENGTH
+  assert kept == 4  # rows longer than LENGTH, cut around their spans
+
+
 def test_gold_predictions_score_perfectly(sample_rows):
   seqio, _, rows = sample_rows
   for task in SAMPLE_TASKS:

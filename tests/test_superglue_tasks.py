@@ -168,6 +168,27 @@ def test_truncation_cuts_the_longer_segment_and_counts_it(superglue, vocab):
     sg.resolve_length({"input_ids": 4})
 
 
+def test_wsc_truncation_cuts_around_the_marked_spans(superglue, vocab):
+  _, sg = superglue
+  assert sg.fit_around([1] * 6, [2] * 3, [3] * 2, 7) == ([1, 1, 2, 2, 2, 3, 3], 4)
+  assert sg.fit_around([1] * 6, [2] * 3, [3] * 2, 3) == ([2, 2, 2], 8)
+  assert sg.fit_around([1] * 6, [2] * 3, [3] * 2, 2) == ([2, 2], 9)
+  rows = [r for decisions in _rows("wsc", "validation") for d in decisions for r in d]
+  for row in rows:
+    whole, _, _ = sg.encode_pair(vocab, row.text_a, None, None)
+    kept, _, cut = sg.encode_pair(vocab, row.text_a, None, None, row.keep)
+    # Encoding the three parts apart gives the same pieces as the whole text.
+    assert kept.tolist() == whole.tolist() and cut == 0
+  row = rows[2]  # "The dog chased * the old cat * until # it # got tired ."
+  focus = vocab.tokenizer.encode(row.text_a[row.keep[0]:row.keep[1]])
+  ids, _, cut = sg.encode_pair(vocab, row.text_a, None, len(focus) + 4, row.keep)
+  assert cut > 0 and len(ids) == len(focus) + 4
+  ids = ids.tolist()
+  # Both marked spans survive, whole and in one piece, with context on either side.
+  starts = [i for i in range(len(ids)) if ids[i:i + len(focus)] == focus]
+  assert starts and 1 < starts[0] and starts[0] + len(focus) < len(ids) - 1
+
+
 def test_mixture_rows_have_only_the_output_features(superglue):
   seqio, sg = superglue
   gin.bind_parameter("superglue_source.path", FIXTURES)

@@ -16,7 +16,8 @@ one row per answer of a MultiRC question). Each row is a `FormattedRow`:
   of the passage become "- " bullets.
 - WiC: (sentence1, sentence2), each with the target word's span marked inline.
 - WSC: one segment, the text with the noun phrase (span1) and pronoun (span2) marked
-  inline by different markers.
+  inline by different markers; truncation keeps the marked stretch (`FormattedRow.keep`)
+  and cuts the text around it.
 
 Unlabeled rows (test splits) get label -1. Markers are gin-configurable: `"*"` around
 the WiC word and the WSC noun phrase, `"#"` around the WSC pronoun. A vocabulary without
@@ -46,6 +47,8 @@ class FormattedRow:
   idx: tuple[int, int, int]
   candidate: str = ""  # COPA: the choice; ReCoRD: the entity; MultiRC: the answer
   answers: tuple[str, ...] = ()  # ReCoRD: the gold answers of the query
+  # Characters [start, end) of text_a that truncation must keep (WSC: the marked spans).
+  keep: tuple[int, int] | None = None
 
 
 @gin.configurable
@@ -115,15 +118,17 @@ def _wsc(example: dict[str, Any], markers: SpanMarkers) -> list[FormattedRow]:
   pronoun = wsc_span(text, target["span2_index"], target["span2_text"])
   if noun[0] < pronoun[1] and pronoun[0] < noun[1]:
     # Overlapping spans cannot both be wrapped; the pronoun mark carries the question.
-    marked = mark_chars(text, *pronoun, markers.pronoun)
+    spans = [(pronoun, markers.pronoun)]
   else:
-    # Mark the later span first so the earlier offsets stay valid.
-    for span, marks in sorted(((noun, markers.word), (pronoun, markers.pronoun)),
-                              key=lambda s: -s[0][0]):
-      text = mark_chars(text, *span, marks)
-    marked = text
+    spans = [(noun, markers.word), (pronoun, markers.pronoun)]
+  marked = text
+  # Mark the later span first so the earlier offsets stay valid.
+  for span, marks in sorted(spans, key=lambda s: -s[0][0]):
+    marked = mark_chars(marked, *span, marks)
+  # Every inserted character lies before the end of the last span.
+  keep = (min(s[0] for s, _ in spans), max(s[1] for s, _ in spans) + len(marked) - len(text))
   return [FormattedRow(marked, None, _bool_label(example), _single(example),
-                       candidate=target["span1_text"])]
+                       candidate=target["span1_text"], keep=keep)]
 
 
 def _wic(example: dict[str, Any], markers: SpanMarkers) -> list[FormattedRow]:
