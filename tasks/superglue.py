@@ -23,8 +23,8 @@ tokens cut, and the counts are logged at the end of each pass.
 
 The mixture rate of a task is its number of official training decisions
 (`TRAIN_EXAMPLES`: examples; MultiRC questions; ReCoRD queries), examples-proportional as
-in T5, optionally capped by `mixing_rate.maximum`, or 1 for every task with
-`mixing_rate.equal = True`.
+in T5, optionally capped by `superglue_mixing_rate.maximum`, or 1 for every task with
+`superglue_mixing_rate.equal = True`.
 """
 
 from __future__ import annotations
@@ -275,7 +275,7 @@ def postprocess(output: Any, example: Mapping[str, Any] | None = None,
           "answers": [_text(a) for a in np.asarray(example.get("answers", [])).reshape(-1)]}
 
 
-@gin.configurable
+@gin.configurable("superglue_mixing_rate")
 def mixing_rate(task: seqio.Task, maximum: float | None = None, equal: bool = False) -> float:
   """Rate of a task in the `superglue` mixture (see the module docstring)."""
   if equal:

@@ -195,8 +195,11 @@ def test_mixture_rows_have_only_the_output_features(superglue):
   mixture = seqio.get_mixture_or_task("superglue")
   assert sorted(t.name for t in mixture.tasks) == sorted(sg.MIXTURE_TASKS)
   assert mixture.get_rate(seqio.get_mixture_or_task("superglue_record")) == 100730
-  gin.bind_parameter("mixing_rate.maximum", 1000)
+  gin.bind_parameter("superglue_mixing_rate.maximum", 1000)
   assert mixture.get_rate(seqio.get_mixture_or_task("superglue_record")) == 1000
+  assert mixture.get_rate(seqio.get_mixture_or_task("superglue_cb")) == 250
+  gin.bind_parameter("superglue_mixing_rate.equal", True)
+  assert {mixture.get_rate(t) for t in mixture.tasks} == {1.0}
   ds = mixture.get_dataset({"input_ids": 48}, split="train", shuffle=False, num_epochs=1)
   rows = list(ds.as_numpy_iterator())
   assert rows  # sampling stops when the first task runs out
