@@ -1,0 +1,280 @@
+"""Zero-/few-shot SuperGLUE: prompts, left truncation, shots, NLG scoring, score metrics."""
+
+import json
+import os
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ernie3_jax import tf_runtime  # noqa: F401
+from ernie3_jax.evaluation import prompts
+from ernie3_jax.evaluation import zero_shot
+from ernie3_jax.model import Ernie3
+from ernie3_jax.training import task_ids
+from tests import model_testing as mt
+
+SAMPLE_DIR = "/work/shared/superglue_sample"
+
+
+# -- prompts ----------------------------------------------------------------------
+
+
+def test_binary_tasks_verbalise_labels_in_every_accepted_form():
+  for label, gold in ((True, 0), ("true", 0), (1, 0), (False, 1), ("False", 1), (0, 1)):
+    q, = prompts.boolq({"question": "is it blue", "passage": "It is.", "idx": 3,
+                        "label": label})
+    assert q.candidates == (" yes", " no") and q.correct == (gold,), label
+    assert q.prompt.endswith("Question: is it blue?\nAnswer:") and q.key == "3"
+  q, = prompts.wic({"word": "bank", "sentence1": "a", "sentence2": "b", "label": False})
+  assert q.candidates[q.correct[0]] == " different"
+  q, = prompts.wsc({"text": "t", "target": {"span1_text": "Ann", "span2_text": "she"},
+                    "label": True})
+  assert q.candidates[q.correct[0]] == " yes" and "'she' refer to Ann" in q.prompt
+  q, = prompts.boolq({"question": "q", "passage": "p"})  # test split: no label
+  assert q.correct == ()
+  with pytest.raises(ValueError, match="boolq: label 'maybe'"):
+    prompts.boolq({"question": "q", "passage": "p", "label": "maybe"})
+  with pytest.raises(KeyError, match="lacks the field 'passage'"):
+    prompts.boolq({"question": "q", "idx": 1})
+
+
+def test_class_tasks_map_official_strings_and_tfds_ids():
+  for label, word in (("entailment", " true"), ("contradiction", " false"),
+                      ("neutral", " neither"), (2, " neither")):
+    q, = prompts.cb({"premise": "p", "hypothesis": "h", "label": label})
+    assert q.candidates[q.correct[0]] == word
+  for task in ("rte", "axg"):
+    q, = prompts.BUILDERS[task]({"premise": "p", "hypothesis": "h.", "label": "not_entailment"})
+    assert q.candidates[q.correct[0]] == " no"
+  q, = prompts.axb({"sentence1": "s", "sentence2": "t", "label": "entailment"})
+  assert q.candidates[q.correct[0]] == " yes"
+  with pytest.raises(ValueError, match="cb: label 'yes'"):
+    prompts.cb({"premise": "p", "hypothesis": "h", "label": "yes"})
+
+
+def test_copa_continues_the_premise_with_a_connective():
+  row = {"premise": "The man fell.", "choice1": "He slipped.", "choice2": "I laughed.",
+         "question": "cause", "label": 0}
+  q, = prompts.copa(row)
+  assert q.prompt == "The man fell because"
+  assert q.candidates == (" he slipped.", " I laughed.") and q.correct == (0,)
+  q, = prompts.copa(dict(row, question="effect", label=1))
+  assert q.prompt.endswith(" so") and q.correct == (1,)
+
+
+def test_multirc_asks_one_true_false_question_per_answer():
+  row = {"idx": 7, "passage": {"text": "<b>Sent 1: </b>Rain fell.<br>", "questions": [
+      {"idx": 0, "question": "What fell?", "answers": [
+          {"idx": 0, "text": "Rain", "label": True}, {"idx": 1, "text": "Snow", "label": 0}]},
+      {"idx": 1, "question": "When?", "answers": [{"idx": 2, "text": "Today"}]}]}}
+  qs = prompts.multirc(row)
+  assert [q.key for q in qs] == ["7/0/0", "7/0/1", "7/1/2"]
+  assert [q.correct for q in qs] == [(0,), (1,), ()]
+  assert qs[0].prompt.startswith("Rain fell.\nQuestion: What fell?\nAnswer: Rain\n")
+  assert "<b>" not in qs[0].prompt and qs[0].candidates == (" true", " false")
+
+
+def test_record_fills_each_entity_into_the_query():
+  text = "Ada met Bo in Rome.\n@highlight\nAda wins"
+  row = {"idx": 1, "passage": {"text": text, "entities": ["Ada", "Bo", "Rome", "Ada"]},
+         "qas": [{"idx": 5, "query": "@placeholder was in Rome", "answers": ["Ada", "Bo"]}]}
+  q, = prompts.record(row)
+  assert q.names == ("Ada", "Bo", "Rome")
+  assert q.candidates[1] == " Bo was in Rome" and q.correct == (0, 1)
+  assert "- Ada wins" in q.prompt and "@highlight" not in q.prompt
+  spans = dict(row, passage={"text": text, "entities": [{"start": 8, "end": 9}]})
+  assert prompts.record(spans)[0].names == ("Bo",)  # raw official inclusive spans
+  with pytest.raises(ValueError, match="no @placeholder"):
+    prompts.record(dict(row, qas=[{"idx": 1, "query": "no slot"}]))
+
+
+# -- truncation and shots -----------------------------------------------------------
+
+
+def test_fit_prompt_cuts_from_the_left_and_reports_it():
+  assert zero_shot.fit_prompt([1, 2, 3], [9], 8) == ([1, 2, 3], False)
+  assert zero_shot.fit_prompt(list(range(10, 20)), [7, 8], 6) == ([16, 17, 18, 19], True)
+  with pytest.raises(ValueError, match="raise max_length"):
+    zero_shot.fit_prompt([1], [1, 2, 3], 3)
+  with pytest.raises(ValueError, match="no pieces"):
+    zero_shot.fit_prompt([1], [], 3)
+
+
+def _labelled(n):
+  return [prompts.Question(f"p{i}", (" a", " b"), (i % 2,), str(i)) for i in range(n)]
+
+
+def test_shots_are_seeded_distinct_labelled_and_never_the_question_itself():
+  pool = _labelled(12) + [prompts.Question("unlabelled", (" a",), (), "u")]
+  draw = lambda seed, pos, key=None: [q.key for q in zero_shot.choose_shots(pool, 4, seed, pos,
+                                                                            key)]
+  assert draw(0, 3) == draw(0, 3)
+  assert len({tuple(draw(s, p)) for s in range(3) for p in range(3)}) > 1
+  for pos in range(20):
+    keys = draw(1, pos, "5")
+    assert len(set(keys)) == 4 and "5" not in keys and "u" not in keys
+  with pytest.raises(ValueError, match="num_shots=13"):
+    zero_shot.choose_shots(pool, 13, 0, 0)
+  q = prompts.with_shots(pool[0], zero_shot.choose_shots(pool, 2, 0, 0, "0"))
+  demos = q.prompt.split(prompts.SHOT_SEPARATOR)
+  assert len(demos) == 3 and demos[-1] == "p0"
+  assert all(d.endswith(" a") or d.endswith(" b") for d in demos[:2])
+
+
+# -- the NLG scorer -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = mt.config()
+  return Ernie3(cfg), nn.unbox(mt.init_params(cfg)["params"])
+
+
+def _reference_logprob(model, params, ids, first_target):
+  tokens = jnp.asarray([ids], jnp.int32)
+  out, _ = model.apply({"params": params}, tokens, jnp.zeros_like(tokens),
+                       jnp.asarray([task_ids.DOCUMENT_LM]), method=Ernie3.nlg_pretrain)
+  logp = jax.nn.log_softmax(out["lm_logits"][0])
+  return float(sum(logp[j - 1, ids[j]] for j in range(first_target, len(ids))))
+
+
+def test_scorer_matches_the_unpadded_log_likelihood_and_ignores_batching(tiny):
+  model, params = tiny
+  pairs = [([5, 6, 7, 8], [9, 10]), ([11, 12], [13]), ([20, 21, 22], [23, 24, 25])]
+  scorer = zero_shot.NlgScorer(model, params, max_length=12, batch_size=2)
+  sums, counts, truncated = scorer.score_pairs(pairs)
+  assert counts.tolist() == [2, 1, 3] and truncated == 0
+  for (p, t), s in zip(pairs, sums):
+    np.testing.assert_allclose(s, _reference_logprob(model, params, p + t, len(p)), rtol=1e-4,
+                               atol=1e-4)
+  alone, _, _ = zero_shot.NlgScorer(model, params, max_length=12, batch_size=1).score_pairs(
+      pairs[1:2])
+  np.testing.assert_allclose(alone[0], sums[1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(zero_shot.normalize(sums, counts, "mean"), sums / counts)
+  with pytest.raises(ValueError, match="normalization='max'"):
+    zero_shot.normalize(sums, counts, "max")
+
+
+def test_rank_questions_truncates_long_prompts_and_counts_them(tiny):
+  model, params = tiny
+  encode = lambda text: [3 + (ord(ch) % 90) for ch in text]
+  qs = [prompts.Question("x" * 30, (" ab", " cd"), (0,), "0"),
+        prompts.Question("short", (" ab", " cd"), (1,), "1")]
+  scorer = zero_shot.NlgScorer(model, params, max_length=16, batch_size=4)
+  result = zero_shot.rank_questions(qs, encode, scorer)
+  assert result.truncated_prompts == 1 and len(result.predictions) == 2
+  sums, counts, _ = scorer.score_pairs([(encode(q.prompt), encode(c)) for q in qs
+                                        for c in q.candidates])
+  best = [int(np.argmax(sums[i:i + 2])) for i in (0, 2)]
+  assert result.predictions == best
+  assert result.accuracy == np.mean([best[0] == 0, best[1] == 1])
+
+
+# -- seqio score metrics --------------------------------------------------------------
+
+
+def _rows(golds, num_candidates, key=lambda g: str(g)):
+  return [{"group": g, "candidate": c, "is_correct": c == gold, "labelled": True,
+           "key": key(g), "choice": f"c{c}", "gold": [], "truncated": g == 0}
+          for g, gold in enumerate(golds) for c in range(num_candidates)]
+
+
+def test_score_metrics_pick_the_argmax_of_each_group():
+  from tasks import superglue_zero_shot as zs
+  golds = [0, 2, 1, 1]
+  targets = _rows(golds, 3)
+  picks = [0, 2, 2, 0]  # right, right, wrong, wrong
+  scores = [1.0 if c == picks[g] else -1.0 for g in range(4) for c in range(3)]
+  out = zs.cb_metric(targets, scores)
+  assert out["accuracy"] == 0.5 and out["num_questions"] == 4 and out["truncated_prompts"] == 1
+  # per class F1: class 0: tp1 fp1 fn0 -> 2/3; class 1: tp0 fn2 -> 0; class 2: tp1 fp1 -> 2/3
+  assert out["f1_macro"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
+  with pytest.raises(ValueError, match="12 rows but 11 scores"):
+    zs.accuracy_metric(targets, scores[:-1])
+
+
+def test_multirc_and_record_metrics():
+  from tasks import superglue_zero_shot as zs
+  # Two questions of one paragraph: answers 0,1 (question a) and 2 (question b).
+  targets = _rows([0, 1, 0], 2, key=lambda g: ["p/a/0", "p/a/1", "p/b/2"][g])
+  scores = [1, 0, 0, 1, 0, 1]  # picks true, false, false -> right, right, wrong
+  out = zs.multirc_metric(targets, scores)
+  assert out["accuracy"] == pytest.approx(2 / 3) and out["exact_match"] == 0.5
+  assert out["f1a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+  rec = [{"group": 0, "candidate": c, "is_correct": c == 1, "labelled": True, "key": "q",
+          "choice": name, "gold": ["The Bo"], "truncated": False}
+         for c, name in enumerate(["Ada", "Bo"])]
+  assert zs.record_metric(rec, [0.0, 1.0])["exact_match"] == 1.0
+  assert zs.record_metric(rec, [1.0, 0.0])["f1"] == 0.0
+
+
+# -- the registered seqio tasks on the sample rows ------------------------------------
+
+
+class _PreferScorer:
+  """Scores a row by whether its target pieces are those of a preferred word."""
+
+  max_length = 128
+
+  def __init__(self, preferred_ids):
+    self.preferred = list(preferred_ids)
+
+  def score_rows(self, tokens, masks):
+    hits = [float(list(np.asarray(t)[np.asarray(m) > 0]) == self.preferred)
+            for t, m in zip(tokens, masks)]
+    return np.asarray(hits), np.ones(len(hits))
+
+
+def _sample_labels(folder):
+  with open(os.path.join(SAMPLE_DIR, folder, "val.jsonl")) as f:
+    return [json.loads(line)["label"] for line in f]
+
+
+@pytest.mark.skipif(not os.path.isdir(SAMPLE_DIR), reason="no SuperGLUE sample rows")
+def test_seqio_task_rows_and_score_path_on_the_sample(vocab):
+  from tasks import superglue_zero_shot as zs
+  gin.bind_parameter("ZeroShotConfig.source", SAMPLE_DIR)
+  gin.bind_parameter("ZeroShotConfig.max_length", 64)
+  import seqio
+  task = seqio.get_mixture_or_task(zs.task_name("rte"))
+  rows = list(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+  labels = _sample_labels("RTE")
+  assert len(rows) == 2 * len(labels)
+  assert [int(r["group"]) for r in rows] == [g for g in range(len(labels)) for _ in range(2)]
+  assert all(len(r["inputs"]) + len(r["targets"]) <= 64 for r in rows)
+  truncated = {int(r["group"]) for r in rows if r["truncated"]}
+  assert truncated and all(r["inputs_pretokenized"].decode().endswith("Yes or no?\nAnswer:")
+                           for r in rows)
+  for r in rows:  # the cut prompt is the end of the full one
+    full = vocab.encode(r["inputs_pretokenized"].decode())
+    assert list(r["inputs"]) == full[len(full) - len(r["inputs"]):]
+  yes_ids = vocab.encode(" yes")
+  metrics = zero_shot.score_task(zs.task_name("rte"), _PreferScorer(yes_ids), "validation")
+  assert metrics["accuracy"] == pytest.approx(np.mean([lab == "entailment" for lab in labels]))
+  assert metrics["truncated_prompts"] == len(truncated)
+  assert metrics["num_questions"] == len(labels)
+
+
+@pytest.mark.skipif(not os.path.isdir(SAMPLE_DIR), reason="no SuperGLUE sample rows")
+def test_few_shot_rows_prepend_seeded_demonstrations():
+  from tasks import superglue_zero_shot as zs
+  import seqio
+  gin.bind_parameter("ZeroShotConfig.source", SAMPLE_DIR)
+  gin.bind_parameter("ZeroShotConfig.num_shots", 2)
+  gin.bind_parameter("ZeroShotConfig.shot_split", "validation")  # the sample has no train
+  task = seqio.get_mixture_or_task(zs.task_name("boolq"))
+
+  def prompts_of():
+    ds = task.source.get_dataset("validation")
+    return [r["inputs"].decode() for r in ds.as_numpy_iterator()]
+
+  first = prompts_of()
+  assert first == prompts_of()
+  assert all(p.count(prompts.SHOT_SEPARATOR) == 2 for p in first)
+  assert all(p.split(prompts.SHOT_SEPARATOR)[0].endswith((" yes", " no")) for p in first)
+  gin.bind_parameter("ZeroShotConfig.shot_seed", 1)
+  assert prompts_of() != first
