@@ -1,1 +1,2 @@
-"""SuperGLUE: sources, input formats, official metrics and leaderboard submissions."""
+"""Evaluation: SuperGLUE sources, input formats, official metrics and leaderboard files,
+and the evaluation modes built on them."""
