@@ -287,4 +287,5 @@ class CachedNLGDecoder:
     last = jnp.zeros((b, 1, self.stacks["nlg"].d_model), self.config.compute_dtype)
     (cache, last), _ = jax.lax.scan(chunk, (cache, last),
                                     (jnp.arange(chunks.shape[0]), chunks))
-    return self.logits(dp, last)[:, 0], cache
+    # The open chunk ran with its padding; only its prompt tokens count as written.
+    return self.logits(dp, last)[:, 0], cache.replace(length=open_length.astype(jnp.int32))
