@@ -1,0 +1,95 @@
+"""Helpers shared by the benchmark scripts: thread pinning, timing, peaks, output.
+
+Each benchmark prints one JSON line (settings + results) and, with --output,
+appends the same line to a file, so `make bench` collects .jsonl files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+
+def pin_threads(threads: int) -> int:
+  """Restricts this process to `threads` cores, before JAX or PyTorch start.
+
+  XLA's CPU thread pool sizes itself from the process's CPU affinity, so pinning
+  the process is what gives JAX and PyTorch (torch.set_num_threads) the same
+  number of threads. Returns the number of cores the process may use.
+  """
+  available = sorted(os.sched_getaffinity(0))
+  if threads <= 0 or threads >= len(available):
+    return len(available)
+  os.sched_setaffinity(0, available[:threads])
+  return threads
+
+
+def machine() -> str:
+  return f"{platform.machine()} {os.cpu_count()} cpus ({platform.processor() or 'unknown'})"
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+  """Median wall seconds of `fn()` over `repeats` calls (fn must block until done)."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def jax_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+  """Best fp32 FLOP/s of a jitted size^3 matmul (the measured CPU peak for MFU)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (size, size), jnp.float32)
+  f = jax.jit(lambda x, y: x @ y)
+  f(a, b).block_until_ready()
+  best = min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats))
+  return 2 * size ** 3 / best
+
+
+def torch_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
+  """Best fp32 FLOP/s of a torch size^3 matmul (same threads as the model run)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  a, b = torch.randn(size, size), torch.randn(size, size)
+  with torch.no_grad():
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+  return 2 * size ** 3 / best
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def torch_available() -> tuple[bool, str]:
+  """(whether torch and transformers import, why not)."""
+  try:
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import transformers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    return False, f"{e} (install the [bench] extra: pip install -e '.[bench]')"
+  return True, ""
+
+
+def emit(record: dict[str, Any], output: str | None) -> None:
+  """Prints the record as one JSON line and appends it to `output` if given."""
+  line = json.dumps(record, sort_keys=False)
+  print(line, flush=True)
+  if output:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "a") as f:
+      f.write(line + "\n")

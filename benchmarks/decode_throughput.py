@@ -1,0 +1,283 @@
+r"""Greedy decoding tokens/s: the NLG path (JAX) vs GPT2LMHeadModel.generate (PyTorch).
+
+  python benchmarks/decode_throughput.py --batch_sizes=1,8 --prompt_length=64 \
+      --new_tokens=128
+
+Both sides decode greedily from random prompts, on the CPU, fp32, with the same
+threads, the same total depth (10 universal + 2 NLG layers vs 12 GPT-2 layers),
+width, heads and vocabulary, for exactly --new_tokens tokens (no stop token).
+JAX decodes with the key/value cache of `ernie3_jax.model.decode_cache`
+(segments of --segment_length and the recurrence memory, as in training); where
+that module is missing it falls back to re-running the open segment each token
+(the method of `generation.greedy_generate`), and the JSON says which ran. GPT-2
+runs `generate(use_cache=True, do_sample=False)`. Tokens/s counts generated
+tokens (batch x new tokens) over the whole call, prompt processing included.
+Repeats alternate between the frameworks; the median is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to time.")
+_PROMPT = flags.DEFINE_integer("prompt_length", 64, "Prompt tokens per row.")
+_NEW = flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
+_SEGMENT = flags.DEFINE_integer("segment_length", 128, "JAX: NLG segment length.")
+_MEMORY = flags.DEFINE_integer("memory_len", 128, "JAX: recurrence memory length.")
+_UNIVERSAL = flags.DEFINE_integer("universal_layers", 10, "Universal-module layers (JAX).")
+_NLG = flags.DEFINE_integer("nlg_layers", 2, "NLG task-module layers (JAX).")
+_D_MODEL = flags.DEFINE_integer("d_model", 768, "Width of every layer.")
+_HEADS = flags.DEFINE_integer("num_heads", 12, "Attention heads.")
+_D_FF = flags.DEFINE_integer("d_ff", 3072, "Feed-forward width.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 40000, "Vocabulary size.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per framework (alternating).")
+_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks (0: all).")
+_PATH = flags.DEFINE_enum("jax_path", "auto", ["auto", "cached", "rerun"],
+                          "JAX decoding: key/value cache, re-run of the open segment, or "
+                          "the cache where available.")
+_SKIP_TORCH = flags.DEFINE_boolean("skip_torch", False, "Time JAX only.")
+_OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
+
+
+def jax_config():
+  from ernie3_jax.model import Ernie3Config  # pylint: disable=g-import-not-at-top
+  d, h = _D_MODEL.value, _HEADS.value
+  return Ernie3Config(vocab_size=_VOCAB.value, num_layers=_UNIVERSAL.value, d_model=d,
+                      num_heads=h, head_dim=d // h, d_ff=_D_FF.value, nlu_layers=1,
+                      nlg_layers=_NLG.value, task_d_model=d, task_num_heads=h,
+                      task_head_dim=d // h, task_d_ff=_D_FF.value, memory_len=_MEMORY.value,
+                      dtype="float32", param_dtype="float32", scan_layers=True)
+
+
+def init_params(cfg):
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import Ernie3, init_memory  # pylint: disable=g-import-not-at-top
+  tokens = jnp.ones((1, 8), jnp.int32)
+  init = lambda: Ernie3(cfg).init(jax.random.PRNGKey(0), tokens, jnp.zeros_like(tokens),
+                                  jnp.zeros((1,), jnp.int32), init_memory(cfg, 1, 4))
+  return nn.unbox(jax.jit(init)())["params"]
+
+
+def cached_available() -> bool:
+  try:
+    from ernie3_jax.model import decode_cache  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+class CachedGreedy:
+  """Greedy decoding with the key/value cache: one jitted prefill, one jitted step."""
+
+  name = "cached"
+
+  def __init__(self, model, params, segment_length: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model.decode_cache import CachedNLGDecoder  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    self.decoder = dec = CachedNLGDecoder(model, segment_length, task_ids.DOCUMENT_LM)
+    self.dp = jax.jit(dec.prepare)(params)
+    self.segment_length = segment_length
+    self._init = jax.jit(dec.init_cache, static_argnums=(1,))
+
+    def first(dp, cache, prompts, lengths):
+      logits, cache = dec.prefill(dp, cache, prompts, lengths)
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+    def step(dp, cache, token):
+      logits, cache = dec.step(dp, cache, token)
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+    self._first = jax.jit(first, donate_argnums=(1,))
+    self._step = jax.jit(step, donate_argnums=(1,))
+    self._jnp = jnp
+
+  def generate(self, prompts, new_tokens: int):
+    """prompts: int32 numpy [B, P] (no padding); returns generated ids [B, N]."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    b, p = prompts.shape
+    s = self.segment_length
+    padded = np.zeros((b, -(-p // s) * s), np.int32)
+    padded[:, :p] = prompts
+    cache = self._init(self.dp, b)
+    token, cache = self._first(self.dp, cache, self._jnp.asarray(padded),
+                               self._jnp.full((b,), p, self._jnp.int32))
+    out = [token]
+    for _ in range(new_tokens - 1):
+      token, cache = self._step(self.dp, cache, token)
+      out.append(token)
+    return np.stack([np.asarray(t) for t in out], axis=1)
+
+
+class RerunGreedy:
+  """Greedy decoding that re-runs the open segment every token (no key/value
+  cache), batched: finished segments go to the recurrence memory."""
+
+  name = "rerun"
+
+  def __init__(self, model, params, segment_length: int):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import Ernie3, init_memory  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    self.s = segment_length
+    self.cfg = model.config
+    self._init_memory = init_memory
+    task = lambda b: jnp.full((b,), task_ids.DOCUMENT_LM, jnp.int32)
+
+    @jax.jit
+    def commit(memory, segment):
+      _, memory = model.apply({"params": params}, segment, jnp.zeros_like(segment),
+                              task(segment.shape[0]), memory, method=Ernie3.nlg_decode)
+      return memory
+
+    @jax.jit
+    def next_token(memory, segment, position):
+      out, _ = model.apply({"params": params}, segment, jnp.zeros_like(segment),
+                           task(segment.shape[0]), memory, method=Ernie3.nlg_pretrain)
+      return jnp.argmax(out["lm_logits"][:, position], axis=-1).astype(jnp.int32)
+
+    self._commit, self._next = commit, next_token
+
+  def generate(self, prompts, new_tokens: int):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    b = prompts.shape[0]
+    memory = self._init_memory(self.cfg, b)
+    ids = prompts
+    while ids.shape[1] > self.s:
+      memory = self._commit(memory, ids[:, :self.s])
+      ids = ids[:, self.s:]
+    generated = []
+    for _ in range(new_tokens):
+      segment = np.zeros((b, self.s), np.int32)
+      segment[:, :ids.shape[1]] = ids
+      token = np.asarray(self._next(memory, segment, ids.shape[1] - 1))
+      generated.append(token)
+      ids = np.concatenate([ids, token[:, None]], axis=1)
+      if ids.shape[1] == self.s + 1:
+        memory = self._commit(memory, ids[:, :self.s])
+        ids = ids[:, self.s:]
+    return np.stack(generated, axis=1)
+
+
+class Gpt2Greedy:
+  name = "gpt2_generate"
+
+  def __init__(self, positions: int):
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import GPT2Config, GPT2LMHeadModel  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=_VOCAB.value, n_positions=positions, n_embd=_D_MODEL.value,
+                        n_layer=_UNIVERSAL.value + _NLG.value, n_head=_HEADS.value,
+                        n_inner=_D_FF.value)
+    self.model = GPT2LMHeadModel(config).eval()
+    self.model.generation_config.eos_token_id = None
+    self.model.generation_config.pad_token_id = 0
+    self.num_params = sum(p.numel() for p in self.model.parameters())
+    self._torch = torch
+
+  def generate(self, prompts, new_tokens: int):
+    t = self._torch
+    ids = t.from_numpy(prompts).long()
+    with t.inference_mode():
+      out = self.model.generate(ids, attention_mask=t.ones_like(ids), max_new_tokens=new_tokens,
+                                do_sample=False, use_cache=True)
+    return out[:, prompts.shape[1]:].numpy()
+
+
+def timed_generate(generator, prompts, new_tokens: int) -> float:
+  start = time.perf_counter()
+  out = generator.generate(prompts, new_tokens)
+  seconds = time.perf_counter() - start
+  if out.shape != (prompts.shape[0], new_tokens):
+    raise RuntimeError(f"{generator.name} returned {out.shape}, expected "
+                       f"{(prompts.shape[0], new_tokens)}")
+  return seconds
+
+
+def main(argv):
+  del argv
+  threads = bench_common.pin_threads(_THREADS.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
+  if _NEW.value < 1 or _PROMPT.value < 1:
+    raise ValueError("--new_tokens and --prompt_length must be >= 1")
+  path = _PATH.value
+  if path == "auto":
+    path = "cached" if cached_available() else "rerun"
+  elif path == "cached" and not cached_available():
+    raise ValueError("--jax_path=cached, but ernie3_jax.model.decode_cache is not available")
+  cfg = jax_config()
+  params = init_params(cfg)
+  model = Ernie3(cfg)
+  jax_gen = (CachedGreedy if path == "cached" else RerunGreedy)(model, params,
+                                                                _SEGMENT.value)
+  use_torch, why_not = (False, "--skip_torch") if _SKIP_TORCH.value else \
+      bench_common.torch_available()
+  torch_gen = None
+  if use_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
+    torch_gen = Gpt2Greedy(max(1024, _PROMPT.value + _NEW.value))
+
+  results = []
+  rng = np.random.RandomState(0)
+  for batch in (int(b) for b in _BATCHES.value):
+    prompts = rng.randint(5, _VOCAB.value, size=(batch, _PROMPT.value)).astype(np.int32)
+    start = time.perf_counter()
+    jax_gen.generate(prompts, _NEW.value)  # compiles
+    first_s = time.perf_counter() - start
+    if torch_gen is not None:
+      torch_gen.generate(prompts, min(_NEW.value, 4))
+    jax_times, torch_times = [], []
+    for _ in range(_REPEATS.value):
+      jax_times.append(timed_generate(jax_gen, prompts, _NEW.value))
+      if torch_gen is not None:
+        torch_times.append(timed_generate(torch_gen, prompts, _NEW.value))
+    tokens = batch * _NEW.value
+    jax_s = statistics.median(jax_times)
+    entry = {"batch_size": batch, "generated_tokens": tokens,
+             "jax": {"seconds": jax_s, "tokens_per_s": tokens / jax_s,
+                     "ms_per_step": 1e3 * jax_s / _NEW.value,
+                     "compile_and_first_call_s": first_s, "seconds_all": jax_times}}
+    if torch_gen is not None:
+      torch_s = statistics.median(torch_times)
+      entry["torch"] = {"seconds": torch_s, "tokens_per_s": tokens / torch_s,
+                        "ms_per_step": 1e3 * torch_s / _NEW.value, "seconds_all": torch_times}
+      entry["jax_over_torch_tokens_per_s"] = torch_s / jax_s
+    results.append(entry)
+
+  settings = {"jax_path": path, "universal_layers": _UNIVERSAL.value, "nlg_layers": _NLG.value,
+              "gpt2_layers": _UNIVERSAL.value + _NLG.value, "d_model": _D_MODEL.value,
+              "num_heads": _HEADS.value, "d_ff": _D_FF.value, "vocab_size": _VOCAB.value,
+              "prompt_length": _PROMPT.value, "new_tokens": _NEW.value,
+              "segment_length": _SEGMENT.value, "memory_len": _MEMORY.value,
+              "repeats": _REPEATS.value, "threads": threads, "dtype": "float32",
+              "jax_version": jax.__version__, "machine": bench_common.machine()}
+  if torch_gen is not None:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    settings.update(torch_version=torch.__version__,
+                    transformers_version=transformers.__version__,
+                    gpt2_params=int(torch_gen.num_params))
+  else:
+    settings["torch_skipped"] = why_not
+  bench_common.emit({"benchmark": "decode_throughput", "unit": "generated tokens/s",
+                     "settings": settings, "results": results}, _OUTPUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

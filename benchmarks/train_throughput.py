@@ -1,0 +1,264 @@
+r"""NLU-path training step: ERNIE 3.0 (JAX) vs Hugging Face ErnieForMaskedLM (PyTorch).
+
+  python benchmarks/train_throughput.py --sequence_lengths=128,512 --repeats=3
+
+Both sides run one masked-LM training step on the same synthetic batch shape
+(knowledge-masked LM rows only, 15% of tokens masked): forward, loss, backward,
+global-norm clipping and an AdamW update, fp32 on the CPU, with the same number
+of threads. The JAX side is the project's own step (`make_train_step` with an
+NLU batch and no NLG batch); its 12 layers are split 10 universal + 2 NLU, the
+nearest to the paper's 48 + 12 (4:1). Repeats alternate between the two
+frameworks so background load hits both alike; the median step is reported.
+
+MFU = model FLOPs per step / step time / peak, where the peak is the best fp32
+matmul FLOP/s each framework reaches in the same process (jnp and torch).
+Prints one JSON line (and appends it to --output).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_LENGTHS = flags.DEFINE_list("sequence_lengths", ["128", "512"], "Sequence lengths to time.")
+_TOKENS = flags.DEFINE_integer("tokens_per_batch", 2048,
+                               "Tokens per step; rows = tokens_per_batch // length.")
+_UNIVERSAL = flags.DEFINE_integer("universal_layers", 10, "Universal-module layers (JAX).")
+_NLU = flags.DEFINE_integer("nlu_layers", 2, "NLU task-module layers (JAX).")
+_D_MODEL = flags.DEFINE_integer("d_model", 768, "Width of every layer.")
+_HEADS = flags.DEFINE_integer("num_heads", 12, "Attention heads.")
+_D_FF = flags.DEFINE_integer("d_ff", 3072, "Feed-forward width.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 40000, "Vocabulary size (ERNIE 3.0 base: 40000).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per framework (alternating).")
+_STEPS = flags.DEFINE_integer("steps_per_repeat", 2, "Steps per timed repeat.")
+_THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks (0: all).")
+_SCAN = flags.DEFINE_boolean("scan_layers", True, "JAX: nn.scan over layers.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the peak-FLOP/s matmul.")
+_SKIP_TORCH = flags.DEFINE_boolean("skip_torch", False, "Time the JAX step only.")
+_OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
+
+MASK_RATE = 0.15
+MASK_ID = 3  # any id > 0 that is not padding; the value does not change the cost
+
+
+def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
+  """Knowledge-masked-LM rows: tokens, masked positions and their targets (numpy)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  tokens = rng.randint(5, vocab, size=(rows, length)).astype(np.int32)
+  masked = rng.rand(rows, length) < MASK_RATE
+  return {"tokens": np.where(masked, MASK_ID, tokens).astype(np.int32),
+          "segment_ids": np.zeros((rows, length), np.int32),
+          "task_id": np.full((rows,), task_ids.KNOWLEDGE_MASKED_LM, np.int32),
+          "mlm_targets": np.where(masked, tokens, 0).astype(np.int32),
+          "mlm_weights": masked.astype(np.float32),
+          "label": np.zeros((rows,), np.int32),
+          "label_weight": np.zeros((rows,), np.float32)}
+
+
+def jax_config(scan_layers: bool):
+  from ernie3_jax.model import Ernie3Config  # pylint: disable=g-import-not-at-top
+  d, h = _D_MODEL.value, _HEADS.value
+  # The NLG stack is not on this path; one layer (the minimum) keeps its unused
+  # parameters (zero gradients, still updated by AdamW) small.
+  return Ernie3Config(vocab_size=_VOCAB.value, num_layers=_UNIVERSAL.value, d_model=d,
+                      num_heads=h, head_dim=d // h, d_ff=_D_FF.value, nlu_layers=_NLU.value,
+                      nlg_layers=1, task_d_model=d, task_num_heads=h, task_head_dim=d // h,
+                      task_d_ff=_D_FF.value, memory_len=0, dropout_rate=0.1,
+                      attention_dropout_rate=0.1, dtype="float32", param_dtype="float32",
+                      scan_layers=scan_layers, remat_policy="none")
+
+
+class JaxStep:
+  """The project's jitted NLU train step with its state, stepping in place."""
+
+  def __init__(self, cfg):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import Ernie3, init_memory  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training import optimizer  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training.train_step import TrainState, make_train_step  # pylint: disable=g-import-not-at-top
+    self.cfg = cfg
+    model = Ernie3(cfg)
+    tx = optimizer.make_optimizer(optimizer.learning_rate_schedule(peak=1e-4, warmup_steps=10))
+    tokens = jnp.ones((1, 8), jnp.int32)
+
+    @jax.jit
+    def init():
+      params = nn.unbox(model.init(jax.random.PRNGKey(0), tokens, jnp.zeros_like(tokens),
+                                   jnp.zeros((1,), jnp.int32), init_memory(cfg, 1, 4)))["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                        memory=None, nonfinite_skipped=jnp.zeros((), jnp.int32))
+
+    self.state = init()
+    self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
+    self._step = jax.jit(make_train_step(model, tx, {}), donate_argnums=(0,))
+    self._rng = jax.random.PRNGKey(1)
+    self._dropout = jnp.float32(1.0)
+    self._jnp = jnp
+
+  def set_batch(self, batch: dict) -> None:
+    self.batch = {k: self._jnp.asarray(v) for k, v in batch.items()}
+
+  def run(self) -> float:
+    self.state, metrics = self._step(self.state, self.batch, None, self._dropout, self._rng)
+    return float(metrics["loss"])  # blocks until the step is done
+
+
+class TorchStep:
+  """ErnieForMaskedLM of the same depth/width/heads/vocab with AdamW, in train mode."""
+
+  def __init__(self, max_length: int, num_segments: int, num_tasks: int):
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import ErnieConfig, ErnieForMaskedLM  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(0)
+    config = ErnieConfig(vocab_size=_VOCAB.value, hidden_size=_D_MODEL.value,
+                         num_hidden_layers=_UNIVERSAL.value + _NLU.value,
+                         num_attention_heads=_HEADS.value, intermediate_size=_D_FF.value,
+                         max_position_embeddings=max_length, type_vocab_size=num_segments,
+                         use_task_id=True, task_type_vocab_size=num_tasks,
+                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    self.model = ErnieForMaskedLM(config).train()
+    self.attn_implementation = getattr(self.model.config, "_attn_implementation", "eager")
+    self.num_params = sum(p.numel() for p in self.model.parameters())
+    self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.999),
+                                 eps=1e-8, weight_decay=0.01)
+    self._torch = torch
+
+  def set_batch(self, batch: dict) -> None:
+    t = self._torch
+    labels = t.from_numpy(batch["mlm_targets"]).long()
+    self.batch = {"input_ids": t.from_numpy(batch["tokens"]).long(),
+                  "token_type_ids": t.from_numpy(batch["segment_ids"]).long(),
+                  "task_type_ids": t.zeros_like(labels),
+                  "labels": t.where(t.from_numpy(batch["mlm_weights"]) > 0, labels, -100)}
+
+  def run(self) -> float:
+    self.opt.zero_grad(set_to_none=True)
+    loss = self.model(**self.batch).loss
+    loss.backward()
+    self._torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+    self.opt.step()
+    return float(loss)
+
+
+def bert_train_flops(layers: int, d: int, d_ff: int, vocab: int, rows: int,
+                     length: int) -> float:
+  """Model FLOPs of a BERT-style MLM training step (matmuls x3, as flops.py)."""
+  tokens = rows * length
+  dense = 2 * tokens * layers * (4 * d * d + 2 * d * d_ff)
+  attention = 2 * tokens * layers * d * 2 * length  # scores + value mixing
+  head = 2 * tokens * (d * d + d * vocab)
+  return 3.0 * (dense + attention + head)
+
+
+def time_steps(stepper, steps: int) -> float:
+  start = time.perf_counter()
+  for _ in range(steps):
+    loss = stepper.run()
+  elapsed = (time.perf_counter() - start) / steps
+  if loss != loss:  # NaN: the timing would be of a broken step
+    raise RuntimeError(f"{type(stepper).__name__} produced a NaN loss")
+  return elapsed
+
+
+def main(argv):
+  del argv
+  threads = bench_common.pin_threads(_THREADS.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import flops  # pylint: disable=g-import-not-at-top
+  lengths = [int(x) for x in _LENGTHS.value]
+  for length in lengths:
+    if _TOKENS.value // length < 1:
+      raise ValueError(f"--tokens_per_batch={_TOKENS.value} is smaller than the sequence "
+                       f"length {length}")
+  if _D_MODEL.value % _HEADS.value:
+    raise ValueError(f"--d_model={_D_MODEL.value} is not divisible by --num_heads={_HEADS.value}")
+
+  use_torch, why_not = (False, "--skip_torch") if _SKIP_TORCH.value else \
+      bench_common.torch_available()
+  cfg = jax_config(_SCAN.value)
+  jax_step = JaxStep(cfg)
+  torch_step = None
+  if use_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
+    torch_step = TorchStep(max(lengths), cfg.num_segments, cfg.num_tasks)
+
+  results = []
+  for length in lengths:
+    rows = _TOKENS.value // length
+    batch = synthetic_batch(rows, length, _VOCAB.value)
+    jax_step.set_batch(batch)
+    start = time.perf_counter()
+    jax_step.run()  # compiles
+    compile_s = time.perf_counter() - start
+    jax_step.run()
+    if torch_step is not None:
+      torch_step.set_batch(batch)
+      torch_step.run()  # warm-up (allocations, optimizer state)
+    jax_times, torch_times = [], []
+    for _ in range(_REPEATS.value):  # alternate so load changes hit both
+      jax_times.append(time_steps(jax_step, _STEPS.value))
+      if torch_step is not None:
+        torch_times.append(time_steps(torch_step, _STEPS.value))
+    tokens = rows * length
+    jax_s = statistics.median(jax_times)
+    entry = {"sequence_length": length, "rows": rows, "tokens_per_step": tokens,
+             "jax": {"step_s": jax_s, "tokens_per_s": tokens / jax_s,
+                     "model_flops_per_step": flops.train_flops(cfg, rows, length, 0, 0),
+                     "compile_and_first_step_s": compile_s,
+                     "step_s_all": jax_times}}
+    entry["jax"]["model_flops_per_s"] = entry["jax"]["model_flops_per_step"] / jax_s
+    if torch_step is not None:
+      torch_s = statistics.median(torch_times)
+      f = bert_train_flops(_UNIVERSAL.value + _NLU.value, _D_MODEL.value, _D_FF.value,
+                           _VOCAB.value, rows, length)
+      entry["torch"] = {"step_s": torch_s, "tokens_per_s": tokens / torch_s,
+                        "model_flops_per_step": f, "model_flops_per_s": f / torch_s,
+                        "step_s_all": torch_times}
+      entry["jax_over_torch_tokens_per_s"] = torch_s / jax_s
+    results.append(entry)
+
+  # Peaks measured after the model runs, in the same process and thread setting.
+  peaks = {"jax": bench_common.jax_matmul_peak(_PEAK_SIZE.value)}
+  if torch_step is not None:
+    peaks["torch"] = bench_common.torch_matmul_peak(_PEAK_SIZE.value)
+  for entry in results:
+    for side in ("jax", "torch"):
+      if side in entry:
+        entry[side]["mfu"] = entry[side]["model_flops_per_s"] / peaks[side]
+
+  settings = {"universal_layers": _UNIVERSAL.value, "nlu_layers": _NLU.value,
+              "torch_layers": _UNIVERSAL.value + _NLU.value, "d_model": _D_MODEL.value,
+              "num_heads": _HEADS.value, "d_ff": _D_FF.value, "vocab_size": _VOCAB.value,
+              "tokens_per_batch": _TOKENS.value, "repeats": _REPEATS.value,
+              "steps_per_repeat": _STEPS.value, "threads": threads, "dtype": "float32",
+              "jax_scan_layers": _SCAN.value, "jax_params": int(jax_step.num_params),
+              "jax_version": jax.__version__, "peak_matmul_size": _PEAK_SIZE.value,
+              "machine": bench_common.machine()}
+  if torch_step is not None:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    settings.update(torch_params=int(torch_step.num_params), torch_version=torch.__version__,
+                    transformers_version=transformers.__version__,
+                    torch_attention=torch_step.attn_implementation)
+  else:
+    settings["torch_skipped"] = why_not
+  bench_common.emit({"benchmark": "train_throughput", "unit": "tokens/s",
+                     "settings": settings, "peak_flops_per_s": peaks, "results": results},
+                    _OUTPUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
