@@ -130,8 +130,10 @@ def test_shots_are_seeded_distinct_labelled_and_never_the_question_itself():
 
 @pytest.fixture(scope="module")
 def tiny():
+  """(model, params, a scorer): one compiled scoring program serves every test."""
   cfg = mt.config()
-  return Ernie3(cfg), nn.unbox(mt.init_params(cfg)["params"])
+  model, params = Ernie3(cfg), nn.unbox(mt.init_params(cfg)["params"])
+  return model, params, zero_shot.NlgScorer(model, params, max_length=12, batch_size=2)
 
 
 def _reference_logprob(model, params, ids, first_target):
@@ -143,28 +145,26 @@ def _reference_logprob(model, params, ids, first_target):
 
 
 def test_scorer_matches_the_unpadded_log_likelihood_and_ignores_batching(tiny):
-  model, params = tiny
+  model, params, scorer = tiny
   pairs = [([5, 6, 7, 8], [9, 10]), ([11, 12], [13]), ([20, 21, 22], [23, 24, 25])]
-  scorer = zero_shot.NlgScorer(model, params, max_length=12, batch_size=2)
   sums, counts, truncated = scorer.score_pairs(pairs)
   assert counts.tolist() == [2, 1, 3] and truncated == 0
   for (p, t), s in zip(pairs, sums):
     np.testing.assert_allclose(s, _reference_logprob(model, params, p + t, len(p)), rtol=1e-4,
                                atol=1e-4)
-  alone, _, _ = zero_shot.NlgScorer(model, params, max_length=12, batch_size=1).score_pairs(
-      pairs[1:2])
-  np.testing.assert_allclose(alone[0], sums[1], rtol=1e-5, atol=1e-5)
+  # The same row batched with other neighbours (and padding) scores the same.
+  again, _, _ = scorer.score_pairs([pairs[2], pairs[1], pairs[0]])
+  np.testing.assert_allclose(again[::-1], sums, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(zero_shot.normalize(sums, counts, "mean"), sums / counts)
   with pytest.raises(ValueError, match="normalization='max'"):
     zero_shot.normalize(sums, counts, "max")
 
 
 def test_rank_questions_truncates_long_prompts_and_counts_them(tiny):
-  model, params = tiny
+  _, _, scorer = tiny
   encode = lambda text: [3 + (ord(ch) % 90) for ch in text]
   qs = [prompts.Question("x" * 30, (" ab", " cd"), (0,), "0"),
-        prompts.Question("short", (" ab", " cd"), (1,), "1")]
-  scorer = zero_shot.NlgScorer(model, params, max_length=16, batch_size=4)
+        prompts.Question("short", (" ab", " c"), (1,), "1")]
   result = zero_shot.rank_questions(qs, encode, scorer)
   assert result.truncated_prompts == 1 and len(result.predictions) == 2
   sums, counts, _ = scorer.score_pairs([(encode(q.prompt), encode(c)) for q in qs

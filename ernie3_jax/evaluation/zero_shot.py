@@ -147,15 +147,17 @@ def rank_questions(questions: Sequence[prompts_lib.Question], encode: Callable[[
                    scorer: NlgScorer, normalization: str = "sum") -> RankResult:
   """Scores every candidate of every question and picks the best per question."""
   pairs, owner = [], []
-  truncated = 0
+  truncated = 0  # questions whose prompt lost its beginning (for any candidate)
   for qi, q in enumerate(questions):
     prompt_ids = encode(q.prompt)
+    cut_any = False
     for cand in q.candidates:
       target_ids = encode(cand)
       fitted, cut = fit_prompt(prompt_ids, target_ids, scorer.max_length)
-      truncated += cut and cand is q.candidates[0]  # count each question once
+      cut_any |= cut
       pairs.append((fitted, target_ids))
       owner.append(qi)
+    truncated += cut_any
   sums, counts, _ = scorer.score_pairs(pairs)
   scores = normalize(sums, counts, normalization)
   predictions = pick_best(np.asarray(owner), scores, len(questions))

@@ -1,0 +1,334 @@
+r"""Knowledge probe: what a pre-trained model knows about knowledge-graph triples.
+
+  python -m ernie3_jax.evaluation.knowledge_probe --model_dir=runs/demo
+
+Two rank-classification probes over triples of the knowledge graph:
+
+* relation prediction: given head and tail, rank every relation name of the graph;
+* tail cloze: given head and relation, rank candidate tails. Candidates are the
+  relation's range (every entity or value that is the tail of that relation
+  somewhere in the graph: the tail's type as the graph defines it), either all of
+  it (`--tail_candidates=type`) or a seeded sample of K-1 of it plus the gold
+  (`--tail_candidates=K`, default 10, so chance is 1/10).
+
+Both are *filtered*: other true answers (another relation that also links head and
+tail, another true tail of (head, relation)) are removed from the candidates, so a
+model is not punished for a right answer that is not the held-out one. Chance is
+the mean of 1/len(candidates).
+
+Scoring (`--scorer`). The default, `nlu`, is the masked-LM log-likelihood of the
+candidate in the UKTP input layout, `[CLS] head relation tail [SEP]` with the
+probed slot's pieces all [MASK]ed at once: UKTP trains exactly this (relation
+pieces masked jointly; entity-level masking does the same to names), and it runs
+through the NLU stack, the one UKTP trains, so the UKTP ablation shows up here.
+`nlg` scores the verbalised triple "head relation tail" with the causal NLG stack
+(the zero-shot path). Scores are per-piece means by default (candidate names have
+1-6 pieces; a summed joint score would favour short names).
+
+Triples (`--triples`): `heldout` (default) are the graph's triples that no corpus
+sentence states, so a model can only get them by generalising; `stated` is a seeded
+sample of the others; or a path to a head<TAB>relation<TAB>tail file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ernie3_jax.data import knowledge_graph as kg_lib
+from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
+from ernie3_jax.data.uktp import relation_text
+
+RELATION, TAIL = "relation", "tail"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeItem:
+  """One question: rank `candidates` (relation ids or tail names) for `triple`."""
+
+  kind: str  # RELATION or TAIL
+  triple: Triple
+  candidates: tuple[str, ...]
+  gold: int  # index of the true answer in candidates
+
+
+class Facts:
+  """Lookups over a knowledge graph: true relations per pair, tails, relation ranges."""
+
+  def __init__(self, kg: KnowledgeGraph):
+    self.relations = sorted({t.relation for t in kg.triples})
+    self.pair_relations: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    self.tails: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    ranges: dict[str, dict[str, None]] = collections.defaultdict(dict)
+    for t in kg.triples:
+      self.pair_relations[(t.head, t.tail)].add(t.relation)
+      self.tails[(t.head, t.relation)].add(t.tail)
+      ranges[t.relation].setdefault(t.tail)
+    self.ranges = {r: sorted(v) for r, v in ranges.items()}
+
+
+def relation_item(triple: Triple, facts: Facts) -> ProbeItem:
+  """Every relation of the graph, less the other ones that also link head and tail."""
+  if triple.relation not in facts.relations:
+    raise ValueError(f"relation {triple.relation!r} of {triple} is not in the graph")
+  others = facts.pair_relations.get((triple.head, triple.tail), set()) - {triple.relation}
+  candidates = tuple(r for r in facts.relations if r not in others)
+  return ProbeItem(RELATION, triple, candidates, candidates.index(triple.relation))
+
+
+def tail_item(triple: Triple, facts: Facts, num_candidates: int | None,
+              rng: np.random.Generator) -> ProbeItem:
+  """The gold tail plus distractors from the relation's range (all, or a sample)."""
+  true_tails = facts.tails.get((triple.head, triple.relation), set())
+  pool = [e for e in facts.ranges.get(triple.relation, ())
+          if e not in true_tails and e != triple.head]
+  if num_candidates is not None:
+    if num_candidates < 2:
+      raise ValueError(f"--tail_candidates={num_candidates}: need at least 2 (gold + 1)")
+    take = min(num_candidates - 1, len(pool))
+    pool = [pool[i] for i in sorted(rng.choice(len(pool), size=take, replace=False))]
+  candidates = [triple.tail] + pool
+  order = rng.permutation(len(candidates))  # the gold's position must not be a cue
+  candidates = tuple(candidates[i] for i in order)
+  return ProbeItem(TAIL, triple, candidates, candidates.index(triple.tail))
+
+
+def build_items(triples: Sequence[Triple], facts: Facts, num_candidates: int | None,
+                seed: int) -> tuple[list[ProbeItem], list[ProbeItem]]:
+  """(relation items, tail items); tail items with no distractor are left out."""
+  relation_items = [relation_item(t, facts) for t in triples]
+  tail_items = []
+  for i, t in enumerate(triples):
+    item = tail_item(t, facts, num_candidates, np.random.default_rng([seed, i]))
+    if len(item.candidates) > 1:
+      tail_items.append(item)
+  return relation_items, tail_items
+
+
+def chance(items: Sequence[ProbeItem]) -> float:
+  """Expected accuracy of a uniform random pick."""
+  return float(np.mean([1.0 / len(it.candidates) for it in items])) if items else float("nan")
+
+
+# A scorer maps items to one score per candidate (higher = more likely).
+ItemScorer = Callable[[Sequence[ProbeItem]], list[np.ndarray]]
+
+
+def accuracy(items: Sequence[ProbeItem], scorer: ItemScorer) -> float:
+  """Share of items whose best-scoring candidate is the gold (ties: the first)."""
+  if not items:
+    return float("nan")
+  scores = scorer(items)
+  return float(np.mean([int(np.argmax(s)) == it.gold for it, s in zip(items, scores)]))
+
+
+def filled(item: ProbeItem, candidate: str) -> tuple[str, str, str]:
+  """(head, relation words, tail) with the candidate in the probed slot."""
+  h, r, t = item.triple
+  if item.kind == RELATION:
+    r = candidate
+  else:
+    t = candidate
+  return h, relation_text(r), t
+
+
+# -- model scorers --------------------------------------------------------------
+
+
+class MaskedSlotScorer:
+  """NLU scorer: log p(candidate pieces | [CLS] head relation tail [SEP], slot masked)."""
+
+  def __init__(self, model, params, vocab, max_length: int = 48, batch_size: int = 64,
+               normalization: str = "mean"):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.evaluation.zero_shot import check_normalization  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    self.vocab, self.max_length, self.batch_size = vocab, max_length, batch_size
+    self.normalization = check_normalization(normalization)
+    vocab_size = model.config.vocab_size
+
+    def batch_scores(params, tokens, segment_ids, targets, weights):
+      task = jnp.full((tokens.shape[0],), task_ids.UKTP, jnp.int32)
+      out = model.apply({"params": params}, tokens, segment_ids, task,
+                        method=Ernie3.nlu_pretrain)
+      logp = jax.nn.log_softmax(out["mlm_logits"][..., :vocab_size].astype(jnp.float32))
+      picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+      return (picked * weights).sum(-1), weights.sum(-1)
+
+    self._fn = jax.jit(batch_scores)
+    self._params = params
+    self._encode_cache: dict[str, list[int]] = {}
+
+  def _encode(self, text: str) -> list[int]:
+    if text not in self._encode_cache:
+      ids = list(self.vocab.tokenizer.encode(text))
+      # A name spelling a special piece must not break the layout (as in UKTP).
+      self._encode_cache[text] = [self.vocab.tokenizer.unk_id() if i in self.vocab.special_ids
+                                  else i for i in ids]
+    return self._encode_cache[text]
+
+  def row(self, item: ProbeItem, candidate: str):
+    """tokens, targets, weights (int32/float32 [max_length]) for one candidate."""
+    parts = [self._encode(p) for p in filled(item, candidate)]
+    slot = 1 if item.kind == RELATION else 2
+    ids = [self.vocab.cls_id]
+    targets = [0]
+    for k, p in enumerate(parts):
+      ids += [self.vocab.mask_id] * len(p) if k == slot else p
+      targets += p if k == slot else [0] * len(p)
+    ids.append(self.vocab.sep_id)
+    targets.append(0)
+    if len(ids) > self.max_length:
+      raise ValueError(f"{item.triple} with candidate {candidate!r} needs {len(ids)} pieces "
+                       f"> max_length={self.max_length}; raise --max_length")
+    tokens = np.zeros(self.max_length, np.int32)
+    tgt = np.zeros(self.max_length, np.int32)
+    tokens[:len(ids)], tgt[:len(ids)] = ids, targets
+    return tokens, tgt, (tgt > 0).astype(np.float32)
+
+  def __call__(self, items: Sequence[ProbeItem]) -> list[np.ndarray]:
+    rows = [self.row(it, c) for it in items for c in it.candidates]
+    sums, counts = np.zeros(len(rows)), np.zeros(len(rows))
+    for start in range(0, len(rows), self.batch_size):
+      chunk = rows[start:start + self.batch_size]
+      pad = self.batch_size - len(chunk)
+      stack = lambda k: np.stack([r[k] for r in chunk] + [np.zeros_like(chunk[0][k])] * pad)
+      tokens, targets, weights = stack(0), stack(1), stack(2)
+      s, c = self._fn(self._params, tokens, np.zeros_like(tokens), targets, weights)
+      sums[start:start + len(chunk)] = np.asarray(s)[:len(chunk)]
+      counts[start:start + len(chunk)] = np.asarray(c)[:len(chunk)]
+    from ernie3_jax.evaluation.zero_shot import normalize  # pylint: disable=g-import-not-at-top
+    scores = normalize(sums, counts, self.normalization)
+    return _split(scores, items)
+
+
+class VerbalisedTripleScorer:
+  """NLG scorer: log p(" relation tail" | head) or log p(" tail" | head relation)."""
+
+  def __init__(self, nlg_scorer, vocab, normalization: str = "mean"):
+    from ernie3_jax.evaluation.zero_shot import check_normalization  # pylint: disable=g-import-not-at-top
+    self.scorer, self.vocab = nlg_scorer, vocab
+    self.normalization = check_normalization(normalization)
+
+  def __call__(self, items: Sequence[ProbeItem]) -> list[np.ndarray]:
+    from ernie3_jax.evaluation.zero_shot import normalize  # pylint: disable=g-import-not-at-top
+    encode = self.vocab.tokenizer.encode
+    pairs = []
+    for it in items:
+      for c in it.candidates:
+        h, r, t = filled(it, c)
+        if it.kind == RELATION:
+          pairs.append((encode(h), encode(f" {r} {t}")))
+        else:
+          pairs.append((encode(f"{h} {r}"), encode(f" {t}")))
+    sums, counts, _ = self.scorer.score_pairs(pairs)
+    return _split(normalize(sums, counts, self.normalization), items)
+
+
+def _split(flat: np.ndarray, items: Sequence[ProbeItem]) -> list[np.ndarray]:
+  out, pos = [], 0
+  for it in items:
+    out.append(np.asarray(flat[pos:pos + len(it.candidates)]))
+    pos += len(it.candidates)
+  return out
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def select_triples(which: str, kg: KnowledgeGraph, max_triples: int | None,
+                   seed: int) -> list[Triple]:
+  """`heldout`, `stated` or a triples file; a seeded sample of at most max_triples."""
+  heldout = kg_lib.load_triples(kg_lib.EMBEDDED_HELDOUT_KG)
+  if which == "heldout":
+    triples = heldout
+  elif which == "stated":
+    held = set(heldout)
+    triples = [t for t in kg.triples if t not in held]
+  elif os.path.isfile(which):
+    triples = kg_lib.load_triples(which)
+  else:
+    raise ValueError(f"--triples={which!r}: expected heldout, stated or a triples file")
+  known = set(kg.triples)
+  missing = [t for t in triples if t not in known]
+  if missing:
+    raise ValueError(f"--triples={which!r}: {len(missing)} triples are not in the graph "
+                     f"(first: {missing[0]}); the probe filters answers with the graph")
+  if max_triples is not None and len(triples) > max_triples:
+    rng = np.random.default_rng(seed)
+    triples = [triples[i] for i in sorted(rng.choice(len(triples), max_triples, replace=False))]
+  return triples
+
+
+def run_probe(triples: Sequence[Triple], kg: KnowledgeGraph, scorer: ItemScorer,
+              num_candidates: int | None = 10, seed: int = 0) -> dict[str, float]:
+  """Accuracy and chance of both probes."""
+  relation_items, tail_items = build_items(triples, Facts(kg), num_candidates, seed)
+  return {"relation_accuracy": accuracy(relation_items, scorer),
+          "relation_chance": chance(relation_items),
+          "relation_items": float(len(relation_items)),
+          "tail_accuracy": accuracy(tail_items, scorer),
+          "tail_chance": chance(tail_items),
+          "tail_items": float(len(tail_items))}
+
+
+def _parse_candidates(value: str) -> int | None:
+  if value == "type":
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--tail_candidates={value!r}: 'type' or an integer "
+                                     ">= 2") from None
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model_dir", required=True, help="a training run's MODEL_DIR")
+  parser.add_argument("--triples", default="heldout", help="heldout, stated or a .tsv path")
+  parser.add_argument("--max_triples", type=int, default=500)
+  parser.add_argument("--tail_candidates", type=_parse_candidates, default=10)
+  parser.add_argument("--scorer", choices=("nlu", "nlg"), default="nlu")
+  parser.add_argument("--normalization", choices=("sum", "mean"), default="mean")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--output", help="also write the metrics to this JSON file")
+  args = parser.parse_args(argv)
+
+  from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
+  nlg = zero_shot.load_scorer(args.model_dir, 64, args.batch_size)  # parses config.gin
+  cfg = dc.current()
+  kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
+  vocab = dc.vocabulary(cfg.vocabulary)
+  if args.scorer == "nlu":
+    scorer = MaskedSlotScorer(nlg.model, nlg.params, vocab, batch_size=args.batch_size,
+                              normalization=args.normalization)
+  else:
+    scorer = VerbalisedTripleScorer(nlg, vocab, args.normalization)
+  triples = select_triples(args.triples, kg, args.max_triples, args.seed)
+  metrics = run_probe(triples, kg, scorer, args.tail_candidates, args.seed)
+  print(f"knowledge probe ({args.scorer} scorer, {args.triples} triples, "
+        f"tail candidates {args.tail_candidates or 'type'}, model {args.model_dir}):")
+  for kind in (RELATION, TAIL):
+    print(f"  {kind:9s} accuracy {metrics[f'{kind}_accuracy']:.3f}  chance "
+          f"{metrics[f'{kind}_chance']:.3f}  items {int(metrics[f'{kind}_items'])}")
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(dict(metrics, **{k: str(v) for k, v in vars(args).items()}), f, indent=1)
+  sys.stdout.flush()
+  return metrics
+
+
+if __name__ == "__main__":
+  main()
