@@ -3,12 +3,14 @@ r"""Examples per second of each pre-training task's pipeline, and of the mixture
   python benchmarks/data_throughput.py --examples=2000 --sequence_length=128
 
 Prints one JSON line: settings and, per task, examples/s (after a warm-up of
---warmup examples, which absorbs pipeline start-up and the UKTP alignment).
+--warmup examples, which absorbs pipeline start-up and the UKTP alignment); then
+the examples/s the demo's training step consumes of each task (its step timed on
+synthetic batches of the demo's shapes, see demo_step.py) and, per task, the
+ratio pipeline / consumption (above 1: the pipeline keeps up).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -18,11 +20,20 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _EXAMPLES = flags.DEFINE_integer("examples", 2000, "Examples timed per task.")
 _WARMUP = flags.DEFINE_integer("warmup", 200, "Examples read before timing.")
 _LENGTH = flags.DEFINE_integer("sequence_length", 128, "Tokens per example.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Rows per tf.data batch when reading.")
+_TASKS = flags.DEFINE_list("tasks", ["knowledge_masked_lm", "uktp", "sentence_reordering",
+                                     "sentence_distance", "document_lm", "ernie3_pretrain"],
+                           "Tasks and mixtures to read.")
+_DEMO_GIN = flags.DEFINE_string("demo_gin", "gin_configs/experiments/demo.gin",
+                                "Experiment whose training step's consumption is compared "
+                                "('' to skip).")
+_DEMO_STEPS = flags.DEFINE_integer("demo_steps", 5, "Timed steps of the demo's training step.")
+_OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
 
 
 def measure(name: str, length: int, examples: int, warmup: int, batch: int) -> float:
@@ -43,14 +54,21 @@ def measure(name: str, length: int, examples: int, warmup: int, batch: int) -> f
 def main(argv):
   del argv
   import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  names = ["knowledge_masked_lm", "uktp", "sentence_reordering", "sentence_distance",
-           "document_lm", "ernie3_pretrain"]
+  import bench_common  # pylint: disable=g-import-not-at-top
   results = {n: round(measure(n, _LENGTH.value, _EXAMPLES.value, _WARMUP.value, _BATCH.value),
-                      1) for n in names}
-  print(json.dumps({"benchmark": "data_throughput", "unit": "examples/s",
-                    "sequence_length": _LENGTH.value, "examples": _EXAMPLES.value,
-                    "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                    "results": results}))
+                      1) for n in _TASKS.value}
+  record = {"benchmark": "data_throughput", "unit": "examples/s",
+            "sequence_length": _LENGTH.value, "examples": _EXAMPLES.value,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            "results": results}
+  if _DEMO_GIN.value:
+    import demo_step  # pylint: disable=g-import-not-at-top
+    demo = demo_step.measure(_DEMO_GIN.value, _DEMO_STEPS.value)
+    record["demo_consumption"] = demo
+    record["pipeline_over_demo_consumption"] = {
+        n: round(results[n] / demo["examples_per_s"][n], 2)
+        for n in results if demo["examples_per_s"].get(n)}
+  bench_common.emit(record, _OUTPUT.value)
 
 
 if __name__ == "__main__":
