@@ -26,6 +26,7 @@ import seqio
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
 from ernie3_jax.evaluation import prompts as prompts_lib
+from ernie3_jax.evaluation import superglue_metrics
 from ernie3_jax.evaluation import zero_shot
 from ernie3_jax.tf_runtime import tf
 
@@ -156,98 +157,64 @@ def decide(targets: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> lis
   return out
 
 
-def _base(decided: list[Decided]) -> tuple[list[Decided], dict[str, float]]:
+def _labelled(decided: list[Decided]) -> list[Decided]:
   labelled = [d for d in decided if d.rows[0]["labelled"]]
   if not labelled:
     raise ValueError("no labelled question: metrics need a labelled split")
-  return labelled, {
-      "accuracy": float(np.mean([d.right for d in labelled])),
-      "num_questions": float(len(labelled)),
-      "truncated_prompts": float(sum(d.rows[0]["truncated"] for d in decided)),
-  }
+  return labelled
 
 
-def _f1(tp: int, fp: int, fn: int) -> float:
-  return 2 * tp / max(2 * tp + fp + fn, 1)
+def _gold(d: Decided) -> int:
+  return next(r["candidate"] for r in d.rows if r["is_correct"])
 
 
-def accuracy_metric(targets, scores) -> dict[str, float]:
-  return _base(decide(targets, scores))[1]
+# Official class index (superglue_metrics' label convention, TFDS ClassLabel order) of
+# each task's candidates in prompts.py order: BoolQ/WSC (" yes", " no") -> True=1,
+# False=0; CB (" true", " false", " neither") is already (entailment, contradiction,
+# neutral); RTE/AX (" yes", " no") is (entailment, not_entailment); WiC (" same",
+# " different") and MultiRC (" true", " false") -> True=1.
+_CLASS_OF_CANDIDATE = {"boolq": (1, 0), "wsc": (1, 0), "wic": (1, 0), "multirc": (1, 0),
+                       "cb": (0, 1, 2), "rte": (0, 1), "axb": (0, 1), "axg": (0, 1)}
 
 
-def cb_metric(targets, scores) -> dict[str, float]:
-  """Accuracy and the macro-F1 over the three classes (CB's official pair)."""
-  labelled, out = _base(decide(targets, scores))
-  f1s = []
-  for cls in range(3):
-    gold = [next(r["candidate"] for r in d.rows if r["is_correct"]) for d in labelled]
-    pred = [d.best for d in labelled]
-    tp = sum(g == cls and p == cls for g, p in zip(gold, pred))
-    fp = sum(g != cls and p == cls for g, p in zip(gold, pred))
-    fn = sum(g == cls and p != cls for g, p in zip(gold, pred))
-    f1s.append(_f1(tp, fp, fn))
-  out["f1_macro"] = float(np.mean(f1s))
-  return out
+def metric_fn(task: str):
+  """The score metric of `task`: argmax per question, then the official metrics."""
+  official = superglue_metrics.METRIC_FNS[task]
+
+  def fn(targets: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> dict[str, float]:
+    decided = decide(targets, scores)
+    labelled = _labelled(decided)
+    out = {"accuracy": float(np.mean([d.right for d in labelled])),
+           "num_questions": float(len(labelled)),
+           "truncated_prompts": float(sum(d.rows[0]["truncated"] for d in decided))}
+    if task in _CLASS_OF_CANDIDATE:  # one prediction per question, a class index
+      cls = _CLASS_OF_CANDIDATE[task]
+      # MultiRC's exact match groups the answers of one question (key "p/q/a").
+      questions = {k: i for i, k in enumerate(dict.fromkeys(
+          d.rows[0]["key"].rsplit("/", 1)[0] for d in labelled))}
+      metric_targets = [{"label": cls[_gold(d)], "idx": (_int_key(d.rows[0]["key"]),),
+                         "group": questions[d.rows[0]["key"].rsplit("/", 1)[0]]}
+                        for d in labelled]
+      predictions = [cls[d.best] for d in labelled]
+    else:  # COPA, ReCoRD: one score per candidate row
+      metric_targets, predictions = [], []
+      for g, d in enumerate(labelled):
+        for r in d.rows:
+          metric_targets.append({"group": g, "label": int(r["is_correct"]),
+                                 "candidate": r["choice"], "answers": r["gold"],
+                                 "idx": (_int_key(r["key"]),)})
+        predictions.extend(1.0 if i == d.best else 0.0 for i in range(len(d.rows)))
+    for official_fn in official:
+      out.update(official_fn(metric_targets, predictions))
+    return out
+
+  fn.__name__ = f"{task}_zero_shot_metrics"
+  return fn
 
 
-def multirc_metric(targets, scores) -> dict[str, float]:
-  """F1 over all answer options (true = positive) and exact match per question."""
-  labelled, out = _base(decide(targets, scores))
-  tp = sum(d.best == 0 and d.right for d in labelled)  # candidate 0 is " true"
-  fp = sum(d.best == 0 and not d.right for d in labelled)
-  fn = sum(d.best == 1 and not d.right for d in labelled)
-  out["f1a"] = _f1(tp, fp, fn)
-  by_question: dict[str, list[bool]] = collections.defaultdict(list)
-  for d in labelled:
-    by_question[d.rows[0]["key"].rsplit("/", 1)[0]].append(d.right)
-  out["exact_match"] = float(np.mean([all(v) for v in by_question.values()]))
-  return out
-
-
-def _tokens(text: str) -> list[str]:
-  import re  # pylint: disable=g-import-not-at-top
-  import string  # pylint: disable=g-import-not-at-top
-  text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-  return re.sub(r"\b(a|an|the)\b", " ", text).split()
-
-
-def _token_f1(prediction: str, gold: str) -> float:
-  p, g = _tokens(prediction), _tokens(gold)
-  common = sum((collections.Counter(p) & collections.Counter(g)).values())
-  if not common:
-    return 0.0
-  precision, recall = common / len(p), common / len(g)
-  return 2 * precision * recall / (precision + recall)
-
-
-def record_metric(targets, scores) -> dict[str, float]:
-  """Max exact match / token F1 of the chosen entity over the gold answers."""
-  labelled, out = _base(decide(targets, scores))
-  em, f1 = [], []
-  for d in labelled:
-    chosen = d.rows[d.best]
-    entity = chosen["choice"]
-    golds = chosen["gold"] or [""]
-    em.append(max(float(_tokens(entity) == _tokens(g)) for g in golds))
-    f1.append(max(_token_f1(entity, g) for g in golds))
-  out["exact_match"], out["f1"] = float(np.mean(em)), float(np.mean(f1))
-  return out
-
-
-def matthews_metric(targets, scores) -> dict[str, float]:
-  """Accuracy and Matthews correlation (AX-b's official metric); yes = entailment."""
-  labelled, out = _base(decide(targets, scores))
-  pred = np.asarray([d.best == 0 for d in labelled])
-  gold = np.asarray([d.rows[0]["is_correct"] for d in labelled])  # candidate 0 is " yes"
-  tp, tn = np.sum(pred & gold), np.sum(~pred & ~gold)
-  fp, fn = np.sum(pred & ~gold), np.sum(~pred & gold)
-  denom = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
-  out["matthews_corr"] = float((tp * tn - fp * fn) / denom) if denom else 0.0
-  return out
-
-
-METRICS = {"cb": cb_metric, "multirc": multirc_metric, "record": record_metric,
-           "axb": matthews_metric}
+def _int_key(key: str) -> int:
+  head = key.split("/", 1)[0]
+  return int(head) if head.lstrip("-").isdigit() else -1
 
 
 def register() -> None:
@@ -261,7 +228,7 @@ def register() -> None:
         task_name(task), source=seqio.FunctionDataSource(_source_fn(task), splits=splits),
         preprocessors=[seqio.preprocessors.tokenize, fit_to_length],
         output_features=features, postprocess_fn=row_info,
-        metric_fns=[METRICS.get(task, accuracy_metric)])
+        metric_fns=[metric_fn(task)])
 
 
 if task_name("boolq") not in seqio.TaskRegistry.names():

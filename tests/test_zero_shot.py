@@ -189,12 +189,12 @@ def test_score_metrics_pick_the_argmax_of_each_group():
   targets = _rows(golds, 3)
   picks = [0, 2, 2, 0]  # right, right, wrong, wrong
   scores = [1.0 if c == picks[g] else -1.0 for g in range(4) for c in range(3)]
-  out = zs.cb_metric(targets, scores)
+  out = zs.metric_fn("cb")(targets, scores)
   assert out["accuracy"] == 0.5 and out["num_questions"] == 4 and out["truncated_prompts"] == 1
   # per class F1: class 0: tp1 fp1 fn0 -> 2/3; class 1: tp0 fn2 -> 0; class 2: tp1 fp1 -> 2/3
   assert out["f1_macro"] == pytest.approx((2 / 3 + 0 + 2 / 3) / 3)
   with pytest.raises(ValueError, match="12 rows but 11 scores"):
-    zs.accuracy_metric(targets, scores[:-1])
+    zs.metric_fn("rte")(targets, scores[:-1])
 
 
 def test_multirc_and_record_metrics():
@@ -202,14 +202,16 @@ def test_multirc_and_record_metrics():
   # Two questions of one paragraph: answers 0,1 (question a) and 2 (question b).
   targets = _rows([0, 1, 0], 2, key=lambda g: ["p/a/0", "p/a/1", "p/b/2"][g])
   scores = [1, 0, 0, 1, 0, 1]  # picks true, false, false -> right, right, wrong
-  out = zs.multirc_metric(targets, scores)
+  out = zs.metric_fn("multirc")(targets, scores)
   assert out["accuracy"] == pytest.approx(2 / 3) and out["exact_match"] == 0.5
   assert out["f1a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
   rec = [{"group": 0, "candidate": c, "is_correct": c == 1, "labelled": True, "key": "q",
           "choice": name, "gold": ["The Bo"], "truncated": False}
          for c, name in enumerate(["Ada", "Bo"])]
-  assert zs.record_metric(rec, [0.0, 1.0])["exact_match"] == 1.0
-  assert zs.record_metric(rec, [1.0, 0.0])["f1"] == 0.0
+  assert zs.metric_fn("record")(rec, [0.0, 1.0])["exact_match"] == 1.0
+  assert zs.metric_fn("record")(rec, [1.0, 0.0])["f1"] == 0.0
+  copa = zs.metric_fn("copa")(_rows([1, 0, 1], 2), [0, 1, 0, 1, 1, 0])
+  assert copa["accuracy"] == pytest.approx(1 / 3)
 
 
 # -- the registered seqio tasks on the sample rows ------------------------------------
