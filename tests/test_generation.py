@@ -1,0 +1,159 @@
+"""Cached decoding against the uncached re-running reference; strategies; the CLI."""
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ernie3_jax import generation
+from ernie3_jax.generation import DecodeOptions
+from ernie3_jax.model import Ernie3, init_memory
+from ernie3_jax.model.decode_cache import CachedNLGDecoder
+from ernie3_jax.training import task_ids
+from tests import model_testing
+
+# Segment 4 and memory 8: generations of 12 cross several segment boundaries and
+# the memory rolls over; a 9-token prompt commits two segments before decoding.
+SEGMENT = 4
+NEW_TOKENS = 12
+PROMPTS = [[5, 17, 33], [40, 2, 61, 7, 12, 90, 3, 44, 8], [70, 11, 23, 56, 9, 31]]
+NO_STOP = DecodeOptions("greedy", stop_ids=())
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  """The tiny model with its NLG-path parameters (all that decoding uses), jit-initialised."""
+  cfg = model_testing.config()
+  model = Ernie3(cfg)
+  tokens, segments, tasks = model_testing.random_batch(cfg, 1, SEGMENT)
+  init = jax.jit(functools.partial(model.init, method=Ernie3.nlg_pretrain))
+  variables = init(jax.random.PRNGKey(0), tokens, segments, tasks, init_memory(cfg, 1))
+  return model, nn.unbox(variables["params"])
+
+
+@functools.lru_cache(maxsize=None)
+def _greedy():
+  model, params = _setup()
+  return generation.generate(model, params, PROMPTS, NEW_TOKENS, SEGMENT, NO_STOP)
+
+
+def _sequence_log_prob(model, params, prompt, continuation):
+  """Log-probability of `continuation` after `prompt` by whole-segment re-runs."""
+  ids = list(prompt) + list(continuation)
+  logp = jax.nn.log_softmax(generation.reference_logits(model, params, ids, SEGMENT), -1)
+  return float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(continuation)))
+
+
+def test_cached_greedy_matches_uncached_reference_for_a_batch():
+  model, params = _setup()
+  result = _greedy()
+  for prompt, tokens in zip(PROMPTS, result.tokens):
+    assert len(tokens) == NEW_TOKENS
+    assert tokens == generation.reference_greedy_generate(model, params, prompt, NEW_TOKENS,
+                                                          SEGMENT, stop_ids=())
+  # The reported log-prob is the model's probability of the generated tokens.
+  assert result.log_probs[0] == pytest.approx(
+      _sequence_log_prob(model, params, PROMPTS[0], result.tokens[0]), abs=1e-4)
+
+
+def test_cached_step_logits_match_full_rerun_logits():
+  model, params = _setup()
+  decoder = CachedNLGDecoder(model, SEGMENT, task_ids.DOCUMENT_LM)
+  prompt, continuation = PROMPTS[2], _greedy().tokens[2]
+  dp = decoder.prepare(params)
+  packed, lengths = generation.pack_prompts([prompt], SEGMENT, model.config.vocab_size)
+  logits, cache = jax.jit(decoder.prefill)(dp, decoder.init_cache(dp, 1), packed, lengths)
+  cached = [np.asarray(logits[0])]
+  step = jax.jit(decoder.step)
+  for token in continuation[:-1]:
+    logits, cache = step(dp, cache, jnp.asarray([token], jnp.int32))
+    cached.append(np.asarray(logits[0]))
+  full = generation.reference_logits(model, params, prompt + continuation, SEGMENT)
+  np.testing.assert_allclose(np.stack(cached), full[len(prompt) - 1:-1], atol=2e-5, rtol=1e-5)
+
+
+def test_top_k_one_sampling_is_greedy():
+  model, params = _setup()
+  sampled = generation.generate(model, params, PROMPTS, NEW_TOKENS, SEGMENT,
+                                DecodeOptions("sample", temperature=0.7, top_k=1, stop_ids=()),
+                                seed=3)
+  assert sampled.tokens == _greedy().tokens
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  probs = np.asarray([[0.05, 0.4, 0.1, 0.3, 0.15]])
+  logits = jnp.log(jnp.asarray(probs))
+  # Sorted: 0.4, 0.3, 0.15, 0.1, 0.05 -> cumulative 0.4, 0.7, 0.85, 0.95, 1.0.
+  expect = {0.3: [1], 0.4: [1], 0.5: [1, 3], 0.7: [1, 3], 0.8: [1, 3, 4], 0.96: [0, 1, 2, 3, 4]}
+  for p, kept in expect.items():
+    mask = np.asarray(generation.top_p_mask(logits, p))[0]
+    assert sorted(np.flatnonzero(mask).tolist()) == kept, p
+  mask = np.asarray(generation.top_k_mask(logits, 2))[0]
+  assert sorted(np.flatnonzero(mask).tolist()) == [1, 3]
+
+
+def test_top_p_sampling_draws_only_from_the_nucleus():
+  logits = jnp.log(jnp.asarray([[0.05, 0.4, 0.1, 0.3, 0.15]] * 512))
+  args = generation._sampling_args(DecodeOptions("sample", top_p=0.7))  # pylint: disable=protected-access
+  draws = np.asarray(generation.select_tokens(logits, jax.random.PRNGKey(0), args))
+  assert set(draws.tolist()) == {1, 3}
+  # Renormalised inside the nucleus: 0.4 / 0.7 of the draws are token 1.
+  assert abs(np.mean(draws == 1) - 0.4 / 0.7) < 0.07
+
+
+def test_beam_search_with_one_beam_is_greedy():
+  model, params = _setup()
+  beam = generation.generate(model, params, PROMPTS, NEW_TOKENS, SEGMENT,
+                             DecodeOptions("beam", num_beams=1, stop_ids=()))
+  assert beam.tokens == _greedy().tokens
+
+
+def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy():
+  model, params = _setup()
+  prompts = PROMPTS[:2]
+  beam = generation.generate(model, params, prompts, NEW_TOKENS, SEGMENT,
+                             DecodeOptions("beam", num_beams=4, stop_ids=()))
+  for i, prompt in enumerate(prompts):
+    greedy_lp = _sequence_log_prob(model, params, prompt, _greedy().tokens[i])
+    beam_lp = _sequence_log_prob(model, params, prompt, beam.tokens[i])
+    assert len(beam.tokens[i]) == NEW_TOKENS
+    assert beam.log_probs[i] == pytest.approx(beam_lp, abs=1e-4)
+    assert beam_lp >= greedy_lp - 1e-5
+
+
+def test_stop_tokens_end_each_row_at_its_first_stop():
+  model, params = _setup()
+  greedy = _greedy().tokens
+  stop = greedy[1][5]
+  result = generation.generate(model, params, PROMPTS, NEW_TOKENS, SEGMENT,
+                               DecodeOptions("greedy", stop_ids=(stop,)))
+  for full, tokens in zip(greedy, result.tokens):
+    cut = full.index(stop) + 1 if stop in full else len(full)
+    assert tokens == full[:cut]
+  assert len(result.tokens[1]) <= 6
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
+  model, params = _setup()
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    generation.generate(model, params, [[3], []], 2, SEGMENT)
+  with pytest.raises(ValueError, match="vocab_size=96"):
+    generation.generate(model, params, [[3, 500]], 2, SEGMENT)
+  with pytest.raises(ValueError, match="top_p"):
+    DecodeOptions("sample", top_p=0.0)
+  with pytest.raises(ValueError, match="strategy"):
+    DecodeOptions("nucleus")
+
+
+def test_decode_throughput_reports_both_paths():
+  model, params = _setup()
+  # The shapes of the greedy test, so its compiled loop is reused.
+  out = generation.decode_throughput(model, params, batch_size=3, prompt_length=9,
+                                     max_new_tokens=NEW_TOKENS, segment_length=SEGMENT,
+                                     repeats=1)
+  assert out["cached_tokens_per_s"] > 0 and out["uncached_tokens_per_s"] > 0
+  assert math.isclose(out["speedup"], out["uncached_seconds"] / out["cached_seconds"])
