@@ -63,6 +63,8 @@ def main(argv):
   from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   model_dir = runs.model_dir()
+  from ernie3_jax import preflight  # pylint: disable=g-import-not-at-top
+  preflight.check(_RUN_MODE.value, model_dir)  # fails before MODEL_DIR is touched
   os.makedirs(model_dir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, "config.gin"), "w") as f:

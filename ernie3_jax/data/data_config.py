@@ -96,3 +96,30 @@ def entity_matcher(kg_path: str, aliases_path: str | None):
 def current() -> DataConfig:
   """The DataConfig that gin describes now."""
   return DataConfig()
+
+
+def min_sequence_length(task: str, config: DataConfig) -> int:
+  """The shortest NLU row the pre-training task `task` can build (1 for others)."""
+  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.data import knowledge_masking, sentence_distance, uktp
+  minimums = {
+      "knowledge_masked_lm": knowledge_masking.MIN_SEQUENCE_LENGTH,
+      "sentence_reordering": config.max_reorder_segments + 2,  # [CLS] + a [SEP] per segment
+      "sentence_distance": sentence_distance.MIN_SEQUENCE_LENGTH,
+      "uktp": uktp.MIN_SEQUENCE_LENGTH,
+  }
+  return minimums.get(task, 1)
+
+
+def check_files(config: DataConfig) -> None:
+  """Fails, naming the DataConfig binding, unless every input file is there and readable."""
+  try:
+    paths = corpus_readers.expand_paths(config.corpus)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"DataConfig.corpus={config.corpus!r}: {e}") from None
+  for path in paths:
+    if not path.startswith(corpus_readers.TFDS_PREFIX):
+      require_file(path, "DataConfig.corpus")
+  require_file(config.vocabulary, "DataConfig.vocabulary")
+  require_file(config.kg, "DataConfig.kg")
+  require_file(config.aliases, "DataConfig.aliases")

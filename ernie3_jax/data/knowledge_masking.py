@@ -39,6 +39,7 @@ TOKEN, PHRASE, ENTITY = 0, 1, 2
 LEVEL_NAMES = ("token", "phrase", "entity")
 MAX_PHRASE_WORDS = 4
 MASK_PROB, RANDOM_PROB = 0.8, 0.1  # the rest of the chosen units stay unchanged
+MIN_SEQUENCE_LENGTH = 3  # [CLS] one piece [SEP]
 
 STOP_WORDS = frozenset("""
 a an the and or but nor so yet if of in on at to for from by with without about as into
@@ -490,9 +491,9 @@ class KnowledgeMasker:
 
   def __init__(self, vocab: Any, matcher: Any, sequence_length: int,
                level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15):
-    if sequence_length < 3:
+    if sequence_length < MIN_SEQUENCE_LENGTH:
       raise ValueError(f"sequence_length={sequence_length} leaves no room for a passage "
-                       "between [CLS] and [SEP]; use at least 3")
+                       f"between [CLS] and [SEP]; use at least {MIN_SEQUENCE_LENGTH}")
     if not 0.0 < mask_ratio <= 1.0:
       raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
     self.level_share = normalize_level_weights(tuple(float(w) for w in level_weights))

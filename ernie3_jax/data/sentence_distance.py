@@ -38,7 +38,7 @@ ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
 NUM_CLASSES = 3
 _DISTANCE_STREAM = 0xD15  # keeps distance draws apart from other tasks with the same seed
 _FOREIGN_TRIES = 8
-_MIN_LENGTH = 5  # [CLS] a [SEP] b [SEP]
+MIN_SEQUENCE_LENGTH = 5  # [CLS] a [SEP] b [SEP]
 
 
 def _far_pair(rng, n: int) -> tuple[int, int]:
@@ -57,7 +57,7 @@ def distance_examples(texts: Iterable[str], seed: int, *, vocab, sequence_length
   With `with_provenance`, examples also carry "doc_a", "sent_a", "doc_b", "sent_b":
   document index in the stream and sentence index within the document of A and B.
   """
-  length = resolve_sequence_length(sequence_length, _MIN_LENGTH)
+  length = resolve_sequence_length(sequence_length, MIN_SEQUENCE_LENGTH)
   if reservoir_size < 1:
     raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
   tokenizer = vocab.tokenizer
@@ -115,7 +115,7 @@ def sentence_distance(dataset: tf.data.Dataset, seed: int, *, vocab,
   in {0, 1, 2}, label_weight float32 (1.0), mlm_targets int32[L] and mlm_weights
   float32[L] (zeros), task_id int32.
   """
-  length = resolve_sequence_length(sequence_length, _MIN_LENGTH)
+  length = resolve_sequence_length(sequence_length, MIN_SEQUENCE_LENGTH)
   if reservoir_size < 1:
     raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
   return generator_dataset(

@@ -35,7 +35,7 @@ class TrainResult:
   final_step: int
   resumed_from: int | None
   history: list[dict[str, float]]
-  stopped_by: str  # "num_steps", "sigterm", "nonfinite"
+  stopped_by: str  # "num_steps", "sigterm", "nonfinite", "dry_run"
   state: Any = None
 
 
@@ -82,7 +82,7 @@ def _window_average(pending: list[dict]) -> dict[str, float]:
 DEFAULT_NLG_BATCH_SIZE = 8
 
 
-@gin.configurable(denylist=["model_dir"])
+@gin.configurable(denylist=["model_dir", "dry_run"])
 def train(model_dir: str, *,
           input_builder: Callable = gin.REQUIRED,
           num_steps: int = 100,
@@ -101,11 +101,18 @@ def train(model_dir: str, *,
           on_nonfinite: str = "skip",
           mesh_fn: Callable = mesh_lib.make_mesh,
           init_from: str | None = None,
-          progress_bar: bool | None = None) -> TrainResult:
-  """Pre-trains (or resumes pre-training of) an ERNIE 3.0 model in `model_dir`."""
+          progress_bar: bool | None = None,
+          dry_run: bool = False) -> TrainResult:
+  """Pre-trains (or resumes pre-training of) an ERNIE 3.0 model in `model_dir`.
+
+  Every configuration check (model, mesh, batch sizes, lengths, tasks, data files,
+  checkpoint shapes) runs before anything is written. `dry_run` stops right after them, so a
+  launcher can validate a config without touching `model_dir`.
+  """
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
   progressive = progressive or ProgressiveSchedule()
+  _check_lengths(sequence_length, nlg_segment_length, nlg_batch_size, progressive)
   cfg = Ernie3Config()
   model = Ernie3(cfg)
   mesh = mesh_fn()
@@ -118,15 +125,24 @@ def train(model_dir: str, *,
           f"num_microbatches = {num_microbatches}")
   schedule = optimizer.learning_rate_schedule(total_steps=num_steps)
   tx = optimizer.make_optimizer(schedule)
-  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
-                                    keep_checkpoints, async_checkpoints)
   num_processes, process_index = jax.process_count(), jax.process_index()
+  # The input is built (tasks resolved, data files opened) before the checkpoint
+  # directory exists, so a bad data config leaves model_dir untouched.
   data = input_builder(nlu_batch_size=nlu_batch_size // num_processes,
                        nlg_batch_size=nlg_batch_size // num_processes,
                        sequence_length=sequence_length, nlg_segment_length=nlg_segment_length,
                        seed=seed, shard_index=process_index, num_shards=num_processes)
-
+  _check_pretrain_input(cfg, data, progressive.settings(
+      0, sequence_length, nlu_batch_size, 8, row_shards * num_microbatches)[0], sequence_length)
   abstract, shardings = partitioning.state_shardings(model, tx, mesh, rules, nlg_batch_size)
+  _check_checkpoints(model_dir, init_from, abstract)
+  if dry_run:
+    if hasattr(data, "close"):
+      data.close()
+    return TrainResult(0, None, [], "dry_run")
+  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
+                                    keep_checkpoints, async_checkpoints)
+
   resumed_from = ckpt.latest_step()
   if resumed_from is not None:
     state, data_state = ckpt.restore(resumed_from, abstract, shardings)
@@ -220,6 +236,82 @@ def train(model_dir: str, *,
       json.dump({"peak_flops": peak, "peak_source": peak_how,
                  "history": history}, f, indent=1)
   return TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _check_lengths(sequence_length: int, nlg_segment_length: int, nlg_batch_size: int,
+                   progressive: ProgressiveSchedule) -> None:
+  """Lengths any model and input can take (the pre-training tasks' own minimums are
+  checked in `_check_pretrain_input`)."""
+  if sequence_length < 1:
+    raise ValueError(f"train.sequence_length={sequence_length}; valid range: >= 1")
+  if nlg_batch_size and nlg_segment_length < 2:
+    raise ValueError(f"train.nlg_segment_length={nlg_segment_length}; valid range: >= 2 "
+                     "(a segment needs an input and a next-token target)")
+  if progressive.steps > 0 and progressive.start_length < 1:
+    raise ValueError(f"ProgressiveSchedule.start_length={progressive.start_length}; valid "
+                     "range: >= 1")
+
+
+def _check_pretrain_input(cfg: Ernie3Config, data: Any, shortest: int, longest: int) -> None:
+  """For the pre-training input: every task must fit the shortest NLU rows (progressive
+  learning starts at `shortest`), and the data's vocabulary must fit the model's
+  embedding (ids past it would be clamped silently by the embedding lookup)."""
+  from ernie3_jax.training import pretrain_input  # pylint: disable=g-import-not-at-top
+  if not isinstance(data, pretrain_input.PretrainInput):
+    return
+  from ernie3_jax.data import data_config  # pylint: disable=g-import-not-at-top
+  config = data_config.current()
+  data_config.check_files(config)
+  tasks = sorted({name for _, rates in data.stages for name in rates if name != "document_lm"})
+  need = {t: data_config.min_sequence_length(t, config) for t in tasks}
+  minimum = max(need.values(), default=1)
+  if longest < minimum:
+    raise ValueError(f"train.sequence_length={longest}; valid range: >= {minimum} for the "
+                     f"tasks {tasks} (shortest rows each can build: {need})")
+  if shortest < minimum:
+    raise ValueError(f"ProgressiveSchedule.start_length makes the first rows {shortest} "
+                     f"pieces long; valid range: {minimum} to train.sequence_length={longest} "
+                     f"for the tasks {tasks} (shortest rows each can build: {need})")
+  path = config.vocabulary
+  size = data_config.vocabulary(path).vocab_size
+  if size > cfg.vocab_size:
+    raise ValueError(f"DataConfig.vocabulary={path!r} has {size} pieces but "
+                     f"Ernie3Config.vocab_size={cfg.vocab_size}; set Ernie3Config.vocab_size "
+                     f"to at least {size}, or use a vocabulary of at most {cfg.vocab_size}")
+
+
+def _check_checkpoints(model_dir: str, init_from: str | None, abstract: Any) -> None:
+  """The checkpoint a run would resume from (or, starting fresh, `train.init_from`) must
+  fit the model; checked from metadata before anything is written."""
+  own = os.path.join(model_dir, "checkpoints")
+  if os.path.isdir(own):
+    try:
+      state_dir, step = checkpointing.latest_checkpoint_dir(own)
+    except FileNotFoundError:
+      state_dir = None  # no complete checkpoint yet: the run starts fresh
+    if state_dir is not None:
+      problems = checkpointing.shape_mismatches(checkpointing.saved_shapes(state_dir),
+                                                abstract)
+      if problems:
+        raise checkpointing.CheckpointMismatchError(
+            f"cannot resume from the checkpoint of step {step} in {own!r}: it was written "
+            f"by a different model or train config: "
+            f"{checkpointing.summarize_mismatches(problems)}. Use the config it was written "
+            "with (MODEL_DIR/config.gin), or a new MODEL_DIR.")
+      return  # resuming: init_from is not used
+  if init_from:
+    try:
+      state_dir, step = checkpointing.latest_checkpoint_dir(init_from)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"train.init_from={init_from!r}: {e}") from None
+    # New parameters (fresh heads) and unused ones are fine; differing shapes are not.
+    problems = [p for p in checkpointing.shape_mismatches(
+        checkpointing.saved_shapes(state_dir), {"params": abstract.params}, prefix="params[")
+                if " has shape " in p]
+    if problems:
+      raise checkpointing.CheckpointMismatchError(
+          f"train.init_from={init_from!r}: the checkpoint of step {step} was written by a "
+          f"different model config: {checkpointing.summarize_mismatches(problems)}")
 
 
 def _format(m: dict[str, float]) -> str:
