@@ -272,6 +272,15 @@ def _check_pretrain_input(cfg: Ernie3Config, data: Any, shortest: int, longest: 
     raise ValueError(f"ProgressiveSchedule.start_length makes the first rows {shortest} "
                      f"pieces long; valid range: {minimum} to train.sequence_length={longest} "
                      f"for the tasks {tasks} (shortest rows each can build: {need})")
+  if "sentence_reordering" in tasks and config.max_reorder_segments > cfg.max_reorder_segments:
+    raise ValueError(f"DataConfig.max_reorder_segments={config.max_reorder_segments} makes "
+                     f"labels the model's reordering head cannot take "
+                     f"(Ernie3Config.max_reorder_segments={cfg.max_reorder_segments}); valid "
+                     f"range: 1 to {cfg.max_reorder_segments}")
+  from ernie3_jax.data import sentence_distance  # pylint: disable=g-import-not-at-top
+  if "sentence_distance" in tasks and cfg.num_distance_classes < sentence_distance.NUM_CLASSES:
+    raise ValueError(f"Ernie3Config.num_distance_classes={cfg.num_distance_classes}; the "
+                     f"sentence_distance task has {sentence_distance.NUM_CLASSES} labels")
   path = config.vocabulary
   size = data_config.vocabulary(path).vocab_size
   if size > cfg.vocab_size:
