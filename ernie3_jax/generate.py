@@ -14,29 +14,36 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "MODEL_DIR of a training run (holds config.gin, checkpoints/).")
-_PROMPTS = flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable; one batch).")
-_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens to generate per prompt.")
-_STRATEGY = flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample", "beam"],
-                              "How tokens are picked.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off).")
-_NUM_BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams per prompt (--strategy=beam).")
-_LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 0.0,
-                                     "Beam ranking exponent on ((5 + length) / 6).")
-_STOP_IDS = flags.DEFINE_list("stop_ids", [], "Extra token ids that end a row (eos always does).")
-_SEGMENT_LENGTH = flags.DEFINE_integer(
-    "segment_length", None, "Segment length (default: the run's generate_from_checkpoint "
-    "binding in config.gin, else 128).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+def _define_flags() -> flags.FlagValues:
+  """This command's flags, in their own FlagValues (no clash with other entry points)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string("checkpoint", None,
+                      "MODEL_DIR of a training run (holds config.gin and checkpoints/).",
+                      flag_values=fv)
+  flags.DEFINE_multi_string("prompt", [], "A prompt (repeatable; one batch).", flag_values=fv)
+  flags.DEFINE_integer("max_new_tokens", 32, "Tokens to generate per prompt.", flag_values=fv)
+  flags.DEFINE_enum("strategy", "greedy", ["greedy", "sample", "beam"], "How tokens are picked.",
+                    flag_values=fv)
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature (> 0).", flag_values=fv)
+  flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).",
+                       flag_values=fv)
+  flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1.0: off).", flag_values=fv)
+  flags.DEFINE_integer("num_beams", 4, "Beams per prompt (--strategy=beam).", flag_values=fv)
+  flags.DEFINE_float("length_penalty", 0.0, "Beam ranking exponent on ((5 + length) / 6).",
+                     flag_values=fv)
+  flags.DEFINE_list("stop_ids", [], "Extra token ids that end a row (eos always does).",
+                    flag_values=fv)
+  flags.DEFINE_integer("segment_length", None,
+                       "Segment length (default: the run's generate_from_checkpoint binding in "
+                       "config.gin, else 128).", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+  return fv
 
 
-def load_run_config(model_dir: str) -> None:
+def load_run_config(model_dir: str | None) -> None:
   """Parses MODEL_DIR/config.gin, failing clearly when the directory is not a run."""
   from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
   if not model_dir:
@@ -50,7 +57,7 @@ def load_run_config(model_dir: str) -> None:
   gin_utils.parse_gin([config])
 
 
-def run_generation(model_dir: str, prompts: list[str], max_new_tokens: int, options,
+def run_generation(model_dir: str | None, prompts: list[str], max_new_tokens: int, options,
                    segment_length: int | None = None, seed: int = 0) -> list[str]:
   """Loads the run in `model_dir` and returns one continuation per prompt."""
   from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
@@ -62,31 +69,38 @@ def run_generation(model_dir: str, prompts: list[str], max_new_tokens: int, opti
                                              options=options, seed=seed, **kwargs)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+def main(argv: list[str]) -> int:
+  """Parses `argv` (program name first), generates, prints; returns the exit status."""
+  fv = _define_flags()
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(__doc__ + "\n" + fv.get_help())
+    return 0
   try:
-    stop_ids = tuple(int(s) for s in _STOP_IDS.value)
-  except ValueError as e:
-    raise app.UsageError(f"--stop_ids={','.join(_STOP_IDS.value)}: ids must be integers") from e
-  options = generation.DecodeOptions(
-      _STRATEGY.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value, _NUM_BEAMS.value,
-      _LENGTH_PENALTY.value, (generation.EOS_ID,) + stop_ids)
-  outputs = run_generation(_CHECKPOINT.value, list(_PROMPTS.value), _MAX_NEW_TOKENS.value,
-                           options, _SEGMENT_LENGTH.value, _SEED.value)
-  for prompt, text in zip(_PROMPTS.value, outputs):
-    print(f"prompt: {prompt}\ncontinuation: {text}")
-  sys.stdout.flush()
-
-
-def _main_or_error(argv):
-  try:
-    main(argv)
-  except (FileNotFoundError, ValueError) as e:
+    rest = fv(argv)
+    if len(rest) > 1:
+      raise ValueError(f"unexpected arguments: {rest[1:]}")
+    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    try:
+      stop_ids = tuple(int(s) for s in fv.stop_ids)
+    except ValueError as e:
+      raise ValueError(f"--stop_ids={','.join(fv.stop_ids)}: ids must be integers") from e
+    options = generation.DecodeOptions(fv.strategy, fv.temperature, fv.top_k, fv.top_p,
+                                       fv.num_beams, fv.length_penalty,
+                                       (generation.EOS_ID,) + stop_ids)
+    outputs = run_generation(fv.checkpoint, list(fv.prompt), fv.max_new_tokens, options,
+                             fv.segment_length, fv.seed)
+  except (flags.Error, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    return 1
+  for prompt, text in zip(fv.prompt, outputs):
+    print(f"prompt: {prompt}\ncontinuation: {text}")
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(_main_or_error)
+  code = main(sys.argv)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  # Leave without interpreter teardown, as ernie3_jax.main does: TensorFlow's
+  # threads (seqio tasks imported by config.gin) can hang it.
+  os._exit(code)  # pylint: disable=protected-access

@@ -157,3 +157,35 @@ def test_decode_throughput_reports_both_paths():
                                      repeats=1)
   assert out["cached_tokens_per_s"] > 0 and out["uncached_tokens_per_s"] > 0
   assert math.isclose(out["speedup"], out["uncached_seconds"] / out["cached_seconds"])
+
+
+@pytest.mark.slow  # builds and restores a checkpoint: about a minute on 2 CPU cores
+def test_cli_generates_from_a_tiny_checkpoint(tmp_path, capsys):
+  from ernie3_jax import gin_utils, generate
+  from tests import training_testing
+  model_dir = tmp_path / "run"
+  # num_steps=0 saves the freshly initialised state: a real checkpoint, no train step
+  # to compile. The shipped vocabulary has 4,000 pieces, so the model must too.
+  # An NLG batch of 8 so the checkpointed memory shards over the 8 test devices.
+  training_testing.run(model_dir, 0, nlg_batch_size=8,
+                       extra_bindings=["Ernie3Config.vocab_size=4000"])
+  # train() got its batch sizes as arguments; the run's config names the NLG batch the
+  # checkpointed memory was made for, as a gin-configured run's config.gin does.
+  (model_dir / "config.gin").write_text(gin_utils.effective_config() +
+                                        "\ntrain.nlg_batch_size = 8\n")
+  argv = ["generate", f"--checkpoint={model_dir}", "--prompt=The river", "--prompt=A",
+          "--max_new_tokens=5", "--strategy=sample", "--top_k=5", "--segment_length=4"]
+  assert generate.main(argv) == 0
+  out = capsys.readouterr().out
+  assert out.count("continuation:") == 2 and "prompt: The river" in out
+
+
+def test_cli_names_a_missing_or_empty_model_dir(tmp_path, capsys):
+  from ernie3_jax import generate
+  assert generate.main(["generate", f"--checkpoint={tmp_path / 'absent'}", "--prompt=x"]) == 1
+  assert "no such directory" in capsys.readouterr().err
+  assert generate.main(["generate", f"--checkpoint={tmp_path}", "--prompt=x"]) == 1
+  assert "has no config.gin" in capsys.readouterr().err
+  (tmp_path / "config.gin").write_text("")
+  assert generate.main(["generate", f"--checkpoint={tmp_path}", "--prompt=x"]) == 1
+  assert "no checkpoint in" in capsys.readouterr().err
