@@ -44,7 +44,7 @@ class ZeroShotConfig:
   num_shots: int = 0
   shot_seed: int = 0
   shot_split: str = "train"
-  max_length: int = 128  # prompt + candidate pieces; the trained context of the demo
+  max_length: int = 128  # prompt + candidate pieces (the demo trains 128-piece contexts)
 
 
 def task_name(task: str) -> str:

@@ -45,6 +45,7 @@ import numpy as np
 from ernie3_jax.data import knowledge_graph as kg_lib
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
 from ernie3_jax.data.uktp import relation_text
+from ernie3_jax.evaluation import zero_shot
 
 RELATION, TAIL = "relation", "tail"
 
@@ -149,11 +150,10 @@ class MaskedSlotScorer:
                normalization: str = "mean"):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from ernie3_jax.evaluation.zero_shot import check_normalization  # pylint: disable=g-import-not-at-top
     from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
     from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
     self.vocab, self.max_length, self.batch_size = vocab, max_length, batch_size
-    self.normalization = check_normalization(normalization)
+    self.normalization = zero_shot.check_normalization(normalization)
     vocab_size = model.config.vocab_size
 
     def batch_scores(params, tokens, segment_ids, targets, weights):
@@ -206,8 +206,7 @@ class MaskedSlotScorer:
       s, c = self._fn(self._params, tokens, np.zeros_like(tokens), targets, weights)
       sums[start:start + len(chunk)] = np.asarray(s)[:len(chunk)]
       counts[start:start + len(chunk)] = np.asarray(c)[:len(chunk)]
-    from ernie3_jax.evaluation.zero_shot import normalize  # pylint: disable=g-import-not-at-top
-    scores = normalize(sums, counts, self.normalization)
+    scores = zero_shot.normalize(sums, counts, self.normalization)
     return _split(scores, items)
 
 
@@ -215,12 +214,10 @@ class VerbalisedTripleScorer:
   """NLG scorer: log p(" relation tail" | head) or log p(" tail" | head relation)."""
 
   def __init__(self, nlg_scorer, vocab, normalization: str = "mean"):
-    from ernie3_jax.evaluation.zero_shot import check_normalization  # pylint: disable=g-import-not-at-top
     self.scorer, self.vocab = nlg_scorer, vocab
-    self.normalization = check_normalization(normalization)
+    self.normalization = zero_shot.check_normalization(normalization)
 
   def __call__(self, items: Sequence[ProbeItem]) -> list[np.ndarray]:
-    from ernie3_jax.evaluation.zero_shot import normalize  # pylint: disable=g-import-not-at-top
     encode = self.vocab.tokenizer.encode
     pairs = []
     for it in items:
@@ -231,7 +228,7 @@ class VerbalisedTripleScorer:
         else:
           pairs.append((encode(f"{h} {r}"), encode(f" {t}")))
     sums, counts, _ = self.scorer.score_pairs(pairs)
-    return _split(normalize(sums, counts, self.normalization), items)
+    return _split(zero_shot.normalize(sums, counts, self.normalization), items)
 
 
 def _split(flat: np.ndarray, items: Sequence[ProbeItem]) -> list[np.ndarray]:
@@ -306,7 +303,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
   from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.evaluation import zero_shot  # pylint: disable=g-import-not-at-top
   nlg = zero_shot.load_scorer(args.model_dir, 64, args.batch_size)  # parses config.gin
   cfg = dc.current()
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)

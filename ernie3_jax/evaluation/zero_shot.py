@@ -273,7 +273,6 @@ def main(argv: Iterable[str] | None = None) -> None:
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
   scorer = load_scorer(args.model_dir, args.max_length, args.batch_size)
-  import tasks as _tasks  # noqa: F401  pylint: disable=g-import-not-at-top
   from tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
   results = {}
   for task in tasks:
