@@ -150,3 +150,29 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
   np.testing.assert_allclose(alone[0], scores[2], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="raise --max_length"):
     scorer.row(kp.ProbeItem(kp.TAIL, triple, ("x" * 20,), 0), "x" * 20)
+
+
+@pytest.mark.slow
+def test_probe_and_zero_shot_commands_on_a_trained_checkpoint(tmp_path, capsys):
+  """The two commands end to end on a checkpoint written the way ernie3_jax.main does."""
+  import os
+  from ernie3_jax import gin_utils
+  from ernie3_jax.evaluation import zero_shot
+  from ernie3_jax.training import train as train_lib
+  gin_utils.parse_gin(["gin_configs/experiments/demo.gin"], [
+      f"MODEL_DIR = '{tmp_path}'", "NLU_BATCH = 8", "NLG_BATCH = 2", "SEQUENCE_LENGTH = 64",
+      "NLG_SEGMENT_LENGTH = 32", "train.num_steps = 2", "train.checkpoint_every = 0",
+      "train.progress_bar = False", "ProgressiveSchedule.steps = 0",
+      "make_mesh.num_devices = 1"])
+  with open(os.path.join(tmp_path, "config.gin"), "w") as f:
+    f.write(gin_utils.effective_config())
+  train_lib.train(str(tmp_path))
+  metrics = kp.main([f"--model_dir={tmp_path}", "--max_triples=6", "--tail_candidates=4",
+                     f"--output={tmp_path}/probe.json"])
+  assert metrics["relation_items"] == 6 and metrics["tail_chance"] == pytest.approx(0.25)
+  assert 0.0 <= metrics["tail_accuracy"] <= 1.0
+  assert "relation  accuracy" in capsys.readouterr().out
+  sample = "/work/shared/superglue_sample"
+  if os.path.isdir(sample):
+    zero_shot.main([f"--model_dir={tmp_path}", f"--source={sample}", "--tasks=copa"])
+    assert "copa" in capsys.readouterr().out
