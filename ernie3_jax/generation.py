@@ -122,10 +122,14 @@ def _sampling_args(options: DecodeOptions) -> dict[str, jax.Array]:
 
 def select_tokens(logits: jax.Array, rng: jax.Array, args: dict[str, jax.Array]) -> jax.Array:
   """One token per row [B] from logits [B, V]: argmax, or a tempered top-k / top-p draw."""
-  scaled = logits.astype(jnp.float32) / args["temperature"]
-  keep = jnp.logical_and(top_k_mask(scaled, args["top_k"]), top_p_mask(scaled, args["top_p"]))
-  sampled = jax.random.categorical(rng, jnp.where(keep, scaled, -jnp.inf))
-  return jnp.where(args["greedy"], jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+  def sample(logits):
+    scaled = logits.astype(jnp.float32) / args["temperature"]
+    keep = jnp.logical_and(top_k_mask(scaled, args["top_k"]), top_p_mask(scaled, args["top_p"]))
+    return jax.random.categorical(rng, jnp.where(keep, scaled, -jnp.inf)).astype(jnp.int32)
+
+  # A branch, not a select: greedy decoding skips the sorts that sampling needs.
+  greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.lax.cond(args["greedy"], greedy, sample, logits)
 
 
 def _is_stop(token: jax.Array, stop_ids: jax.Array) -> jax.Array:

@@ -189,3 +189,26 @@ def test_cli_names_a_missing_or_empty_model_dir(tmp_path, capsys):
   (tmp_path / "config.gin").write_text("")
   assert generate.main(["generate", f"--checkpoint={tmp_path}", "--prompt=x"]) == 1
   assert "no checkpoint in" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # one model init and two compiles per variant
+@pytest.mark.parametrize("overrides", [
+    dict(pre_layer_norm=True, memory_mode="previous_layer"),
+    dict(share_position_projection=True, scan_layers=True, memory_len=3),
+])
+def test_cached_logits_match_rerun_for_other_stack_variants(overrides):
+  cfg = model_testing.config(**overrides)
+  model = Ernie3(cfg)
+  params = nn.unbox(model_testing.init_params(cfg)["params"])
+  decoder = CachedNLGDecoder(model, SEGMENT, task_ids.DOCUMENT_LM)
+  ids = PROMPTS[1] + PROMPTS[2]
+  dp = decoder.prepare(params)
+  packed, lengths = generation.pack_prompts([ids[:5]], SEGMENT, cfg.vocab_size)
+  logits, cache = jax.jit(decoder.prefill)(dp, decoder.init_cache(dp, 1), packed, lengths)
+  cached = [np.asarray(logits[0])]
+  step = jax.jit(decoder.step)
+  for token in ids[5:]:
+    logits, cache = step(dp, cache, jnp.asarray([token], jnp.int32))
+    cached.append(np.asarray(logits[0]))
+  full = generation.reference_logits(model, params, ids, SEGMENT)
+  np.testing.assert_allclose(np.stack(cached), full[4:], atol=2e-5, rtol=1e-5)
