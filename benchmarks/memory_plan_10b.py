@@ -52,6 +52,9 @@ _NLG_FRACTION = flags.DEFINE_float("nlg_fraction", 0.25,
                                    "Share of each batch shard's rows that are NLG streams.")
 _LENGTH = flags.DEFINE_integer("sequence_length", 512, "NLU length and NLG segment length.")
 _BUDGETS = flags.DEFINE_list("budgets_gb", ["32", "80"], "Per-device memory budgets (GB).")
+_FAST_COMPILE = flags.DEFINE_boolean("fast_compile", True,
+                                     "Skip LLVM optimisation (does not change the memory "
+                                     "figures, only the generated code).")
 _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
 
 GB = 1e9
@@ -130,7 +133,9 @@ class StepCompiler:
     jitted = jax.jit(step, in_shardings=(shardings, rows, rows, replicated, replicated),
                      out_shardings=(shardings, replicated), donate_argnums=(0,))
     start = time.perf_counter()
-    with mesh, nn.logical_axis_rules(rules):
+    # jax.set_mesh, not `with mesh`: only an abstract mesh in context makes flax's
+    # logical activation constraints apply (under `with mesh` they are no-ops).
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       compiled = jitted.lower(abstract, nlu, nlg, sds((), f32),
                               jax.eval_shape(lambda: jax.random.PRNGKey(0))).compile()
     seconds = time.perf_counter() - start
@@ -223,7 +228,12 @@ def main(argv):
   flags_env = os.environ.get("XLA_FLAGS", "")
   flags_env = " ".join(f for f in flags_env.split()
                        if not f.startswith("--xla_force_host_platform_device_count"))
-  os.environ["XLA_FLAGS"] = f"{flags_env} --xla_force_host_platform_device_count={devices}"
+  flags_env += f" --xla_force_host_platform_device_count={devices}"
+  if _FAST_COMPILE.value:
+    # LLVM code generation only: the HLO passes and buffer assignment, which set
+    # the memory figures, are the same (checked on a small config), compiles ~2x faster.
+    flags_env += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  os.environ["XLA_FLAGS"] = flags_env.strip()
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top
@@ -267,7 +277,7 @@ def main(argv):
               "simulated_devices": devices, "global_batch": _GLOBAL_BATCH.value,
               "sequence_length": _LENGTH.value, "nlg_fraction": _NLG_FRACTION.value,
               "memory_len": cfg.memory_len, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype,
-              "backend": "XLA:CPU buffer assignment", "jax_version": jax.__version__,
+              "backend": "XLA:CPU buffer assignment", "fast_compile": _FAST_COMPILE.value, "jax_version": jax.__version__,
               "machine": bench_common.machine()}
   bench_common.emit({
       "benchmark": "memory_plan_10b", "unit": "bytes per device", "settings": settings,

@@ -1,0 +1,168 @@
+"""The benchmark scripts at tiny sizes: each prints one JSON line of sane figures.
+
+The scripts run in subprocesses (as `make bench` runs them) with the test
+session's XLA flags; their PyTorch halves run only where torch and transformers
+are installed (the `[bench]` extra), otherwise the JSON must say they were skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+BENCH_DIR = os.path.join(REPO_ROOT, "benchmarks")
+if BENCH_DIR not in sys.path:
+  sys.path.insert(0, BENCH_DIR)
+
+try:
+  import torch  # noqa: F401  pylint: disable=unused-import
+  import transformers  # noqa: F401  pylint: disable=unused-import
+  HAVE_TORCH = True
+except ImportError:
+  HAVE_TORCH = False
+
+TINY_MODEL = ["--universal_layers=1", "--d_model=32", "--num_heads=4", "--d_ff=64",
+              "--vocab_size=97", "--repeats=1", "--threads=1"]
+
+
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> dict:
+  """Runs benchmarks/<script> and returns its JSON line (also checks --output)."""
+  out_file = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"),
+                          f"bench_{os.getpid()}_{script}.jsonl")
+  if os.path.exists(out_file):
+    os.remove(out_file)
+  proc = subprocess.run([sys.executable, os.path.join(BENCH_DIR, script), *args,
+                         f"--output={out_file}"], capture_output=True, text=True,
+                        timeout=timeout, cwd=REPO_ROOT, env=dict(os.environ))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  assert len(lines) == 1, proc.stdout[-2000:]
+  record = json.loads(lines[0])
+  with open(out_file) as f:
+    assert json.loads(f.read().strip()) == record
+  os.remove(out_file)
+  return record
+
+
+def assert_positive(value, where: str) -> None:
+  assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, \
+      f"{where} = {value!r}"
+
+
+def test_train_throughput_reports_both_frameworks():
+  r = run_benchmark("train_throughput.py", *TINY_MODEL, "--nlu_layers=1",
+                    "--sequence_lengths=16", "--tokens_per_batch=32", "--steps_per_repeat=1",
+                    "--peak_matmul_size=128")
+  assert r["benchmark"] == "train_throughput"
+  (entry,) = r["results"]
+  assert (entry["sequence_length"], entry["rows"]) == (16, 2)
+  sides = ["jax", "torch"] if HAVE_TORCH else ["jax"]
+  for side in sides:
+    for key in ("step_s", "tokens_per_s", "model_flops_per_step", "model_flops_per_s", "mfu"):
+      assert_positive(entry[side][key], f"{side}.{key}")
+    assert_positive(r["peak_flops_per_s"][side], f"peak {side}")
+    assert entry[side]["tokens_per_s"] == pytest.approx(32 / entry[side]["step_s"])
+  if HAVE_TORCH:
+    assert_positive(entry["jax_over_torch_tokens_per_s"], "ratio")
+    assert r["settings"]["torch_layers"] == 2
+  else:
+    assert "torch" not in entry and "torch_skipped" in r["settings"]
+
+
+def test_decode_throughput_generates_every_token():
+  r = run_benchmark("decode_throughput.py", *TINY_MODEL, "--nlg_layers=1",
+                    "--batch_sizes=2", "--prompt_length=5", "--new_tokens=6",
+                    "--segment_length=4", "--memory_len=4")
+  assert r["settings"]["jax_path"] in ("cached", "rerun")
+  (entry,) = r["results"]
+  assert entry["generated_tokens"] == 12
+  for side in (["jax", "torch"] if HAVE_TORCH else ["jax"]):
+    assert_positive(entry[side]["tokens_per_s"], f"{side}.tokens_per_s")
+    assert entry[side]["tokens_per_s"] == pytest.approx(12 / entry[side]["seconds"])
+
+
+def _memory_plan(*targets: str, devices: int) -> dict:
+  return run_benchmark("memory_plan_10b.py", "--model_gin=gin_configs/models/tiny.gin",
+                       f"--devices={devices}", f"--targets={','.join(targets)}",
+                       "--remat=full", "--microbatches=1", "--global_batch=16",
+                       "--sequence_length=16", "--nlg_fraction=0.5",
+                       "--budgets_gb=0.001,80")
+
+
+def test_memory_plan_compiles_the_step_on_the_target_shards():
+  r = _memory_plan("2x4x1", devices=4)
+  assert_positive(r["num_params"], "num_params")
+  (p,) = r["plans"]
+  assert p["compiled_mesh"] == "1x4x1" and p["devices"] == 8
+  assert p["rows_per_batch_shard"] == {"nlu": 1, "nlg": 1}
+  m = p["measured"]
+  for key in ("argument_bytes", "temp_bytes", "total_bytes", "state_bytes_from_specs"):
+    assert_positive(m[key], key)
+  # The state the script derives from the specs is what XLA holds as arguments.
+  assert m["state_bytes_from_specs"] + m["batch_bytes_from_specs"] <= m["argument_bytes"]
+  assert m["argument_bytes"] - m["state_bytes_from_specs"] < 0.01 * m["argument_bytes"] + 4096
+  assert p["fits"] == {"0.001GB": p["per_device_gb"] <= 0.001, "80GB": True}
+  assert r["best"]["80GB"].startswith("2x4x1")
+
+
+@pytest.mark.slow
+def test_memory_plan_extrapolates_fsdp_beyond_the_simulated_devices():
+  r = _memory_plan("1x8x1", devices=4)
+  (p,) = r["plans"]
+  assert p["compiled_mesh"] == "1x4x1" and "fit_point" in p
+  proj = p["projection"]
+  # Twice the fsdp shards: the state per device about halves.
+  assert proj["state_bytes"] < 0.6 * p["measured"]["state_bytes_from_specs"]
+  assert_positive(proj["temp_bytes"], "projected temp")
+  assert p["per_device_gb"] * 1e9 < p["measured"]["total_bytes"]
+
+
+@pytest.mark.slow
+def test_data_throughput_compares_with_the_demo_step():
+  r = run_benchmark("data_throughput.py", "--tasks=sentence_distance,ernie3_pretrain",
+                    "--examples=32", "--warmup=8", "--demo_steps=1")
+  demo = r["demo_consumption"]
+  assert_positive(demo["step_s"], "demo step_s")
+  for name in ("sentence_distance", "ernie3_pretrain"):
+    assert_positive(r["results"][name], name)
+    assert r["pipeline_over_demo_consumption"][name] == pytest.approx(
+        r["results"][name] / demo["examples_per_s"][name], rel=0.01)
+
+
+def test_demo_rows_per_step_follow_the_mixture_rates():
+  import demo_step  # pylint: disable=import-outside-toplevel
+  rates = {"knowledge_masked_lm": 4.0, "uktp": 2.0, "sentence_reordering": 1.0,
+           "sentence_distance": 1.0, "document_lm": 4.0}
+  assert demo_step.rows_per_step(16, 4, rates) == {
+      "knowledge_masked_lm": 8.0, "uktp": 4.0, "sentence_reordering": 2.0,
+      "sentence_distance": 2.0, "document_lm": 4.0, "ernie3_pretrain": 20.0}
+
+
+def test_per_device_bytes_matches_jax_shard_shapes():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  import memory_plan_10b  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 4, 2), ("data", "fsdp", "tensor"))
+  arrays = {"w": jax.ShapeDtypeStruct((64, 48), jnp.float32),
+            "v": jax.ShapeDtypeStruct((16, 10), jnp.bfloat16),
+            "b": jax.ShapeDtypeStruct((7,), jnp.float32)}
+  shardings = {"w": NamedSharding(mesh, P("fsdp", "tensor")),
+               "v": NamedSharding(mesh, P(("fsdp", "tensor"), None)),
+               "b": NamedSharding(mesh, P())}
+  expected = sum(math.prod(shardings[k].shard_shape(a.shape)) * a.dtype.itemsize
+                 for k, a in arrays.items())
+  sizes = {"data": 1, "fsdp": 4, "tensor": 2}
+  assert memory_plan_10b.per_device_bytes(arrays, shardings, sizes) == expected
+  # On a mesh with 8x the fsdp shards (no such devices needed) w shrinks 8x;
+  # v's 16 rows over 64 shards round up to one row per device.
+  bigger = memory_plan_10b.per_device_bytes(arrays, shardings, dict(sizes, fsdp=32))
+  assert bigger == (64 * 48 // 64) * 4 + 1 * 10 * 2 + 7 * 4
