@@ -36,3 +36,18 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Benchmarks (CPU, fp32): JAX vs PyTorch training and decoding, data pipeline vs the
+# demo's consumption, and the 10B memory plan; one JSON line each in BENCH_DIR.
+# Installs the [bench] extra (CPU PyTorch, transformers); BENCH_PIP_ARGS may name a
+# CPU-only wheel index so that pip does not fetch a CUDA build of torch.
+BENCH_DIR ?= benchmarks/results
+BENCH_PIP_ARGS ?=
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -m pip install --quiet $(BENCH_PIP_ARGS) -e '.[bench]'
+	mkdir -p $(BENCH_DIR)
+	$(PY) benchmarks/train_throughput.py --output=$(BENCH_DIR)/train_throughput.jsonl
+	$(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
+	$(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
+	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl

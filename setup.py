@@ -36,6 +36,11 @@ EXTRAS_REQUIRE = {
         "pytest-xdist==3.8.0",
         "hypothesis==6.170.15",
     ],
+    # Baselines of benchmarks/ (`make bench`): PyTorch on the CPU and Hugging Face models.
+    "bench": [
+        "torch==2.13.0",
+        "transformers==5.23.0",
+    ],
 }
 
 setuptools.setup(
