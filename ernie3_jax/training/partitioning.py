@@ -55,6 +55,13 @@ def state_shardings(model: Ernie3, tx: optax.GradientTransformation, mesh: Mesh,
   specs = nn.get_partition_spec(boxed)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   abstract = nn.unbox(boxed)
+  # Optimizer state of parameters an optimizer leaves out (optax.masked /
+  # multi_transform, e.g. a frozen module) is an empty MaskedNode; the shardings
+  # get the same placeholder so both trees have one structure (orbax restores
+  # map over them together).
+  shardings = jax.tree_util.tree_map(
+      lambda s, a: optax.MaskedNode() if isinstance(a, optax.MaskedNode) else s, shardings,
+      abstract, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
   return abstract, shardings
 
 
