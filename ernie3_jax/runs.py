@@ -27,6 +27,14 @@ def summarize_training(history: list[dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def configured_job() -> str:
+  """The gin-bound `run.job` ('pretrain' when unbound)."""
+  try:
+    return str(gin.query_parameter("run.job"))
+  except ValueError:
+    return "pretrain"
+
+
 @gin.configurable
 def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
         max_new_tokens: int = 32, job: str = "pretrain") -> dict:

@@ -188,7 +188,7 @@ def test_eval_writes_seqio_metrics_that_match_the_predictions(finetuned):
   metrics = saved["tasks"]["superglue_cb"]
   assert set(metrics) == {"accuracy", "f1_macro"}
   # The accuracy seqio computed is the argmax of the model's own predictions.
-  _, predictor, _ = seqio_eval.load_finetuned(path, 4)
+  _, predictor, _ = seqio_eval.load_finetuned(path, 4)  # its forward pass is compiled once
   rows = _cb_rows("validation")
   predicted = predictor.log_probs(rows, 0, 64).argmax(-1)
   gold = [("entailment", "contradiction", "neutral").index(e["label"])

@@ -21,6 +21,7 @@ rank-1 features; the scalars still pass through to `postprocess_fn`'s `example`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -97,10 +98,7 @@ class Predictor:
   def __init__(self, setup: finetune.FinetuneSetup, params: Any, batch_size: int):
     self.setup, self.params, self.batch_size = setup, params, batch_size
     self.rows = partitioning.batch_sharding(setup.mesh, setup.rules)
-    replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
-    self._fn = jax.jit(
-        lambda p, b: finetune.classify_log_probs(setup.model, p, b, setup.layout),
-        out_shardings=replicated)
+    self._fn = _log_probs_fn(setup.model, setup.layout, setup.mesh)
 
   def log_probs(self, examples: Sequence[Mapping[str, np.ndarray]], task_index: int,
                 length: int) -> np.ndarray:
@@ -124,6 +122,15 @@ class Predictor:
       out.append(np.asarray(jax.device_get(result))[:len(chunk)])
     width = max(self.setup.layout.num_classes)
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _log_probs_fn(model, layout, mesh) -> Callable:
+  """One jitted forward pass per (model, heads, mesh): evaluation and inference in one
+  process share its compilations."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(lambda p, b: finetune.classify_log_probs(model, p, b, layout),
+                 out_shardings=replicated)
 
 
 def row_predictions(log_probs: np.ndarray, num_classes: int, candidate: bool) -> np.ndarray:
