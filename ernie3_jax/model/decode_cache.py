@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from ernie3_jax.model import layers, recurrence_memory
-from ernie3_jax.model.config import Ernie3Config, StackConfig
+from ernie3_jax.model.config import Ernie3Config
 from ernie3_jax.model.ernie3 import PAD_ID, Ernie3
 from ernie3_jax.model.relative_position import sinusoidal_encoding
 from ernie3_jax.model.transformer_xl import CachedTransformerXLBlock, write_rows
