@@ -107,7 +107,7 @@ def top_p_mask(logits: jax.Array, p: jax.Array | float) -> jax.Array:
                             inplace=False)
 
 
-def _sampling_args(options: DecodeOptions) -> dict[str, jax.Array]:
+def sampling_args(options: DecodeOptions) -> dict[str, jax.Array]:
   """The options the compiled loop takes as traced values (changing them never recompiles)."""
   # Stop ids are padded to a multiple of 4 with -1, which no token equals.
   size = max(4, -(-len(options.stop_ids) // 4) * 4)
@@ -261,7 +261,7 @@ def generate(model: Ernie3, params, prompts: Sequence[Sequence[int]], max_new_to
   num_beams = options.num_beams if options.strategy == "beam" else 0
   run = _compiled_generate(model.config, segment_length, max_new_tokens, num_beams)
   out, n, log_probs = jax.device_get(run(params, jnp.asarray(packed), jnp.asarray(lengths),
-                                         jax.random.PRNGKey(seed), _sampling_args(options)))
+                                         jax.random.PRNGKey(seed), sampling_args(options)))
   return Generation([out[i, :n[i]].tolist() for i in range(len(prompts))],
                     [float(x) for x in log_probs])
 

@@ -98,7 +98,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 
 def test_top_p_sampling_draws_only_from_the_nucleus():
   logits = jnp.log(jnp.asarray([[0.05, 0.4, 0.1, 0.3, 0.15]] * 512))
-  args = generation._sampling_args(DecodeOptions("sample", top_p=0.7))  # pylint: disable=protected-access
+  args = generation.sampling_args(DecodeOptions("sample", top_p=0.7))
   draws = np.asarray(generation.select_tokens(logits, jax.random.PRNGKey(0), args))
   assert set(draws.tolist()) == {1, 3}
   # Renormalised inside the nucleus: 0.4 / 0.7 of the draws are token 1.
