@@ -6,10 +6,10 @@ r"""Greedy decoding tokens/s: the NLG path (JAX) vs GPT2LMHeadModel.generate (Py
 Both sides decode greedily from random prompts, on the CPU, fp32, with the same
 threads, the same total depth (10 universal + 2 NLG layers vs 12 GPT-2 layers),
 width, heads and vocabulary, for exactly --new_tokens tokens (no stop token).
-JAX decodes with the key/value cache of `ernie3_jax.model.decode_cache`
-(segments of --segment_length and the recurrence memory, as in training); where
-that module is missing it falls back to re-running the open segment each token
-(the method of `generation.greedy_generate`), and the JSON says which ran. GPT-2
+JAX decodes with `ernie3_jax.generation.generate` (key/value cache, segments of
+--segment_length and the recurrence memory as in training, prefill and token
+loop compiled as one call); --jax_path=rerun instead re-runs the open segment
+every token, batched (no key/value cache); the JSON says which ran. GPT-2
 runs `generate(use_cache=True, do_sample=False)`. Tokens/s counts generated
 tokens (batch x new tokens) over the whole call, prompt processing included.
 Repeats alternate between the frameworks; the median is reported.
@@ -70,55 +70,28 @@ def init_params(cfg):
 
 
 def cached_available() -> bool:
-  try:
-    from ernie3_jax.model import decode_cache  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    return False
-  return True
+  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+  return hasattr(generation, "generate") and hasattr(generation, "DecodeOptions")
 
 
 class CachedGreedy:
-  """Greedy decoding with the key/value cache: one jitted prefill, one jitted step."""
+  """`generation.generate`: key/value-cached greedy decoding, one compiled call
+  (prefill + token loop) per batch, no stop token."""
 
   name = "cached"
 
   def __init__(self, model, params, segment_length: int):
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from ernie3_jax.model.decode_cache import CachedNLGDecoder  # pylint: disable=g-import-not-at-top
-    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
-    self.decoder = dec = CachedNLGDecoder(model, segment_length, task_ids.DOCUMENT_LM)
-    self.dp = jax.jit(dec.prepare)(params)
-    self.segment_length = segment_length
-    self._init = jax.jit(dec.init_cache, static_argnums=(1,))
-
-    def first(dp, cache, prompts, lengths):
-      logits, cache = dec.prefill(dp, cache, prompts, lengths)
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
-
-    def step(dp, cache, token):
-      logits, cache = dec.step(dp, cache, token)
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
-
-    self._first = jax.jit(first, donate_argnums=(1,))
-    self._step = jax.jit(step, donate_argnums=(1,))
-    self._jnp = jnp
+    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    self._generation = generation
+    self.model, self.params, self.segment_length = model, params, segment_length
+    self.options = generation.DecodeOptions("greedy", stop_ids=())
 
   def generate(self, prompts, new_tokens: int):
-    """prompts: int32 numpy [B, P] (no padding); returns generated ids [B, N]."""
+    """prompts: int32 numpy [B, P]; returns generated ids [B, N]."""
     import numpy as np  # pylint: disable=g-import-not-at-top
-    b, p = prompts.shape
-    s = self.segment_length
-    padded = np.zeros((b, -(-p // s) * s), np.int32)
-    padded[:, :p] = prompts
-    cache = self._init(self.dp, b)
-    token, cache = self._first(self.dp, cache, self._jnp.asarray(padded),
-                               self._jnp.full((b,), p, self._jnp.int32))
-    out = [token]
-    for _ in range(new_tokens - 1):
-      token, cache = self._step(self.dp, cache, token)
-      out.append(token)
-    return np.stack([np.asarray(t) for t in out], axis=1)
+    out = self._generation.generate(self.model, self.params, prompts.tolist(), new_tokens,
+                                    self.segment_length, self.options)
+    return np.asarray(out.tokens)
 
 
 class RerunGreedy:
@@ -219,7 +192,7 @@ def main(argv):
   if path == "auto":
     path = "cached" if cached_available() else "rerun"
   elif path == "cached" and not cached_available():
-    raise ValueError("--jax_path=cached, but ernie3_jax.model.decode_cache is not available")
+    raise ValueError("--jax_path=cached, but ernie3_jax.generation has no cached generate")
   cfg = jax_config()
   params = init_params(cfg)
   model = Ernie3(cfg)
