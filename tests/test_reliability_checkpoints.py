@@ -245,3 +245,62 @@ def test_same_seed_and_config_twice_gives_bit_identical_parameters(tmp_path):
   for x, y in zip(leaves_a, leaves_b):
     assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
   assert runs[0].history[-1]["loss"] == runs[1].history[-1]["loss"]
+
+
+# ------------------------------------------------------------ the trainer, killed mid-save
+
+_TRAIN_KILLED_AT_COMMIT = r"""
+import sys, time
+from orbax.checkpoint._src.path import atomicity
+
+original = atomicity.AtomicRenameTemporaryPath.finalize
+
+async def finalize(self, *args, **kwargs):
+  if self.get_final().name == "4":
+    print("COMMITTING", flush=True)
+    time.sleep(600)
+  return await original(self, *args, **kwargs)
+
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+from ernie3_jax import main
+sys.argv = ["ernie3_jax.main"] + sys.argv[1:]
+main.cli()
+"""
+
+
+def _train_flags(model_dir, num_steps):
+  bindings = ["import tests.synthetic_input"] + tt.TINY_BINDINGS + [
+      f"model_dir.path = '{model_dir}'", "train.input_builder = @SyntheticInput",
+      f"train.num_steps = {num_steps}", "train.nlu_batch_size = 8", "train.nlg_batch_size = 4",
+      "train.sequence_length = 16", "train.nlg_segment_length = 8", "train.log_every = 1",
+      "train.checkpoint_every = 2", "train.progress_bar = False"]
+  return (["--gin_file=gin_configs/runs/pretrain.gin"] +
+          [f"--gin_bindings={b}" for b in bindings])
+
+
+@pytest.mark.slow  # two trainer processes: a few minutes on a loaded 2-core machine
+def test_trainer_killed_mid_save_resumes_from_the_last_complete_checkpoint(tmp_path):
+  model_dir = tmp_path / "run"
+  proc = subprocess.Popen([sys.executable, "-c", _TRAIN_KILLED_AT_COMMIT,
+                           *_train_flags(model_dir, 1000)], cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  lines = []
+  deadline = time.time() + 600
+  while time.time() < deadline:
+    line = proc.stdout.readline().decode()
+    lines.append(line)
+    if line.startswith("COMMITTING") or not line:
+      break
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert lines[-1].startswith("COMMITTING"), "".join(lines[-40:])
+  entries = os.listdir(model_dir / "checkpoints")
+  assert "2" in entries and "4" not in entries
+  assert any(e.startswith("4.") for e in entries), entries  # the partial save
+  out = subprocess.run([sys.executable, "-m", "ernie3_jax.main", *_train_flags(model_dir, 5)],
+                       cwd=REPO, env=_env(), capture_output=True, timeout=600)
+  text = out.stdout.decode()
+  assert out.returncode == 0, text[-3000:] + out.stderr.decode()[-3000:]
+  assert "resumed from step 2 (" in text
+  assert "step 3:" in text and "step 5:" in text and "step 2:" not in text
+  assert "5" in os.listdir(model_dir / "checkpoints")
