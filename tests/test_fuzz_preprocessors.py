@@ -286,3 +286,15 @@ def test_enormous_and_empty_documents(vocab):
              for ex in sd.distance_examples(texts, 0, vocab=vocab, sequence_length=64))
   assert all(0 <= ex["label"] < sr.num_permutation_classes(3) and _in_vocab(vocab, ex["tokens"])
              for ex in sr.reordering_examples(texts, 0, vocab=vocab, sequence_length=64))
+
+
+def test_uktp_names_the_tokenizer_drops_keep_the_layout(vocab):
+  """Found by the fuzzer: a relation of underscores ("__") or a name of zero-width
+  characters encoded to nothing and failed the whole UKTP pipeline."""
+  builder = uktp.UktpBuilder(vocab, 32)
+  out = builder.example("\u200b", "__", "Ka", "\u200b met Ka.", np.random.default_rng(0))
+  tokens = out["tokens"]
+  assert tokens[0] == vocab.cls_id and tokens[1] == vocab.tokenizer.unk_id()
+  assert _in_vocab(vocab, tokens) and out["mlm_weights"].sum() > 0
+  with pytest.raises(ValueError, match="empty head"):
+    builder.example("", "born_in", "Ka", "Ka.", np.random.default_rng(0))

@@ -64,8 +64,9 @@ class AlignmentReport:
 
 
 def relation_text(relation: str) -> str:
-  """`born_in` -> "born in": relations are written as words in the input."""
-  return " ".join(relation.replace("_", " ").split())
+  """`born_in` -> "born in": relations are written as words in the input (a relation
+  made only of underscores stays as it is rather than becoming empty)."""
+  return " ".join(relation.replace("_", " ").split()) or relation
 
 
 @functools.lru_cache(maxsize=4096)
@@ -284,6 +285,10 @@ class UktpBuilder:
     ids = np.asarray(self.vocab.tokenizer.encode(text), np.int32)
     # A name spelling "[SEP]" must not break the layout: such pieces become unk.
     ids[self.is_special[ids]] = self.vocab.tokenizer.unk_id()
+    if text and not len(ids):
+      # Only characters the tokenizer drops (e.g. U+200B): one unk keeps the triple's
+      # layout instead of failing the whole input pipeline.
+      ids = np.asarray([self.vocab.tokenizer.unk_id()], np.int32)
     return ids
 
   def example(self, head: str, relation: str, tail: str, sentence: str,
