@@ -76,6 +76,7 @@ def test_train_throughput_reports_both_frameworks():
     assert "torch" not in entry and "torch_skipped" in r["settings"]
 
 
+@pytest.mark.slow
 def test_decode_throughput_generates_every_token():
   r = run_benchmark("decode_throughput.py", *TINY_MODEL, "--nlg_layers=1",
                     "--batch_sizes=2", "--prompt_length=5", "--new_tokens=6",
