@@ -1,7 +1,7 @@
 r"""Per-device memory of the 10B training step, planned for the paper's 384 devices.
 
   python benchmarks/memory_plan_10b.py --devices=64 \
-      --targets=6x64x1,3x128x1,3x32x4 --remat=full,dots_no_batch --microbatches=1,4
+      --targets=6x64x1,3x128x1 --remat=full,dots_no_batch --microbatches=1,4
 
 Nothing is allocated: the state is `jax.eval_shape`d and the jitted train step
 (NLU + NLG batches, AdamW, recurrence memory in the state; the same step and
@@ -42,7 +42,7 @@ _MODEL_GIN = flags.DEFINE_string("model_gin", "gin_configs/models/ernie3_10b.gin
                                  "Model size config.")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin", [], "Extra gin bindings (NAME=VALUE).")
 _DEVICES = flags.DEFINE_integer("devices", 64, "Simulated CPU devices to compile on.")
-_TARGETS = flags.DEFINE_list("targets", ["6x64x1", "3x128x1", "3x32x4"],
+_TARGETS = flags.DEFINE_list("targets", ["6x64x1", "3x128x1"],
                              "Target meshes, data x fsdp x tensor.")
 _REMAT = flags.DEFINE_list("remat", ["full", "dots_no_batch"], "Remat policies to try.")
 _MICRO = flags.DEFINE_list("microbatches", ["1", "4"], "Micro-batch counts to try.")
