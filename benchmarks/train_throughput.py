@@ -149,7 +149,7 @@ class TorchStep:
     loss.backward()
     self._torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
     self.opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def bert_train_flops(layers: int, d: int, d_ff: int, vocab: int, rows: int,
