@@ -154,7 +154,7 @@ class Gpt2Greedy:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=_VOCAB.value, n_positions=positions, n_embd=_D_MODEL.value,
                         n_layer=_UNIVERSAL.value + _NLG.value, n_head=_HEADS.value,
-                        n_inner=_D_FF.value)
+                        n_inner=_D_FF.value, bos_token_id=None, eos_token_id=None)
     self.model = GPT2LMHeadModel(config).eval()
     self.model.generation_config.eos_token_id = None
     self.model.generation_config.pad_token_id = 0
