@@ -2,6 +2,7 @@
 another model config, and bit-identical reruns."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,30 +46,38 @@ print("SAVE STARTED", flush=True)
 time.sleep(600)
 """
 
-# Saves step 1, makes the directory unwritable, saves step 2; prints the error. Run in
-# its own process: orbax's background threads wait minutes after a failed save, and
-# this process leaves with os._exit as the entrypoint does.
-_UNWRITABLE_SAVE = r"""
-import os, subprocess, sys
+# Saves step 1, makes the directory unwritable or the disk "full", saves step 2; prints
+# the error. Run in its own process: orbax's background threads wait minutes after a
+# failed save, and this process leaves with os._exit as the entrypoint does.
+_FAILED_SAVE = r"""
+import os, resource, signal, subprocess, sys
 import numpy as np
 from ernie3_jax.training import checkpointing
 
-directory = sys.argv[1]
+directory, fault = sys.argv[1], sys.argv[2]
 ckpt = checkpointing.Checkpointer(directory, 1)
 ckpt.save(1, {"w": np.full((64, 64), 1.0, np.float32)}, {"step": 1})
 ckpt.wait()
-if os.getuid() == 0:  # root ignores permission bits; the immutable attribute stops it
+if fault == "full":
+  # No room for the 16 KB array: every write past 1 KB fails with EFBIG, as a full
+  # disk fails with ENOSPC (the signal would kill the process instead).
+  signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+elif os.getuid() == 0:  # root ignores permission bits; the immutable attribute stops it
   subprocess.run(["chattr", "+i", directory], check=True)
 else:
   os.chmod(directory, 0o555)
 try:
-  ckpt.save(2, {"w": np.full((64, 64), 2.0, np.float32)}, {"step": 2})
+  # Random values: a constant array compresses to almost nothing.
+  ckpt.save(2, {"w": np.random.default_rng(0).random((64, 64), np.float32)}, {"step": 2})
   ckpt.wait()
   print("NO ERROR", flush=True)
 except checkpointing.CheckpointSaveError as e:
   print("ERROR", e, flush=True)
 finally:
-  if os.getuid() == 0:
+  if fault == "full":
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+  elif os.getuid() == 0:
     subprocess.run(["chattr", "-i", directory], check=True)
   else:
     os.chmod(directory, 0o755)
@@ -122,17 +131,21 @@ def test_sigkill_during_async_save_leaves_the_previous_checkpoint_as_latest(tmp_
   ckpt.close()
 
 
-def test_unwritable_checkpoint_dir_fails_naming_it_and_keeps_the_previous_one(tmp_path):
+@pytest.mark.parametrize("fault, reason", [
+    ("unwritable", r"Operation not permitted|Permission denied"),
+    ("full", r"File too large|No space left"),
+])
+def test_failed_save_names_the_dir_and_keeps_the_previous_checkpoint(tmp_path, fault, reason):
   directory = tmp_path / "checkpoints"
-  out = subprocess.run([sys.executable, "-c", _UNWRITABLE_SAVE, str(directory)], cwd=REPO,
+  out = subprocess.run([sys.executable, "-c", _FAILED_SAVE, str(directory), fault], cwd=REPO,
                        env=_env(), capture_output=True, timeout=300)
   text = out.stdout.decode()
   errors = [l for l in text.splitlines() if l.startswith("ERROR ")]
   assert out.returncode == 0 and errors, text + out.stderr.decode()[-3000:]
   message = errors[0]
-  assert f"into {str(directory)!r} failed" in message
+  assert f"saving the checkpoint of step 2 into {str(directory)!r} failed" in message
   assert "the checkpoint of step 1 there is intact" in message
-  assert "Operation not permitted" in message or "Permission denied" in message
+  assert re.search(reason, message), message
   assert sorted(e for e in os.listdir(directory) if not e.startswith("2.")) == ["1"]
   ckpt = checkpointing.Checkpointer(str(directory), 1, async_save=False)
   abstract = {"w": jax.ShapeDtypeStruct((64, 64), np.float32)}

@@ -85,6 +85,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data"))
+    self._started: int | None = None  # step of the latest save begun
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -95,9 +96,14 @@ class Checkpointer:
       return False
     if step in self.manager.all_steps():
       return False
+    # An earlier asynchronous save's error surfaces here, so it names that step.
+    with self._save_errors(self._started):
+      self.manager.check_for_errors()
     with self._save_errors(step):
-      return self.manager.save(step, args=ocp.args.Composite(
+      saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+    self._started = step
+    return saved
 
   @contextlib.contextmanager
   def _save_errors(self, step: int | None):
@@ -138,11 +144,11 @@ class Checkpointer:
     return restored["state"], restored["data"]
 
   def wait(self) -> None:
-    with self._save_errors(None):
+    with self._save_errors(self._started):
       self.manager.wait_until_finished()
 
   def close(self) -> None:
-    with self._save_errors(None):
+    with self._save_errors(self._started):
       self.manager.wait_until_finished()
     self.manager.close()
 
