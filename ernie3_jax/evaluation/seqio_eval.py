@@ -30,7 +30,6 @@ from absl import logging
 import flax.linen as nn
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)

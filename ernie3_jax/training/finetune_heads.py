@@ -59,13 +59,6 @@ class HeadLayout:
   def index(self, task_name: str) -> int:
     return self.task_names.index(task_name)
 
-  def column_mask(self) -> np.ndarray:
-    """[num_tasks, total] bool: the columns each task owns."""
-    mask = np.zeros((len(self.task_names), self.total), bool)
-    for i, (off, n) in enumerate(zip(self.offsets, self.num_classes)):
-      mask[i, off:off + n] = True
-    return mask
-
   def task_log_probs(self, logits: Array, task_index: Array) -> Array:
     """[B, total] logits -> [B, max classes] log-probabilities over each row's own head.
 
