@@ -148,6 +148,10 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
   assert [len(s) for s in scores] == [2, 2, 3] and all(np.isfinite(s).all() for s in scores)
   alone = scorer(items[2:])  # other rows in the batch must not change a row's score
   np.testing.assert_allclose(alone[0], scores[2], rtol=1e-5, atol=1e-5)
+  # The task embedding is part of the input: another task id scores differently.
+  kmlm = kp.MaskedSlotScorer(Ernie3(cfg), params, _Vocab(), max_length=16, batch_size=4,
+                             task_id=0)
+  assert not np.allclose(kmlm(items[2:])[0], scores[2])
   with pytest.raises(ValueError, match="raise --max_length"):
     scorer.row(kp.ProbeItem(kp.TAIL, triple, ("x" * 20,), 0), "x" * 20)
 

@@ -21,6 +21,8 @@ candidate in the UKTP input layout, `[CLS] head relation tail [SEP]` with the
 probed slot's pieces all [MASK]ed at once: UKTP trains exactly this (relation
 pieces masked jointly; entity-level masking does the same to names), and it runs
 through the NLU stack, the one UKTP trains, so the UKTP ablation shows up here.
+`--nlu_task=knowledge_masked_lm` feeds the knowledge-masked-LM task embedding
+instead of UKTP's, for comparing with a model that never trained the UKTP one.
 `nlg` scores the verbalised triple "head relation tail" with the causal NLG stack
 (the zero-shot path). Scores are per-piece means by default (candidate names have
 1-6 pieces; a summed joint score would favour short names).
@@ -147,7 +149,7 @@ class MaskedSlotScorer:
   """NLU scorer: log p(candidate pieces | [CLS] head relation tail [SEP], slot masked)."""
 
   def __init__(self, model, params, vocab, max_length: int = 48, batch_size: int = 64,
-               normalization: str = "mean"):
+               normalization: str = "mean", task_id: int | None = None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
@@ -155,9 +157,10 @@ class MaskedSlotScorer:
     self.vocab, self.max_length, self.batch_size = vocab, max_length, batch_size
     self.normalization = zero_shot.check_normalization(normalization)
     vocab_size = model.config.vocab_size
+    task_id = task_ids.UKTP if task_id is None else int(task_id)
 
     def batch_scores(params, tokens, segment_ids, targets, weights):
-      task = jnp.full((tokens.shape[0],), task_ids.UKTP, jnp.int32)
+      task = jnp.full((tokens.shape[0],), task_id, jnp.int32)
       out = model.apply({"params": params}, tokens, segment_ids, task,
                         method=Ernie3.nlu_pretrain)
       logp = jax.nn.log_softmax(out["mlm_logits"][..., :vocab_size].astype(jnp.float32))
@@ -296,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   parser.add_argument("--tail_candidates", type=_parse_candidates, default=10)
   parser.add_argument("--scorer", choices=("nlu", "nlg"), default="nlu")
   parser.add_argument("--normalization", choices=("sum", "mean"), default="mean")
+  parser.add_argument("--nlu_task", choices=("uktp", "knowledge_masked_lm"), default="uktp",
+                      help="task embedding of the nlu scorer's input; knowledge_masked_lm "
+                      "compares a model trained without UKTP on an embedding it has learnt")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--output", help="also write the metrics to this JSON file")
@@ -308,13 +314,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   vocab = dc.vocabulary(cfg.vocabulary)
   if args.scorer == "nlu":
+    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    task_id = {"uktp": task_ids.UKTP, "knowledge_masked_lm": task_ids.KNOWLEDGE_MASKED_LM}
     scorer = MaskedSlotScorer(nlg.model, nlg.params, vocab, batch_size=args.batch_size,
-                              normalization=args.normalization)
+                              normalization=args.normalization,
+                              task_id=task_id[args.nlu_task])
   else:
     scorer = VerbalisedTripleScorer(nlg, vocab, args.normalization)
   triples = select_triples(args.triples, kg, args.max_triples, args.seed)
   metrics = run_probe(triples, kg, scorer, args.tail_candidates, args.seed)
-  print(f"knowledge probe ({args.scorer} scorer, {args.triples} triples, "
+  scorer_name = args.scorer + (f"/{args.nlu_task}" if args.scorer == "nlu" else "")
+  print(f"knowledge probe ({scorer_name} scorer, {args.triples} triples, "
         f"tail candidates {args.tail_candidates or 'type'}, model {args.model_dir}):")
   for kind in (RELATION, TAIL):
     print(f"  {kind:9s} accuracy {metrics[f'{kind}_accuracy']:.3f}  chance "
