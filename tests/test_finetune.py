@@ -259,6 +259,9 @@ def test_entrypoint_trains_evaluates_and_infers(tmp_path, pretrained):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "run" / "eval_metrics.json") as f:
-    assert set(json.load(f)["tasks"]) == {"superglue_rte"}
+    tasks = json.load(f)["tasks"]
+  # RTE's validation metrics, and the diagnostics through the RTE head.
+  assert set(tasks) == {"superglue_rte", "superglue_axb", "superglue_axg"}
+  assert set(tasks["superglue_axg"]) == {"accuracy", "gender_parity"}
   for name in ("RTE.jsonl", "AX-b.jsonl", "AX-g.jsonl"):
     assert os.path.getsize(tmp_path / "run" / "submission" / name) > 0

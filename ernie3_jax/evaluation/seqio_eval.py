@@ -1,9 +1,9 @@
 """Evaluating a fine-tuned checkpoint with `seqio.Evaluator`, and test-split submissions.
 
 `evaluate_checkpoint` runs the latest checkpoint of a fine-tuning MODEL_DIR over the
-validation split of every task of the configured task or mixture, computes the
-metric functions registered on the tasks through `seqio.Evaluator`, and writes
-them to TensorBoard (`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json`.
+validation split of every task of the configured task or mixture (and over the
+labeled AX-b / AX-g files with the RTE head), computes the metric functions
+registered on the tasks through `seqio.Evaluator`, and writes them to TensorBoard (`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json`.
 `infer_checkpoint` predicts the test split and writes one leaderboard file per task
 through `submission.write_submission` (AX-b and AX-g through the RTE head).
 
@@ -172,42 +172,66 @@ def _scalar(value: Any) -> float:
   return float(np.asarray(value))
 
 
+def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tuple[int, int],
+                   candidate: bool, sequence_length: int, step: int) -> dict[str, float]:
+  """The metric functions of `task` on `split`, computed by seqio.Evaluator."""
+  index, classes = head
+
+  def predict_fn(dataset):
+    pairs = list(dataset.as_numpy_iterator())
+    scores = row_predictions(
+        predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
+        candidate)
+    return [(int(i), s) for (i, _), s in zip(pairs, scores)]
+
+  with evaluation_view(task, split, sequence_length) as view:
+    evaluator = seqio.Evaluator(view, EvalFeatureConverter(pack=False), eval_split=split,
+                                sequence_length={"input_ids": sequence_length,
+                                                 "segment_ids": sequence_length},
+                                target_field_name="idx", async_compute_metrics=False)
+    try:
+      metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+      return {k: _scalar(v) for k, v in metrics.result()[view].items()}
+    finally:
+      evaluator.close()
+
+
+def _all_labeled(task: seqio.Task, split: str, sequence_length: int) -> bool:
+  ds = task.get_dataset({"input_ids": sequence_length, "segment_ids": sequence_length},
+                        split=split, shuffle=False, num_epochs=1, use_cached=False)
+  return all(int(ex["label"]) >= 0 for ex in ds.as_numpy_iterator())
+
+
 @gin.configurable(denylist=["model_dir"])
 def evaluate_checkpoint(model_dir: str, *, split: str = "validation", batch_size: int = 32,
                         sequence_length: int = 128,
-                        candidate_tasks: Sequence[str] = CANDIDATE_TASKS) -> dict[str, Any]:
-  """Metrics of the latest checkpoint on `split` of every task with metric functions.
+                        candidate_tasks: Sequence[str] = CANDIDATE_TASKS,
+                        diagnostics: Sequence[str] = tuple(DIAGNOSTIC_HEADS)) -> dict[str, Any]:
+  """Metrics of the latest checkpoint on `split` of every task with metric functions,
+  plus the `diagnostics` (AX-b, AX-g: labeled test files) when their head was trained.
 
   Returns {"step", "split", "tasks": {task: {metric: value}}, and "superglue_average"
   when all 8 main SuperGLUE tasks were scored}.
   """
   setup, predictor, step = load_finetuned(model_dir, batch_size)
-  provider = seqio.get_mixture_or_task(setup.name)
   results: dict[str, dict[str, float]] = {}
-  for task in seqio.get_subtasks(provider):
+  for task in seqio.get_subtasks(seqio.get_mixture_or_task(setup.name)):
     head = _head_of(setup, task.name)
     if head is None or split not in task.splits or not task.metric_objs:
       continue
-    index, classes = head
-    candidate = task.name in candidate_tasks
-
-    def predict_fn(dataset, index=index, classes=classes, candidate=candidate):
-      pairs = list(dataset.as_numpy_iterator())
-      scores = row_predictions(
-          predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
-          candidate)
-      return [(int(i), s) for (i, _), s in zip(pairs, scores)]
-
-    with evaluation_view(task, split, sequence_length) as view:
-      evaluator = seqio.Evaluator(view, EvalFeatureConverter(pack=False), eval_split=split,
-                                  sequence_length={"input_ids": sequence_length,
-                                                   "segment_ids": sequence_length},
-                                  target_field_name="idx", async_compute_metrics=False)
-      metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
-      results[task.name] = {k: _scalar(v) for k, v in metrics.result()[view].items()}
-      evaluator.close()
+    results[task.name] = _evaluate_task(task, split, predictor, head,
+                                        task.name in candidate_tasks, sequence_length, step)
   if not results:
     raise ValueError(f"no task of {setup.name!r} has a {split!r} split with metrics")
+  for name in diagnostics:
+    head = _head_of(setup, name)
+    if name in results or head is None or name not in seqio.TaskRegistry.names():
+      continue
+    task = seqio.get_mixture_or_task(name)
+    if "test" in task.splits and task.metric_objs and _all_labeled(task, "test",
+                                                                   sequence_length):
+      results[name] = _evaluate_task(task, "test", predictor, head, False, sequence_length,
+                                     step)
   out: dict[str, Any] = {"step": step, "split": split, "tasks": results}
   average = _superglue_average(results)
   if average is not None:
