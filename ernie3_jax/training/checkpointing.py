@@ -59,7 +59,10 @@ def shape_mismatches(saved: dict[str, tuple[int, ...]], expected: Any,
           for k, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
   want = {k: v for k, v in want.items() if k.startswith(prefix)}
   have = {k: v for k, v in saved.items() if k.startswith(prefix)}
-  order = lambda names: sorted(names, key=lambda k: (not k.startswith("params"), k))  # noqa: E731
+
+  def order(names):  # parameters first: they name the config field that differs
+    return sorted(names, key=lambda k: (not k.startswith("params"), k))
+
   problems = [f"{k} has shape {have[k]} in the checkpoint but {want[k]} in this model"
               for k in order(want) if k in have and have[k] != want[k]]
   problems += [f"{k} {want[k]} is missing from the checkpoint" for k in order(want)
@@ -70,6 +73,7 @@ def shape_mismatches(saved: dict[str, tuple[int, ...]], expected: Any,
 
 
 def summarize_mismatches(problems: list[str], limit: int = 8) -> str:
+  """The first `limit` problems and how many more there are."""
   more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
   return "; ".join(problems[:limit]) + more
 
