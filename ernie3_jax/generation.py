@@ -359,11 +359,12 @@ def generate_from_checkpoint(model_dir: str, prompts: list[str], max_new_tokens:
                              segment_length: int = 128,
                              options: DecodeOptions | None = None, seed: int = 0) -> list[str]:
   """Decodes continuations of `prompts` with the latest checkpoint (greedy by default)."""
-  from ernie3_jax.data.vocabulary import Vocabulary  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.data import data_config  # pylint: disable=g-import-not-at-top
   from ernie3_jax.training.evaluate import load_latest  # pylint: disable=g-import-not-at-top
   _, model, state, _, _, _, _ = load_latest(model_dir)
   params = jax.device_get(state.params)
-  vocab = Vocabulary()
+  # The vocabulary the model was trained with (DataConfig in MODEL_DIR/config.gin).
+  vocab = data_config.vocabulary(data_config.current().vocabulary)
   result = generate(model, params, [vocab.encode(p) for p in prompts], max_new_tokens,
                     segment_length, options or DecodeOptions(), seed)
   return [vocab.decode(ids) for ids in result.tokens]
