@@ -187,6 +187,10 @@ def restore_params_into(params: Any, shardings: Any, source: str) -> tuple[Any, 
   meta = ckptr.metadata(path)
   meta = getattr(meta, "item_metadata", meta)
   meta = getattr(meta, "tree", meta)
+  if not meta or "params" not in meta:
+    raise FileNotFoundError(f"{path} (step {step}, the latest checkpoint of {source!r}) has no "
+                            "readable parameters; the save may have been interrupted or the "
+                            "directory was altered")
   only = {"params": meta["params"]}
   args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), only)
   loaded = ckptr.restore(path, args=ocp.args.PyTreeRestore(
