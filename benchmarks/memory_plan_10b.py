@@ -70,26 +70,6 @@ def parse_target(text: str) -> tuple[int, int, int]:
   return data, fsdp, tensor
 
 
-def per_device_bytes(abstract, shardings, axis_sizes: dict[str, int]) -> int:
-  """Bytes one device holds of `abstract` under `shardings`' specs on a mesh of
-  `axis_sizes` (any size: the specs, not the devices, decide the shard shapes)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  total = 0
-  leaves = jax.tree_util.tree_leaves(abstract)
-  specs = jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: hasattr(s, "spec"))
-  if len(leaves) != len(specs):
-    raise RuntimeError(f"{len(leaves)} arrays but {len(specs)} shardings")
-  for leaf, sharding in zip(leaves, specs):
-    shape = list(leaf.shape)
-    for dim, axes in enumerate(tuple(sharding.spec)[:len(shape)]):
-      if axes is None:
-        continue
-      axes = (axes,) if isinstance(axes, str) else axes
-      shape[dim] = -(-shape[dim] // math.prod(axis_sizes[a] for a in axes))
-    total += math.prod(shape) * leaf.dtype.itemsize
-  return total
-
-
 class StepCompiler:
   """Compiles the 10B train step for one mesh / remat / micro-batch setting."""
 
@@ -141,8 +121,9 @@ class StepCompiler:
     seconds = time.perf_counter() - start
     stats = compiled.memory_analysis()
     axis_sizes = {"data": 1, "fsdp": fsdp, "tensor": tensor}
-    batch_bytes = sum(per_device_bytes(b, jax.tree_util.tree_map(lambda _: rows, b), axis_sizes)
-                      for b in (nlu, nlg) if b is not None)
+    batch_bytes = sum(
+        partitioning.per_device_bytes(b, jax.tree_util.tree_map(lambda _: rows, b), axis_sizes)
+        for b in (nlu, nlg) if b is not None)
     return {
         "compile_s": round(seconds, 1),
         "argument_bytes": int(stats.argument_size_in_bytes),
@@ -151,7 +132,7 @@ class StepCompiler:
         "temp_bytes": int(stats.temp_size_in_bytes),
         "generated_code_bytes": int(stats.generated_code_size_in_bytes),
         "peak_bytes": int(getattr(stats, "peak_memory_in_bytes", 0) or 0),
-        "state_bytes_from_specs": per_device_bytes(abstract, shardings, axis_sizes),
+        "state_bytes_from_specs": partitioning.per_device_bytes(abstract, shardings, axis_sizes),
         "batch_bytes_from_specs": batch_bytes,
         "_abstract": abstract, "_shardings": shardings, "_batches": (nlu, nlg), "_rows": rows,
     }
@@ -168,6 +149,7 @@ def plan(compiler: StepCompiler, target: tuple[int, int, int], remat: str,
          microbatches: int, devices: int) -> dict:
   """Measured (and, if fsdp exceeds the simulated devices, projected) bytes of one plan."""
   import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import partitioning  # pylint: disable=g-import-not-at-top
   data, fsdp, tensor = target
   shards = data * fsdp
   if _GLOBAL_BATCH.value % shards:
@@ -204,9 +186,10 @@ def plan(compiler: StepCompiler, target: tuple[int, int, int], remat: str,
     a = measured["temp_bytes"] - g / fsdp_c
     sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
     nlu, nlg = measured["_batches"]
-    state_t = per_device_bytes(measured["_abstract"], measured["_shardings"], sizes)
-    batch_t = sum(per_device_bytes(b, jax.tree_util.tree_map(lambda _: measured["_rows"], b),
-                                   sizes) for b in (nlu, nlg) if b is not None)
+    state_t = partitioning.per_device_bytes(measured["_abstract"], measured["_shardings"], sizes)
+    batch_t = sum(partitioning.per_device_bytes(
+        b, jax.tree_util.tree_map(lambda _: measured["_rows"], b), sizes)
+        for b in (nlu, nlg) if b is not None)
     temp_t = a + g / fsdp
     # Outputs alias the donated state; what is not aliased (metrics) is as measured.
     unaliased_out = measured["output_bytes"] - measured["alias_bytes"]

@@ -151,7 +151,7 @@ def test_per_device_bytes_matches_jax_shard_shapes():
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
-  import memory_plan_10b  # pylint: disable=import-outside-toplevel
+  from ernie3_jax.training.partitioning import per_device_bytes  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(1, 4, 2), ("data", "fsdp", "tensor"))
   arrays = {"w": jax.ShapeDtypeStruct((64, 48), jnp.float32),
             "v": jax.ShapeDtypeStruct((16, 10), jnp.bfloat16),
@@ -162,8 +162,8 @@ def test_per_device_bytes_matches_jax_shard_shapes():
   expected = sum(math.prod(shardings[k].shard_shape(a.shape)) * a.dtype.itemsize
                  for k, a in arrays.items())
   sizes = {"data": 1, "fsdp": 4, "tensor": 2}
-  assert memory_plan_10b.per_device_bytes(arrays, shardings, sizes) == expected
+  assert per_device_bytes(arrays, shardings, sizes) == expected
   # On a mesh with 8x the fsdp shards (no such devices needed) w shrinks 8x;
   # v's 16 rows over 64 shards round up to one row per device.
-  bigger = memory_plan_10b.per_device_bytes(arrays, shardings, dict(sizes, fsdp=32))
+  bigger = per_device_bytes(arrays, shardings, dict(sizes, fsdp=32))
   assert bigger == (64 * 48 // 64) * 4 + 1 * 10 * 2 + 7 * 4

@@ -8,6 +8,7 @@ so no host ever holds a full copy of a large model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -88,3 +89,23 @@ def to_global_batch(batch: dict | None, sharding: NamedSharding) -> dict | None:
   if batch is None:
     return None
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def per_device_bytes(abstract, shardings, axis_sizes: dict[str, int]) -> int:
+  """Bytes one device holds of `abstract` under `shardings`' specs on a mesh of
+  `axis_sizes`. The mesh may be larger than the devices present: the specs, not
+  the devices, decide the shard shapes (an uneven split rounds up, as XLA pads)."""
+  leaves = jax.tree_util.tree_leaves(abstract)
+  specs = jax.tree_util.tree_leaves(shardings, is_leaf=lambda s: hasattr(s, "spec"))
+  if len(leaves) != len(specs):
+    raise ValueError(f"{len(leaves)} arrays but {len(specs)} shardings")
+  total = 0
+  for leaf, sharding in zip(leaves, specs):
+    shape = list(leaf.shape)
+    for dim, axes in enumerate(tuple(sharding.spec)[:len(shape)]):
+      if axes is None:
+        continue
+      axes = (axes,) if isinstance(axes, str) else axes
+      shape[dim] = -(-shape[dim] // math.prod(axis_sizes[a] for a in axes))
+    total += math.prod(shape) * leaf.dtype.itemsize
+  return total
