@@ -164,8 +164,17 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
       os.path.join(path, "checkpoints")) else path
   if not os.path.isdir(root):
     raise FileNotFoundError(f"no checkpoint directory at {path!r}")
-  manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=("state", "data"))
+  # A lookup of this process alone. A manager over every process would open with a
+  # cross-process barrier; the trainer looks before process 0's own manager creates
+  # checkpoints/, and a slower process that finds the new directory would then wait at
+  # a barrier the others never reach.
+  this_process = jax.process_index()
+  local = ocp.options.MultiprocessingOptions(primary_host=this_process,
+                                             active_processes={this_process})
+  manager = ocp.CheckpointManager(
+      root, options=ocp.CheckpointManagerOptions(read_only=True,
+                                                 multiprocessing_options=local),
+      item_names=("state", "data"))
   step = manager.latest_step()
   manager.close()
   if step is None:
