@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 MEMORY_MODES = ("same_layer", "previous_layer")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_attention")
+DROPOUT_RNGS = ("hash", "threefry")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Ernie3Config:
   layer_norm_epsilon: float = 1e-6
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
+  # Dropout masks from a counter hash ("hash", fast everywhere) or from
+  # jax.random.bernoulli ("threefry"); see layers.hashed_keep_mask.
+  dropout_rng: str = "hash"
   initializer_range: float = 0.02
   tie_embeddings: bool = True
   # Sentence reordering classifies permutations of up to this many segments.
@@ -76,6 +80,9 @@ class Ernie3Config:
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
           f"Ernie3Config.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+    if self.dropout_rng not in DROPOUT_RNGS:
+      raise ValueError(
+          f"Ernie3Config.dropout_rng={self.dropout_rng!r}; expected one of {DROPOUT_RNGS}")
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "head_dim", "d_ff",
                  "nlu_layers", "nlg_layers", "task_d_model", "task_num_heads",
                  "task_head_dim", "task_d_ff", "num_segments", "num_tasks"):

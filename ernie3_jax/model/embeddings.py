@@ -32,7 +32,7 @@ class Embeddings(nn.Module):
                          param_dtype=cfg.weights_dtype, embedding_init=init(("tasks", "embed")))
     self.norm = layers.LayerNorm("embed", cfg.layer_norm_epsilon, cfg.compute_dtype,
                                  cfg.weights_dtype)
-    self.dropout = layers.Dropout(cfg.dropout_rate)
+    self.dropout = layers.Dropout(cfg.dropout_rate, cfg.dropout_rng)
 
   def __call__(self, tokens: Array, segment_ids: Array, task_ids: Array,
                deterministic: bool = True, dropout_multiplier: Array | float = 1.0) -> Array:

@@ -42,7 +42,7 @@ class TokenPredictionHead(nn.Module):
     bias = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                   ("vocab",)),
                       (cfg.vocab_size,), cfg.weights_dtype)
-    logits = logits.astype(jnp.float32) + bias.astype(jnp.float32)
+    logits = layers.add_bias(logits.astype(jnp.float32), bias.astype(jnp.float32))
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
@@ -58,8 +58,8 @@ class Pooler(nn.Module):
                                  dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                                  kernel_init_std=cfg.initializer_range, name="dense")(h[:, 0])
     pooled = jnp.tanh(pooled)
-    return layers.Dropout(cfg.dropout_rate, name="dropout")(pooled, deterministic,
-                                                            dropout_multiplier)
+    return layers.Dropout(cfg.dropout_rate, cfg.dropout_rng, name="dropout")(
+        pooled, deterministic, dropout_multiplier)
 
 
 class Classifier(nn.Module):

@@ -55,6 +55,30 @@ class DenseGeneral(nn.Module):
     return y
 
 
+@jax.custom_vjp
+def add_bias(x: Array, bias: Array) -> Array:
+  """x + bias over the last axis, whose bias gradient is a matmul with ones.
+
+  XLA:CPU (jaxlib 0.10) lowers the plain gradient, a column sum over every row,
+  to a reduction that took 118 ms for a [416, 40000] vocabulary-logit gradient,
+  against 1.5 ms as the matmul; on accelerators both are cheap.
+  """
+  return x + bias
+
+
+def _add_bias_fwd(x, bias):
+  return x + bias, bias
+
+
+def _add_bias_bwd(bias, g):
+  rows = g.reshape(-1, g.shape[-1])
+  dbias = jnp.ones((rows.shape[0],), rows.dtype) @ rows
+  return g, dbias.astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class LayerNorm(nn.Module):
   """Layer norm computed in float32 whatever the compute dtype."""
 
@@ -80,14 +104,53 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def _fmix32(h: Array) -> Array:
+  """MurmurHash3's 32-bit finaliser: a bijection that mixes every input bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def hashed_keep_mask(key: Array, keep: Array, shape: Sequence[int]) -> Array:
+  """Boolean mask, True with probability `keep` (to 2^-24), from a counter hash.
+
+  Two 32-bit words drawn from `key` seed a hash of each element's (row, column)
+  index, row being the flat index over the leading dimensions. The mask is one
+  fused elementwise loop; `jax.random.bernoulli` runs threefry's rounds as many
+  separate passes over the array (on this project's 2-core CPU, one
+  [16, 128, 3072] mask took 2 ms against 55-85 ms). The index is built from
+  per-dimension iotas, never a reshape, so the mask shards like `x` and its
+  values do not depend on the mesh.
+  """
+  seeds = jax.random.bits(key, (2,), jnp.uint32)
+  shape = tuple(shape)
+  if not shape:
+    return jax.random.bernoulli(key, keep, shape)
+  row = jnp.zeros(shape, jnp.uint32)
+  stride = 1
+  for dim in range(len(shape) - 2, -1, -1):
+    row = row + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * jnp.uint32(stride)
+    stride = (stride * shape[dim]) % (1 << 32)
+  col = jax.lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+  h = _fmix32(row * jnp.uint32(0x9E3779B9) ^ seeds[0])
+  h = _fmix32(h + col * jnp.uint32(0x7FEB352D) ^ seeds[1])
+  threshold = jnp.clip(keep * (1 << 24), 0, 1 << 24).astype(jnp.int32)
+  return (h >> 8).astype(jnp.int32) < threshold
+
+
 class Dropout(nn.Module):
   """Dropout whose rate is `rate * multiplier`, with `multiplier` a traced scalar.
 
   Progressive learning raises dropout smoothly during training; taking the factor
   as an array (not a static attribute) keeps that from recompiling the step.
+  `rng` picks the mask generator: "hash" (`hashed_keep_mask`, the default) or
+  "threefry" (`jax.random.bernoulli`).
   """
 
   rate: float
+  rng: str = "hash"
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool, multiplier: Array | float = 1.0) -> Array:
@@ -95,7 +158,12 @@ class Dropout(nn.Module):
       return x
     rate = jnp.clip(jnp.asarray(multiplier, jnp.float32) * self.rate, 0.0, 0.999)
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    if self.rng == "hash":
+      mask = hashed_keep_mask(self.make_rng("dropout"), keep, x.shape)
+    elif self.rng == "threefry":
+      mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    else:
+      raise ValueError(f"Dropout.rng={self.rng!r}; expected 'hash' or 'threefry'")
     return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 
@@ -108,6 +176,7 @@ class FeedForward(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   init_std: float = 0.02
+  dropout_rng: str = "hash"
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool, dropout_multiplier) -> Array:
@@ -117,7 +186,7 @@ class FeedForward(nn.Module):
                      name="wi")(x)
     h = nn.gelu(h, approximate=True)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-    h = Dropout(self.dropout_rate, name="dropout")(h, deterministic, dropout_multiplier)
+    h = Dropout(self.dropout_rate, self.dropout_rng, name="dropout")(h, deterministic, dropout_multiplier)
     return DenseGeneral((d_model,), ("mlp",), (self.embed_axis,), dtype=self.dtype,
                         param_dtype=self.param_dtype, kernel_init_std=self.init_std,
                         name="wo")(h)

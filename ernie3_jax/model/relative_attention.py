@@ -54,6 +54,7 @@ class RelativeMultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
   init_std: float = 0.02
+  dropout_rng: str = "hash"
 
   def _dense(self, name: str, in_names=None, out_names=("heads", "kv"), features=None,
              use_bias=True):
@@ -98,7 +99,8 @@ class RelativeMultiHeadAttention(nn.Module):
     logits = jnp.where(mask, logits, _MASK_VALUE)
     logits = nn.with_logical_constraint(logits, ("batch", "heads", "length", "kv_length"))
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    probs = layers.Dropout(self.attention_dropout_rate, name="attention_dropout")(
+    probs = layers.Dropout(self.attention_dropout_rate, self.dropout_rng,
+                           name="attention_dropout")(
         probs, deterministic, dropout_multiplier)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))

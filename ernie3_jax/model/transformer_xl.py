@@ -44,12 +44,12 @@ class TransformerXLBlock(nn.Module):
     dtype, pdtype = cfg.compute_dtype, cfg.weights_dtype
     norm = lambda name: layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, dtype,
                                          pdtype, name=name)
-    drop = lambda name: layers.Dropout(cfg.dropout_rate, name=name)
+    drop = lambda name: layers.Dropout(cfg.dropout_rate, cfg.dropout_rng, name=name)
     attention = RelativeMultiHeadAttention(
         st.num_heads, st.head_dim, st.embed_axis, cfg.attention_dropout_rate, dtype, pdtype,
-        cfg.initializer_range, name="attention")
+        cfg.initializer_range, cfg.dropout_rng, name="attention")
     ffn = layers.FeedForward(st.d_ff, st.embed_axis, cfg.dropout_rate, dtype, pdtype,
-                             cfg.initializer_range, name="ffn")
+                             cfg.initializer_range, cfg.dropout_rng, name="ffn")
     block_input = x
     if cfg.pre_layer_norm:
       ln = norm("attention_norm")

@@ -1,0 +1,70 @@
+"""Building blocks with their own numerics: hashed dropout masks, the bias-add gradient."""
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+
+from ernie3_jax.model import layers
+
+
+@pytest.mark.parametrize("keep", [0.9, 0.5, 0.03])
+def test_hashed_mask_keeps_at_the_rate_without_correlation(keep):
+  mask = np.asarray(layers.hashed_keep_mask(jax.random.PRNGKey(3), jnp.float32(keep),
+                                            (8, 12, 64, 96)))
+  n = mask.size
+  assert abs(mask.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+  # Neighbours along every axis are independent (correlation ~ 0 within noise).
+  for axis in range(mask.ndim):
+    a = np.moveaxis(mask, axis, 0).astype(np.float64)
+    corr = np.corrcoef(a[1:].ravel(), a[:-1].ravel())[0, 1]
+    assert abs(corr) < 5 / np.sqrt(a[1:].size), (axis, corr)
+  # Per-row keep rates spread like independent Bernoulli rows (no striping).
+  rows = mask.reshape(-1, 96).mean(axis=1)
+  assert rows.std() == pytest.approx(np.sqrt(keep * (1 - keep) / 96), rel=0.15)
+
+
+def test_hashed_mask_depends_on_the_key_only():
+  shape = (4, 6, 50)
+  a = layers.hashed_keep_mask(jax.random.PRNGKey(0), jnp.float32(0.5), shape)
+  b = layers.hashed_keep_mask(jax.random.PRNGKey(0), jnp.float32(0.5), shape)
+  c = layers.hashed_keep_mask(jax.random.PRNGKey(1), jnp.float32(0.5), shape)
+  np.testing.assert_array_equal(a, b)
+  assert 0.4 < float(jnp.mean(a != c)) < 0.6
+  assert bool(layers.hashed_keep_mask(jax.random.PRNGKey(0), jnp.float32(1.0), shape).all())
+  assert not bool(layers.hashed_keep_mask(jax.random.PRNGKey(0), jnp.float32(0.0), shape).any())
+
+
+def test_hashed_mask_is_the_same_under_any_sharding():
+  shape = (8, 4, 32)
+  key = jax.random.PRNGKey(5)
+  single = np.asarray(layers.hashed_keep_mask(key, jnp.float32(0.7), shape))
+  mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("data", "tensor"))
+  out = NamedSharding(mesh, P("data", "tensor", None))
+  sharded = jax.jit(lambda k: layers.hashed_keep_mask(k, jnp.float32(0.7), shape),
+                    out_shardings=out)(key)
+  assert sharded.sharding == out
+  np.testing.assert_array_equal(np.asarray(sharded), single)
+
+
+def test_dropout_rng_choices_scale_what_they_keep():
+  x = jnp.ones((64, 256))
+  for rng in ("hash", "threefry"):
+    y = layers.Dropout(0.25, rng).apply({}, x, False, 1.0,
+                                        rngs={"dropout": jax.random.PRNGKey(0)})
+    kept = np.asarray(y) != 0
+    assert abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_allclose(np.asarray(y)[kept], 1 / 0.75, rtol=1e-6)
+  with pytest.raises(ValueError, match="Dropout.rng='philox'"):
+    layers.Dropout(0.25, "philox").apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+
+
+def test_add_bias_gradient_equals_the_plain_sum():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 7))
+  b = jax.random.normal(jax.random.PRNGKey(1), (7,))
+  w = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 7))
+  ours = jax.grad(lambda x, b: jnp.sum(jnp.sin(layers.add_bias(x, b)) * w), (0, 1))(x, b)
+  plain = jax.grad(lambda x, b: jnp.sum(jnp.sin(x + b) * w), (0, 1))(x, b)
+  for a, e in zip(ours, plain):
+    np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
