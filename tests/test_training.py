@@ -125,3 +125,71 @@ def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
   assert all(x.dtype == np.float32 for x in leaves)
   assert result.state.memory["universal"].dtype == jax.numpy.bfloat16
   assert np.isfinite(result.history[-1]["loss"])
+
+
+def _mlm_batch(rows, length, masked_per_row, vocab, seed=0):
+  """Knowledge-masked-LM and UKTP rows with `masked_per_row[i]` masked positions."""
+  import jax.numpy as jnp
+  from ernie3_jax.training import task_ids
+  rng = np.random.RandomState(seed)
+  weights = np.zeros((rows, length), np.float32)
+  for i, n in enumerate(masked_per_row):
+    weights[i, rng.choice(length, n, replace=False)] = 1.0
+  tasks = [task_ids.KNOWLEDGE_MASKED_LM, task_ids.UKTP, task_ids.SENTENCE_DISTANCE]
+  return {"tokens": jnp.asarray(rng.randint(1, vocab, (rows, length)), jnp.int32),
+          "segment_ids": jnp.zeros((rows, length), jnp.int32),
+          "task_id": jnp.asarray([tasks[i % 3] for i in range(rows)], jnp.int32),
+          "mlm_targets": jnp.asarray(rng.randint(1, vocab, (rows, length)), jnp.int32),
+          "mlm_weights": jnp.asarray(weights),
+          "label": jnp.asarray(rng.randint(0, 3, rows), jnp.int32),
+          "label_weight": jnp.ones((rows,), jnp.float32)}
+
+
+@pytest.mark.parametrize("masked_per_row,full_head", [((3, 4, 0, 1), 0.0),
+                                                     ((3, 9, 0, 6), 1.0)])
+def test_masked_positions_head_equals_every_position_head(masked_per_row, full_head):
+  """Logits at the gathered masked positions give the every-position losses and
+  update; a batch with a row masking more than the slots (4 of 20) takes every
+  position, so its update is the same too."""
+  import jax.numpy as jnp
+  from ernie3_jax.model import Ernie3, Ernie3Config, init_memory
+  from ernie3_jax.training import losses, optimizer
+  from ernie3_jax.training.train_step import TrainState, make_train_step
+  cfg = Ernie3Config(vocab_size=50, d_model=16, num_heads=2, head_dim=8, d_ff=32,
+                     task_d_model=16, task_num_heads=2, task_head_dim=8, task_d_ff=32,
+                     num_layers=1, nlu_layers=1, nlg_layers=1, dropout_rate=0.0,
+                     attention_dropout_rate=0.0)
+  model = Ernie3(cfg)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens, jnp.zeros_like(tokens),
+                      jnp.zeros((1,), jnp.int32), init_memory(cfg, 1, 4))["params"]
+  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule(peak=1e-2, warmup_steps=1))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     memory=None, nonfinite_skipped=jnp.zeros((), jnp.int32))
+  assert losses.prediction_slots(20, 0.2) == 4 and losses.prediction_slots(20, None) is None
+  assert losses.prediction_slots(4, 1.0) is None
+  batch = _mlm_batch(4, 20, masked_per_row, cfg.vocab_size)
+  (slotted, m_slotted), (full, m_full) = (
+      jax.jit(make_train_step(model, tx, {}, mlm_prediction_fraction=f))(
+          state, batch, None, jnp.float32(1.0), jax.random.PRNGKey(1)) for f in (0.2, None))
+  assert float(m_slotted["mlm_full_head_batches"]) == full_head
+  assert float(m_full["mlm_full_head_batches"]) == 1.0
+  for key in ("knowledge_masked_lm/loss", "uktp/loss", "sentence_distance/loss", "loss"):
+    assert float(m_slotted[key]) == pytest.approx(float(m_full[key]), rel=1e-5), key
+  assert float(m_slotted["knowledge_masked_lm/weight"]) == masked_per_row[0] + masked_per_row[3]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                         slotted.params, full.params)
+
+
+def test_trainer_counts_batches_that_take_every_position(tmp_path):
+  """With one slot per row nearly every masked-LM batch overflows; the trainer logs
+  how many took every position, and trains as without slots."""
+  slotted = tt.run(tmp_path / "slots", 2, log_every=2, checkpoint_every=0,
+                   mlm_prediction_fraction=1 / 16)
+  assert slotted.history[-1]["mlm_full_head_batches"] == 2
+  everywhere = tt.run(tmp_path / "all", 2, log_every=2, checkpoint_every=0,
+                      mlm_prediction_fraction=None)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                         tt.params_of(slotted), tt.params_of(everywhere))
+  with pytest.raises(ValueError, match=r"train.mlm_prediction_fraction=1.5"):
+    tt.run(tmp_path / "bad", 1, mlm_prediction_fraction=1.5)

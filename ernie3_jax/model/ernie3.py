@@ -29,6 +29,14 @@ Array = jax.Array
 PAD_ID = 0
 
 
+def mlm_head_params(config: Ernie3Config, params: dict[str, Any]) -> dict[str, Any]:
+  """The parameters `Ernie3.mlm_logits` reads: the head and, if tied, the token table."""
+  head = {"mlm_head": params["mlm_head"]}
+  if config.tie_embeddings:
+    head["embedder"] = {"token": params["embedder"]["token"]}
+  return head
+
+
 class Ernie3(nn.Module):
   config: Ernie3Config
 
@@ -96,12 +104,20 @@ class Ernie3(nn.Module):
                    dropout_multiplier=1.0) -> dict[str, Array]:
     """Logits of every NLU objective for one batch (the loss picks by task)."""
     h = self.nlu_encode(tokens, segment_ids, task_ids, deterministic, dropout_multiplier)
+    out = self.sentence_logits(h, deterministic, dropout_multiplier)
+    out["mlm_logits"] = self.mlm_logits(h)
+    return out
+
+  def mlm_logits(self, h: Array) -> Array:
+    """Masked-token logits [..., V] of NLU hidden states [..., task_d_model]."""
+    return self.mlm_head(h, self.embedder.attend)
+
+  def sentence_logits(self, h: Array, deterministic=True,
+                      dropout_multiplier=1.0) -> dict[str, Array]:
+    """Sentence reordering and distance logits of NLU hidden states [B, L, D]."""
     pooled = self.pooler(h, deterministic, dropout_multiplier)
-    return {
-        "mlm_logits": self.mlm_head(h, self.embedder.attend),
-        "reorder_logits": self.reorder_head(pooled),
-        "distance_logits": self.distance_head(pooled),
-    }
+    return {"reorder_logits": self.reorder_head(pooled),
+            "distance_logits": self.distance_head(pooled)}
 
   def nlg_pretrain(self, tokens, segment_ids, task_ids, memory=None, reset=None,
                    deterministic=True, dropout_multiplier=1.0):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ernie3_jax.model.config import Ernie3Config, StackConfig
+from ernie3_jax.training import losses
 
 # bf16 dense peaks of common accelerators (FLOP/s), by jax device_kind prefix.
 _PEAKS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
@@ -25,27 +26,38 @@ def _stack_flops(st: StackConfig, tokens: int, qlen: int, klen: int, causal: boo
   dense = 2 * tokens * st.num_layers * (4 * st.d_model * inner + 2 * st.d_model * st.d_ff)
   seen = (klen - qlen + (qlen + 1) / 2) if causal else klen
   attention = 2 * tokens * st.num_layers * inner * (2 * seen + (klen + qlen))
+  # W_R projects the klen + qlen encodings once per layer (or per stack), whatever
+  # the batch.
   position = 2 * (klen + qlen) * st.d_model * inner * (1 if st.share_position_projection
                                                        else st.num_layers)
-  return dense + attention + position * tokens / max(qlen, 1)
+  return dense + attention + position
 
 
 def forward_flops(cfg: Ernie3Config, batch: int, length: int, nlg: bool,
-                  memory_len: int = 0) -> float:
-  """Forward FLOPs of one NLU (nlg=False) or NLG batch, heads included."""
+                  memory_len: int = 0, prediction_slots: int | None = None) -> float:
+  """Forward FLOPs of one NLU (nlg=False) or NLG batch, heads included.
+
+  `prediction_slots`: positions per row that reach the token head (all by default).
+  """
   tokens = batch * length
   klen = length + (memory_len if nlg else 0)
   flops = _stack_flops(cfg.universal_stack(), tokens, length, klen, nlg)
   task = cfg.nlg_stack() if nlg else cfg.nlu_stack()
   flops += _stack_flops(task, tokens, length, klen, nlg)
   flops += 2 * tokens * cfg.d_model * task.d_model  # projection to the task width
-  flops += 2 * tokens * (task.d_model * cfg.d_model + cfg.d_model * cfg.vocab_size)  # head
+  predicted = batch * (length if prediction_slots is None else prediction_slots)
+  flops += 2 * predicted * (task.d_model * cfg.d_model + cfg.d_model * cfg.vocab_size)  # head
   return flops
 
 
 def train_flops(cfg: Ernie3Config, nlu_batch: int, nlu_length: int, nlg_batch: int,
-                nlg_length: int) -> float:
-  f = forward_flops(cfg, nlu_batch, nlu_length, False) if nlu_batch else 0.0
+                nlg_length: int, mlm_prediction_fraction: float | None = None) -> float:
+  """Forward + backward (x3) FLOPs of one step; masked-token logits at
+  `losses.prediction_slots` positions per NLU row."""
+  f = 0.0
+  if nlu_batch:
+    slots = losses.prediction_slots(nlu_length, mlm_prediction_fraction)
+    f += forward_flops(cfg, nlu_batch, nlu_length, False, prediction_slots=slots)
   if nlg_batch:
     f += forward_flops(cfg, nlg_batch, nlg_length, True, cfg.memory_len)
   return 3.0 * f

@@ -69,6 +69,9 @@ def _window_average(pending: list[dict]) -> dict[str, float]:
   out = {"loss": float(np.mean([m["loss"] for m in steps])),
          "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
          "finite": float(all(m["finite"] for m in steps))}
+  if "mlm_full_head_batches" in steps[-1]:
+    # Batches whose masked-token logits took every position (losses.masked_lm_sums).
+    out["mlm_full_head_batches"] = sum(m.get("mlm_full_head_batches", 0.0) for m in steps)
   for key in [k for k in steps[-1] if k.endswith("/weight")]:
     name = key.split("/")[0]
     weight = sum(m[key] for m in steps)
@@ -92,6 +95,7 @@ def train(model_dir: str, *,
           nlg_segment_length: int = 128,
           seed: int = 0,
           num_microbatches: int = 1,
+          mlm_prediction_fraction: float | None = 0.2,
           task_weights: dict[str, float] | None = None,
           progressive: ProgressiveSchedule | None = None,
           log_every: int = 10,
@@ -111,6 +115,9 @@ def train(model_dir: str, *,
   """
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
+  if mlm_prediction_fraction is not None and not 0.0 < mlm_prediction_fraction <= 1.0:
+    raise ValueError(f"train.mlm_prediction_fraction={mlm_prediction_fraction}; valid range: "
+                     "(0, 1], or None for logits at every position")
   progressive = progressive or ProgressiveSchedule()
   _check_lengths(sequence_length, nlg_segment_length, nlg_batch_size, progressive)
   cfg = Ernie3Config()
@@ -164,7 +171,8 @@ def train(model_dir: str, *,
 
   rows = partitioning.batch_sharding(mesh, rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = make_train_step(model, tx, task_weights or {}, num_microbatches)
+  step_fn = make_train_step(model, tx, task_weights or {}, num_microbatches,
+                            mlm_prediction_fraction=mlm_prediction_fraction)
   jitted = jax.jit(step_fn, in_shardings=(shardings, rows, rows, replicated, replicated),
                    out_shardings=(shardings, replicated), donate_argnums=(0,))
   base_rng = jax.random.PRNGKey(seed + 1)
@@ -205,7 +213,7 @@ def train(model_dir: str, *,
         now = time.perf_counter()
         seconds = (now - last_time) / max(step - last_step, 1)
         step_flops = flops.train_flops(cfg, batch, length, nlg_batch_size if nlg else 0,
-                                       nlg_segment_length)
+                                       nlg_segment_length, mlm_prediction_fraction)
         m.update(step=step, learning_rate=float(schedule(step - 1)), sequence_length=length,
                  batch_size=batch, dropout_multiplier=dropout,
                  tokens_per_second=tokens_since / max(now - last_time, 1e-9),

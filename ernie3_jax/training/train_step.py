@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from ernie3_jax.model import Ernie3
+from ernie3_jax.model.ernie3 import mlm_head_params
 from ernie3_jax.training import losses
 
 Batch = dict[str, jax.Array]
@@ -59,23 +60,32 @@ def _merge_memory(memory):
 
 def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
                     task_weights: dict[str, float], num_microbatches: int = 1,
-                    skip_nonfinite: bool = True) -> Callable:
+                    skip_nonfinite: bool = True,
+                    mlm_prediction_fraction: float | None = 0.2) -> Callable:
   """Returns step(state, nlu, nlg, dropout_multiplier, rng) -> (state, metrics).
 
   Either batch may be None (a run without NLU or NLG tasks). With
   `num_microbatches` > 1 both batches (and the memory rows) are split and their
   gradients summed before one update; losses are divided by the full batch's
-  weight sums, so the update equals the one-batch update.
+  weight sums, so the update equals the one-batch update. Masked-token logits
+  are computed at ceil(`mlm_prediction_fraction` x length) masked positions per
+  row (None: at every position); see `losses.masked_lm_sums`.
   """
 
   def micro_loss(params, nlu, nlg, memory, denominators, dropout_multiplier, rng):
     sums = {}
-    r_nlu, r_nlg = jax.random.split(rng)
+    r_nlu, r_pool, r_nlg = jax.random.split(rng, 3)
+    variables = {"params": params}
     if nlu is not None:
-      out = model.apply({"params": params}, nlu["tokens"], nlu["segment_ids"], nlu["task_id"],
-                        False, dropout_multiplier, method=Ernie3.nlu_pretrain,
-                        rngs={"dropout": r_nlu})
-      sums.update(losses.nlu_loss_sums(out, nlu))
+      h = model.apply(variables, nlu["tokens"], nlu["segment_ids"], nlu["task_id"], False,
+                      dropout_multiplier, method=Ernie3.nlu_encode, rngs={"dropout": r_nlu})
+      out = model.apply(variables, h, False, dropout_multiplier, method=Ernie3.sentence_logits,
+                        rngs={"dropout": r_pool})
+      sums.update(losses.sentence_loss_sums(out, nlu))
+      slots = losses.prediction_slots(h.shape[1], mlm_prediction_fraction)
+      sums.update(losses.masked_lm_sums(
+          lambda hp, x: model.apply({"params": hp}, x, method=Ernie3.mlm_logits),
+          mlm_head_params(model.config, params), h, nlu, slots))
     if nlg is not None:
       out, memory = model.apply({"params": params}, nlg["tokens"], nlg["segment_ids"],
                                 nlg["task_id"], memory, nlg["reset"], False,
@@ -131,6 +141,8 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
         memory=state.memory if nlg is None else memory,
         nonfinite_skipped=state.nonfinite_skipped + jnp.logical_not(finite).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    if "mlm_full_head_batches" in sums:
+      metrics["mlm_full_head_batches"] = sums["mlm_full_head_batches"]
     metrics.update(losses.task_metrics(sums, denominators))
     return new_state, metrics
 
