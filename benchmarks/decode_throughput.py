@@ -41,9 +41,9 @@ _D_FF = flags.DEFINE_integer("d_ff", 3072, "Feed-forward width.")
 _VOCAB = flags.DEFINE_integer("vocab_size", 40000, "Vocabulary size.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per framework (alternating).")
 _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks (0: all).")
-_PATH = flags.DEFINE_enum("jax_path", "auto", ["auto", "cached", "rerun"],
-                          "JAX decoding: key/value cache, re-run of the open segment, or "
-                          "the cache where available.")
+_PATH = flags.DEFINE_enum("jax_path", "cached", ["cached", "rerun"],
+                          "JAX decoding: key/value cache, or a re-run of the open segment "
+                          "every token.")
 _SKIP_TORCH = flags.DEFINE_boolean("skip_torch", False, "Time JAX only.")
 _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
 
@@ -67,11 +67,6 @@ def init_params(cfg):
   init = lambda: Ernie3(cfg).init(jax.random.PRNGKey(0), tokens, jnp.zeros_like(tokens),
                                   jnp.zeros((1,), jnp.int32), init_memory(cfg, 1, 4))
   return nn.unbox(jax.jit(init)())["params"]
-
-
-def cached_available() -> bool:
-  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
-  return hasattr(generation, "generate") and hasattr(generation, "DecodeOptions")
 
 
 class CachedGreedy:
@@ -189,10 +184,6 @@ def main(argv):
   if _NEW.value < 1 or _PROMPT.value < 1:
     raise ValueError("--new_tokens and --prompt_length must be >= 1")
   path = _PATH.value
-  if path == "auto":
-    path = "cached" if cached_available() else "rerun"
-  elif path == "cached" and not cached_available():
-    raise ValueError("--jax_path=cached, but ernie3_jax.generation has no cached generate")
   cfg = jax_config()
   params = init_params(cfg)
   model = Ernie3(cfg)

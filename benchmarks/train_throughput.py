@@ -7,8 +7,11 @@ Both sides run one masked-LM training step on the same synthetic batch shape
 global-norm clipping and an AdamW update, fp32 on the CPU, with the same number
 of threads. The JAX side is the project's own step (`make_train_step` with an
 NLU batch and no NLG batch); its 12 layers are split 10 universal + 2 NLU, the
-nearest to the paper's 48 + 12 (4:1). Repeats alternate between the two
-frameworks so background load hits both alike; the median step is reported.
+nearest to the paper's 48 + 12 (4:1). As in training, the JAX side computes
+masked-token logits only at the masked positions (up to ceil(0.2 x length) per
+row; --mlm_prediction_fraction=0 computes them everywhere, as the PyTorch side
+does). Repeats alternate between the two frameworks so background load hits
+both alike; the median step is reported.
 
 MFU = model FLOPs per step / step time / peak, where the peak is the best fp32
 matmul FLOP/s each framework reaches in the same process (jnp and torch).
@@ -41,6 +44,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per framework (alte
 _STEPS = flags.DEFINE_integer("steps_per_repeat", 2, "Steps per timed repeat.")
 _THREADS = flags.DEFINE_integer("threads", 0, "CPU threads for both frameworks (0: all).")
 _SCAN = flags.DEFINE_boolean("scan_layers", True, "JAX: nn.scan over layers.")
+_MLM_FRACTION = flags.DEFINE_float(
+    "mlm_prediction_fraction", 0.2, "JAX: masked-token logits at ceil(f x length) masked "
+    "positions per row (the trainer's default); 0 for every position, as the PyTorch side.")
+_DROPOUT_RNG = flags.DEFINE_enum("dropout_rng", "hash", ["hash", "threefry"],
+                                 "JAX: dropout mask generator (Ernie3Config.dropout_rng).")
 _PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the peak-FLOP/s matmul.")
 _SKIP_TORCH = flags.DEFINE_boolean("skip_torch", False, "Time the JAX step only.")
 _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
@@ -74,7 +82,8 @@ def jax_config(scan_layers: bool):
                       num_heads=h, head_dim=d // h, d_ff=_D_FF.value, nlu_layers=_NLU.value,
                       nlg_layers=1, task_d_model=d, task_num_heads=h, task_head_dim=d // h,
                       task_d_ff=_D_FF.value, memory_len=0, dropout_rate=0.1,
-                      attention_dropout_rate=0.1, dtype="float32", param_dtype="float32",
+                      attention_dropout_rate=0.1, dropout_rng=_DROPOUT_RNG.value,
+                      dtype="float32", param_dtype="float32",
                       scan_layers=scan_layers, remat_policy="none")
 
 
@@ -102,7 +111,9 @@ class JaxStep:
 
     self.state = init()
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
-    self._step = jax.jit(make_train_step(model, tx, {}), donate_argnums=(0,))
+    self._step = jax.jit(make_train_step(model, tx, {},
+                                         mlm_prediction_fraction=_MLM_FRACTION.value or None),
+                         donate_argnums=(0,))
     self._rng = jax.random.PRNGKey(1)
     self._dropout = jnp.float32(1.0)
     self._jnp = jnp
@@ -216,7 +227,8 @@ def main(argv):
     jax_s = statistics.median(jax_times)
     entry = {"sequence_length": length, "rows": rows, "tokens_per_step": tokens,
              "jax": {"step_s": jax_s, "tokens_per_s": tokens / jax_s,
-                     "model_flops_per_step": flops.train_flops(cfg, rows, length, 0, 0),
+                     "model_flops_per_step": flops.train_flops(
+                         cfg, rows, length, 0, 0, _MLM_FRACTION.value or None),
                      "compile_and_first_step_s": compile_s,
                      "step_s_all": jax_times}}
     entry["jax"]["model_flops_per_s"] = entry["jax"]["model_flops_per_step"] / jax_s
@@ -244,7 +256,9 @@ def main(argv):
               "num_heads": _HEADS.value, "d_ff": _D_FF.value, "vocab_size": _VOCAB.value,
               "tokens_per_batch": _TOKENS.value, "repeats": _REPEATS.value,
               "steps_per_repeat": _STEPS.value, "threads": threads, "dtype": "float32",
-              "jax_scan_layers": _SCAN.value, "jax_params": int(jax_step.num_params),
+              "jax_scan_layers": _SCAN.value,
+              "jax_mlm_prediction_fraction": _MLM_FRACTION.value or None,
+              "jax_dropout_rng": _DROPOUT_RNG.value, "jax_params": int(jax_step.num_params),
               "jax_version": jax.__version__, "peak_matmul_size": _PEAK_SIZE.value,
               "machine": bench_common.machine()}
   if torch_step is not None:
