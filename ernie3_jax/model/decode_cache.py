@@ -6,11 +6,16 @@ live in the recurrence memory (M slots per layer) and the current, open segment
 grows one token at a time. For every layer of the universal and NLG stacks the
 cache holds
 
-* the projected keys/values of the memory (recomputed only when a segment is
-  committed), and
-* the projected keys/values of the open segment's tokens and the states the
-  memory will remember of them (the layer output under same-layer memory, its
-  input under previous-layer memory).
+* one key and one value buffer over [memory ; open segment] (M + S slots): the
+  memory's projected keys/values (recomputed only when a segment is committed)
+  followed by those of the open segment's tokens, so attention reads them in
+  place, with no concatenation per token, and
+* the memory and the states it will remember of the open segment (the layer
+  output under same-layer memory, its input under previous-layer memory).
+
+Each layer's arrays are separate buffers (tuples over layers, not stacked
+arrays): a token writes its own slots of each layer in place, where an update of
+one layer's slice of a stacked array made XLA:CPU copy the whole stack.
 
 A new token therefore costs one query per layer against M + S cached keys. When
 the open segment holds S tokens it is committed: its remembered states are
@@ -19,8 +24,8 @@ segment's, and the next token starts a new segment.
 
 Rows keep their own positions: each row's open-segment length is `length[b]`,
 so prompts of different lengths need no padding on the left and rows commit at
-different steps. Every array keeps a fixed shape, so one compiled step serves
-the whole generation.
+different steps. Every array keeps a fixed shape and its batch axis first, so
+one compiled step serves the whole generation.
 """
 
 from __future__ import annotations
@@ -44,14 +49,12 @@ DecodeParams = dict[str, Any]
 
 @flax.struct.dataclass
 class StackCache:
-  """One stack's cache; every array has layers first and batch second."""
+  """One stack's cache: per layer (tuples over layers), batch first."""
 
-  memory: Array      # [L, B, M, D]  remembered states of committed segments
-  mem_k: Array       # [L, B, M, H, Dh]
-  mem_v: Array       # [L, B, M, H, Dh]
-  seg_k: Array       # [L, B, S, H, Dh]  the open segment's keys
-  seg_v: Array       # [L, B, S, H, Dh]
-  seg_states: Array  # [L, B, S, D]  what the memory will remember of the open segment
+  memory: tuple[Array, ...]      # [B, M, D]  remembered states of committed segments
+  keys: tuple[Array, ...]        # [B, M + S, H, Dh]  [memory ; open segment]
+  values: tuple[Array, ...]      # [B, M + S, H, Dh]
+  seg_states: tuple[Array, ...]  # [B, S, D]  what the memory will remember of the open segment
 
 
 @flax.struct.dataclass
@@ -65,33 +68,24 @@ class DecodeCache:
   length: Array     # [B]     tokens in each row's open segment (0 .. S)
 
 
-def _batch_axes(cache: DecodeCache) -> DecodeCache:
-  """A tree like `cache` whose leaves are each array's batch axis."""
-  stack = lambda s: jax.tree_util.tree_map(lambda _: 1, s)
-  return DecodeCache(stack(cache.universal), stack(cache.nlg), 0, 0, 0)
-
-
 def select_rows(rows: Array, new: DecodeCache, old: DecodeCache) -> DecodeCache:
   """Row b of the result is row b of `new` where rows[b], else of `old`."""
-  def pick(a, b, axis):
-    shape = [1] * a.ndim
-    shape[axis] = -1
-    return jnp.where(rows.reshape(shape), a, b)
-  return jax.tree_util.tree_map(pick, new, old, _batch_axes(new))
+  def pick(a, b):
+    return jnp.where(rows.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+  return jax.tree_util.tree_map(pick, new, old)
 
 
 def reorder_rows(cache: DecodeCache, index: Array) -> DecodeCache:
   """Row b of the result is row index[b] of `cache` (beam reordering, replication)."""
-  return jax.tree_util.tree_map(lambda a, axis: jnp.take(a, index, axis=axis), cache,
-                                _batch_axes(cache))
+  return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), cache)
 
 
-def _stacked_layers(stack_params: dict, num_layers: int) -> dict:
-  """Per-layer params stacked on a leading axis, from scanned or unrolled params."""
+def _layer_list(stack_params: dict, num_layers: int) -> list[dict]:
+  """Each layer's params, from scanned (stacked) or unrolled params."""
   if "layers" in stack_params:
-    return stack_params["layers"]
-  per_layer = [stack_params[f"layers_{i}"] for i in range(num_layers)]
-  return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_layer)
+    return [jax.tree_util.tree_map(lambda a, i=i: a[i], stack_params["layers"])
+            for i in range(num_layers)]
+  return [stack_params[f"layers_{i}"] for i in range(num_layers)]
 
 
 class CachedNLGDecoder:
@@ -120,8 +114,8 @@ class CachedNLGDecoder:
   def _stack_params(self, params: dict, name: str) -> dict:
     return params["universal"] if name == "universal" else params["nlg"]["stack"]
 
-  def _positions(self, stack_params: dict, layer_params: dict, name: str) -> Array:
-    """Projected encodings [L, P, H, Dh] of distances 0 .. P - 1 for every layer."""
+  def _positions(self, stack_params: dict, layer_params: list[dict], name: str) -> list[Array]:
+    """Each layer's projected encodings [P, H, Dh] of distances 0 .. P - 1."""
     cfg, st = self.config, self.stacks[name]
     distances = jnp.arange(self.num_distances, dtype=jnp.float32)
     encoding = sinusoidal_encoding(distances, st.d_model).astype(cfg.compute_dtype)
@@ -129,31 +123,40 @@ class CachedNLGDecoder:
       shared = layers.DenseGeneral((st.num_heads, st.head_dim), (st.embed_axis,),
                                    ("heads", "kv"), use_bias=False, dtype=cfg.compute_dtype,
                                    param_dtype=cfg.weights_dtype)
-      r = shared.apply({"params": stack_params["shared_position"]}, encoding)
-      return jnp.broadcast_to(r, (st.num_layers,) + r.shape)
+      return [shared.apply({"params": stack_params["shared_position"]}, encoding)
+              ] * st.num_layers
     block = self.blocks[name]
-    project = lambda p: block.apply({"params": p}, encoding,
-                                    method=CachedTransformerXLBlock.project_positions)
-    return jax.vmap(project)(layer_params)
+    return [block.apply({"params": p}, encoding, method=CachedTransformerXLBlock.project_positions)
+            for p in layer_params]
 
   def prepare(self, params: dict) -> DecodeParams:
-    """Model params -> decode params: per-stack stacked layers and position projections."""
+    """Model params -> decode params: each layer's params and position projections, and
+    the output projection in the layout its matrix-vector products read.
+
+    Layers are separate arrays (not one stacked array sliced per layer) and the layer
+    loop is unrolled: inside the token loop, XLA:CPU copied each slice of stacked
+    weights before using it, and transposed the tied output embedding, on every token.
+    """
     params = nn.unbox(params)
     out: DecodeParams = {"model": params}
+    if self.config.tie_embeddings:
+      out["lm_output"] = params["embedder"]["token"]["embedding"].T
+    else:
+      out["lm_output"] = params["lm_head"]["output"]["kernel"]
     for name, st in self.stacks.items():
       stack_params = self._stack_params(params, name)
-      layer_params = _stacked_layers(stack_params, st.num_layers)
+      layer_params = _layer_list(stack_params, st.num_layers)
       out[name] = {"layers": layer_params,
                    "positions": self._positions(stack_params, layer_params, name)}
     return out
 
   # -- cache --------------------------------------------------------------------
 
-  def _memory_keys_values(self, dp: DecodeParams, name: str, memory: Array):
+  def _memory_keys_values(self, dp: DecodeParams, name: str, memory: tuple[Array, ...]):
+    """Each layer's memory keys and values [B, M, H, Dh]."""
     block = self.blocks[name]
-    project = lambda p, m: block.apply({"params": p}, m,
-                                       method=CachedTransformerXLBlock.memory_keys_values)
-    return jax.vmap(project)(dp[name]["layers"], memory)
+    return [block.apply({"params": p}, m, method=CachedTransformerXLBlock.memory_keys_values)
+            for p, m in zip(dp[name]["layers"], memory)]
 
   def init_cache(self, dp: DecodeParams, batch_size: int) -> DecodeCache:
     """An empty cache: all-invalid memory (as `init_memory`) and empty open segments."""
@@ -161,12 +164,15 @@ class CachedNLGDecoder:
     memory = recurrence_memory.init_memory(cfg, batch_size)
     stacks = {}
     for name, st in self.stacks.items():
-      mem_k, mem_v = self._memory_keys_values(dp, name, memory[name])
-      kv = jnp.zeros((st.num_layers, batch_size, s, st.num_heads, st.head_dim),
-                     cfg.compute_dtype)
+      layer_memory = tuple(memory[name])
+      open_kv = jnp.zeros((batch_size, s, st.num_heads, st.head_dim), cfg.compute_dtype)
+      kv = [(jnp.concatenate([k.astype(open_kv.dtype), open_kv], axis=1),
+             jnp.concatenate([v.astype(open_kv.dtype), open_kv], axis=1))
+            for k, v in self._memory_keys_values(dp, name, layer_memory)]
       stacks[name] = StackCache(
-          memory=memory[name], mem_k=mem_k, mem_v=mem_v, seg_k=kv, seg_v=kv,
-          seg_states=jnp.zeros((st.num_layers, batch_size, s, st.d_model), cfg.compute_dtype))
+          memory=layer_memory, keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv),
+          seg_states=tuple(jnp.zeros((batch_size, s, st.d_model), cfg.compute_dtype)
+                           for _ in range(st.num_layers)))
     return DecodeCache(stacks["universal"], stacks["nlg"], memory["valid"],
                        jnp.zeros((batch_size, s), jnp.bool_),
                        jnp.zeros((batch_size,), jnp.int32))
@@ -177,22 +183,21 @@ class CachedNLGDecoder:
                  start: Array, mask: Array, distance_index: Array):
     cfg, block = self.config, self.blocks[name]
 
-    def layer(h, xs):
-      p, r, mem_k, mem_v, seg_k, seg_v, seg_states = xs
-      h, seg_k, seg_v, seg_states = block.apply(
-          {"params": p}, h, start, mem_k, mem_v, seg_k, seg_v, seg_states, r, mask,
-          distance_index)
-      return h, (seg_k, seg_v, seg_states)
-
-    x, (seg_k, seg_v, seg_states) = jax.lax.scan(
-        layer, x, (dp[name]["layers"], dp[name]["positions"], cache.mem_k, cache.mem_v,
-                   cache.seg_k, cache.seg_v, cache.seg_states))
+    keys, values, seg_states = [], [], []
+    for i, (p, r) in enumerate(zip(dp[name]["layers"], dp[name]["positions"])):
+      x, k, v, remembered = block.apply(
+          {"params": p}, x, start, cache.keys[i], cache.values[i], cache.seg_states[i], r,
+          mask, distance_index)
+      keys.append(k)
+      values.append(v)
+      seg_states.append(remembered)
     if cfg.pre_layer_norm:
       st = self.stacks[name]
       final_norm = layers.LayerNorm(st.embed_axis, cfg.layer_norm_epsilon, cfg.compute_dtype,
                                     cfg.weights_dtype)
       x = final_norm.apply({"params": self._stack_params(dp["model"], name)["final_norm"]}, x)
-    return x, cache.replace(seg_k=seg_k, seg_v=seg_v, seg_states=seg_states)
+    return x, cache.replace(keys=tuple(keys), values=tuple(values),
+                            seg_states=tuple(seg_states))
 
   def extend(self, dp: DecodeParams, cache: DecodeCache, tokens: Array):
     """Appends tokens [B, Q] to each row's open segment (needs length + Q <= S).
@@ -227,7 +232,8 @@ class CachedNLGDecoder:
 
   def logits(self, dp: DecodeParams, h: Array) -> Array:
     """NLG hidden states [B, Q, Dt] -> next-token logits [B, Q, V] (float32)."""
-    return self.model.apply({"params": dp["model"]}, h, method=Ernie3.lm_logits)
+    return self.model.apply({"params": dp["model"]}, h, dp["lm_output"],
+                            method=Ernie3.lm_logits)
 
   def commit(self, dp: DecodeParams, cache: DecodeCache, rows: Array) -> DecodeCache:
     """Moves the open segment of rows where `rows` [B] into memory, as training does."""
@@ -237,9 +243,15 @@ class CachedNLGDecoder:
       stacks = {}
       for name in self.stacks:
         c: StackCache = getattr(cache, name)
-        memory = recurrence_memory.append(c.memory, c.seg_states, m)
-        mem_k, mem_v = self._memory_keys_values(dp, name, memory)
-        stacks[name] = c.replace(memory=memory, mem_k=mem_k, mem_v=mem_v)
+        memory = tuple(recurrence_memory.append(mem, states, m)
+                       for mem, states in zip(c.memory, c.seg_states))
+        kv = self._memory_keys_values(dp, name, memory)
+        # The open-segment slots keep stale keys; seg_valid masks them until rewritten.
+        put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
+                                                                   0, axis=1)
+        stacks[name] = c.replace(memory=memory,
+                                 keys=tuple(put(b, k) for b, (k, _) in zip(c.keys, kv)),
+                                 values=tuple(put(b, v) for b, (_, v) in zip(c.values, kv)))
       moved = cache.replace(
           universal=stacks["universal"], nlg=stacks["nlg"],
           mem_valid=recurrence_memory.append_valid(cache.mem_valid, cache.seg_valid),

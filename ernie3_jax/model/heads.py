@@ -25,7 +25,10 @@ class TokenPredictionHead(nn.Module):
   config: Ernie3Config
 
   @nn.compact
-  def __call__(self, h: Array, attend: Callable[[Array], Array]) -> Array:
+  def __call__(self, h: Array, attend: Callable[[Array], Array],
+               output_kernel: Array | None = None) -> Array:
+    """`output_kernel` [d_model, V], if given, replaces the output projection: a
+    decoder passes the tied table transposed once, not on every token."""
     cfg = self.config
     t = layers.DenseGeneral((cfg.d_model,), ("task_embed",), ("embed",),
                             dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -33,7 +36,9 @@ class TokenPredictionHead(nn.Module):
     t = nn.gelu(t, approximate=True)
     t = layers.LayerNorm("embed", cfg.layer_norm_epsilon, cfg.compute_dtype,
                          cfg.weights_dtype, name="transform_norm")(t)
-    if cfg.tie_embeddings:
+    if output_kernel is not None:
+      logits = t @ output_kernel.astype(t.dtype)
+    elif cfg.tie_embeddings:
       logits = attend(t)
     else:
       logits = layers.DenseGeneral((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,

@@ -191,22 +191,22 @@ class CachedTransformerXLBlock(nn.Module):
         cfg.compute_dtype)
     return self.attention.keys_values(context)
 
-  def __call__(self, x: Array, start: Array, mem_k: Array, mem_v: Array, seg_k: Array,
-               seg_v: Array, seg_states: Array, r: Array, mask: Array,
-               distance_index: Array):
+  def __call__(self, x: Array, start: Array, keys: Array, values: Array, seg_states: Array,
+               r: Array, mask: Array, distance_index: Array):
     """Runs x [B, Q, D] (open-segment positions start .. start + Q - 1 of each row).
 
-    Writes the new keys, values and remembered states into the segment cache
-    (seg_k/seg_v [B, S, H, Dh], seg_states [B, S, D]) before attending, so each
-    query sees itself. Returns (output, seg_k, seg_v, seg_states).
+    `keys`/`values` [B, M + S, H, Dh] hold [memory ; open segment]. The new keys,
+    values and remembered states (seg_states [B, S, D]) are written into the
+    segment's slots before attending, so each query sees itself. Returns
+    (output, keys, values, seg_states).
     """
     cfg = self.config
+    memory_len = keys.shape[1] - seg_states.shape[1]
     block_input = x
     h = self.attention_norm(x) if cfg.pre_layer_norm else x
     k, v = self.attention.keys_values(h)
-    seg_k, seg_v = write_rows(seg_k, k, start), write_rows(seg_v, v, start)
-    keys = jnp.concatenate([mem_k.astype(seg_k.dtype), seg_k], axis=1)
-    values = jnp.concatenate([mem_v.astype(seg_v.dtype), seg_v], axis=1)
+    keys = write_rows(keys, k, memory_len + start)
+    values = write_rows(values, v, memory_len + start)
     a = self.attention(h, keys, values, r, mask, distance_index)
     if cfg.pre_layer_norm:
       x = x + a
@@ -215,4 +215,4 @@ class CachedTransformerXLBlock(nn.Module):
       x = self.attention_norm(x + a)
       x = self.ffn_norm(x + self.ffn(x, True, 1.0))
     remembered = x if cfg.memory_mode == "same_layer" else block_input
-    return x, seg_k, seg_v, write_rows(seg_states, remembered, start)
+    return x, keys, values, write_rows(seg_states, remembered, start)
