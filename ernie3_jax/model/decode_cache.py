@@ -9,7 +9,8 @@ cache holds
 * one key and one value buffer over [memory ; open segment] (M + S slots): the
   memory's projected keys/values (recomputed only when a segment is committed)
   followed by those of the open segment's tokens, so attention reads them in
-  place, with no concatenation per token, and
+  place, with no concatenation per token (in the layouts the attention matmuls
+  read: keys [B, H, Dh, M + S], values [B, H, M + S, Dh]), and
 * the memory and the states it will remember of the open segment (the layer
   output under same-layer memory, its input under previous-layer memory).
 
@@ -52,8 +53,8 @@ class StackCache:
   """One stack's cache: per layer (tuples over layers), batch first."""
 
   memory: tuple[Array, ...]      # [B, M, D]  remembered states of committed segments
-  keys: tuple[Array, ...]        # [B, M + S, H, Dh]  [memory ; open segment]
-  values: tuple[Array, ...]      # [B, M + S, H, Dh]
+  keys: tuple[Array, ...]        # [B, H, Dh, M + S]  [memory ; open segment]
+  values: tuple[Array, ...]      # [B, H, M + S, Dh]
   seg_states: tuple[Array, ...]  # [B, S, D]  what the memory will remember of the open segment
 
 
@@ -66,6 +67,16 @@ class DecodeCache:
   mem_valid: Array  # [B, M]  memory slots holding real tokens
   seg_valid: Array  # [B, S]  open-segment slots holding real (non-pad) tokens
   length: Array     # [B]     tokens in each row's open segment (0 .. S)
+
+
+def _key_layout(keys: Array) -> Array:
+  """[B, K, H, Dh] -> [B, H, Dh, K], as the score matmul reads keys."""
+  return jnp.transpose(keys, (0, 2, 3, 1))
+
+
+def _value_layout(values: Array) -> Array:
+  """[B, K, H, Dh] -> [B, H, K, Dh], as the value matmul reads values."""
+  return jnp.transpose(values, (0, 2, 1, 3))
 
 
 def select_rows(rows: Array, new: DecodeCache, old: DecodeCache) -> DecodeCache:
@@ -166,8 +177,8 @@ class CachedNLGDecoder:
     for name, st in self.stacks.items():
       layer_memory = tuple(memory[name])
       open_kv = jnp.zeros((batch_size, s, st.num_heads, st.head_dim), cfg.compute_dtype)
-      kv = [(jnp.concatenate([k.astype(open_kv.dtype), open_kv], axis=1),
-             jnp.concatenate([v.astype(open_kv.dtype), open_kv], axis=1))
+      kv = [(_key_layout(jnp.concatenate([k.astype(open_kv.dtype), open_kv], axis=1)),
+             _value_layout(jnp.concatenate([v.astype(open_kv.dtype), open_kv], axis=1)))
             for k, v in self._memory_keys_values(dp, name, layer_memory)]
       stacks[name] = StackCache(
           memory=layer_memory, keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv),
@@ -247,11 +258,12 @@ class CachedNLGDecoder:
                        for mem, states in zip(c.memory, c.seg_states))
         kv = self._memory_keys_values(dp, name, memory)
         # The open-segment slots keep stale keys; seg_valid masks them until rewritten.
-        put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype),
-                                                                   0, axis=1)
-        stacks[name] = c.replace(memory=memory,
-                                 keys=tuple(put(b, k) for b, (k, _) in zip(c.keys, kv)),
-                                 values=tuple(put(b, v) for b, (_, v) in zip(c.values, kv)))
+        put = lambda buf, new, axis: jax.lax.dynamic_update_slice_in_dim(
+            buf, new.astype(buf.dtype), 0, axis=axis)
+        stacks[name] = c.replace(
+            memory=memory,
+            keys=tuple(put(b, _key_layout(k), 3) for b, (k, _) in zip(c.keys, kv)),
+            values=tuple(put(b, _value_layout(v), 2) for b, (_, v) in zip(c.values, kv)))
       moved = cache.replace(
           universal=stacks["universal"], nlg=stacks["nlg"],
           mem_valid=recurrence_memory.append_valid(cache.mem_valid, cache.seg_valid),

@@ -152,7 +152,8 @@ class CachedRelativeAttention(nn.Module):
 
   def __call__(self, x: Array, keys: Array, values: Array, r: Array, mask: Array,
                distance_index: Array) -> Array:
-    """Attends from `x` [B, Q, D] to cached `keys`/`values` [B, K, H, Dh].
+    """Attends from `x` [B, Q, D] to cached `keys` [B, H, Dh, K] and `values`
+    [B, H, K, Dh] (the layouts of the two matmuls; see `decode_cache`).
 
     `r` [P, H, Dh] holds projected encodings of distances 0 .. P - 1;
     `distance_index` [B, Q, K] picks each pair's distance (masked pairs may hold
@@ -162,10 +163,10 @@ class CachedRelativeAttention(nn.Module):
     q = self.query(x) * jnp.asarray(scale, self.dtype)
     u = (self.content_bias * scale).astype(self.dtype)
     vb = (self.position_bias * scale).astype(self.dtype)
-    content = jnp.einsum("bqhd,bkhd->bhqk", q + u, keys, preferred_element_type=jnp.float32)
+    content = jnp.einsum("bqhd,bhdk->bhqk", q + u, keys, preferred_element_type=jnp.float32)
     by_distance = jnp.einsum("bqhd,phd->bhqp", q + vb, r.astype(self.dtype),
                              preferred_element_type=jnp.float32)
     logits = content + jnp.take_along_axis(by_distance, distance_index[:, None], axis=-1)
     logits = jnp.where(mask, logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, values))
+    return self.out(jnp.einsum("bhqk,bhkd->bqhd", probs, values))

@@ -151,10 +151,18 @@ def unstack_scanned_params(stack_params: dict, num_layers: int) -> dict:
   return out
 
 
-def write_rows(buffer: Array, update: Array, start: Array) -> Array:
-  """Writes `update` [B, Q, ...] into `buffer` [B, S, ...] at per-row offsets `start` [B]."""
+def write_rows(buffer: Array, update: Array, start: Array, axis: int = 1) -> Array:
+  """Writes `update` into `buffer` (both batch first) at per-row offsets `start` [B]
+  along `axis`: by default [B, Q, ...] into [B, S, ...]."""
+  if update.shape[axis] == 1:
+    # One token (every decoding step): a select in the buffer's own layout, which
+    # XLA fuses, where per-row offsets would make a scatter.
+    shape = [1] * buffer.ndim
+    shape[0], shape[axis] = buffer.shape[0], buffer.shape[axis]
+    at = (jnp.arange(buffer.shape[axis])[None, :] == start[:, None]).reshape(shape)
+    return jnp.where(at, update.astype(buffer.dtype), buffer)
   put = lambda buf, upd, s: jax.lax.dynamic_update_slice_in_dim(buf, upd.astype(buf.dtype), s,
-                                                                axis=0)
+                                                                axis=axis - 1)
   return jax.vmap(put)(buffer, update, start)
 
 
@@ -195,18 +203,20 @@ class CachedTransformerXLBlock(nn.Module):
                r: Array, mask: Array, distance_index: Array):
     """Runs x [B, Q, D] (open-segment positions start .. start + Q - 1 of each row).
 
-    `keys`/`values` [B, M + S, H, Dh] hold [memory ; open segment]. The new keys,
-    values and remembered states (seg_states [B, S, D]) are written into the
-    segment's slots before attending, so each query sees itself. Returns
-    (output, keys, values, seg_states).
+    `keys` [B, H, Dh, M + S] and `values` [B, H, M + S, Dh] hold [memory ; open
+    segment] in the layouts the attention matmuls read. The new keys, values and
+    remembered states (seg_states [B, S, D]) are written into the segment's slots
+    before attending, so each query sees itself. Returns (output, keys, values,
+    seg_states).
     """
     cfg = self.config
-    memory_len = keys.shape[1] - seg_states.shape[1]
+    memory_len = keys.shape[-1] - seg_states.shape[1]
     block_input = x
     h = self.attention_norm(x) if cfg.pre_layer_norm else x
     k, v = self.attention.keys_values(h)
-    keys = write_rows(keys, k, memory_len + start)
-    values = write_rows(values, v, memory_len + start)
+    at = memory_len + start
+    keys = write_rows(keys, jnp.transpose(k, (0, 2, 3, 1)), at, axis=3)
+    values = write_rows(values, jnp.transpose(v, (0, 2, 1, 3)), at, axis=2)
     a = self.attention(h, keys, values, r, mask, distance_index)
     if cfg.pre_layer_norm:
       x = x + a
