@@ -74,6 +74,11 @@ def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
           "label_weight": np.zeros((rows,), np.float32)}
 
 
+def mlm_prediction_fraction() -> float | None:
+  """The trainer's `mlm_prediction_fraction` from the flag (0: every position)."""
+  return _MLM_FRACTION.value or None
+
+
 def jax_config(scan_layers: bool):
   from ernie3_jax.model import Ernie3Config  # pylint: disable=g-import-not-at-top
   d, h = _D_MODEL.value, _HEADS.value
@@ -113,7 +118,7 @@ class JaxStep:
     self.state = init()
     self.num_params = sum(x.size for x in jax.tree_util.tree_leaves(self.state.params))
     self._step = jax.jit(make_train_step(model, tx, {},
-                                         mlm_prediction_fraction=_MLM_FRACTION.value or None),
+                                         mlm_prediction_fraction=mlm_prediction_fraction()),
                          donate_argnums=(0,))
     self._rng = jax.random.PRNGKey(1)
     self._dropout = jnp.float32(1.0)
@@ -229,7 +234,7 @@ def main(argv):
     entry = {"sequence_length": length, "rows": rows, "tokens_per_step": tokens,
              "jax": {"step_s": jax_s, "tokens_per_s": tokens / jax_s,
                      "model_flops_per_step": flops.train_flops(
-                         cfg, rows, length, 0, 0, _MLM_FRACTION.value or None),
+                         cfg, rows, length, 0, 0, mlm_prediction_fraction()),
                      "compile_and_first_step_s": compile_s,
                      "step_s_all": jax_times}}
     entry["jax"]["model_flops_per_s"] = entry["jax"]["model_flops_per_step"] / jax_s
@@ -261,7 +266,7 @@ def main(argv):
               "tokens_per_batch": _TOKENS.value, "repeats": _REPEATS.value,
               "steps_per_repeat": _STEPS.value, "threads": threads, "dtype": "float32",
               "jax_scan_layers": _SCAN.value,
-              "jax_mlm_prediction_fraction": _MLM_FRACTION.value or None,
+              "jax_mlm_prediction_fraction": mlm_prediction_fraction(),
               "jax_dropout_rng": _DROPOUT_RNG.value, "jax_params": int(jax_step.num_params),
               "jax_version": jax.__version__, "peak_matmul_size": _PEAK_SIZE.value,
               "machine": bench_common.machine()}

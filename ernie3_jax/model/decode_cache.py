@@ -41,6 +41,8 @@ import jax.numpy as jnp
 from ernie3_jax.model import layers, recurrence_memory
 from ernie3_jax.model.config import Ernie3Config
 from ernie3_jax.model.ernie3 import PAD_ID, Ernie3
+from ernie3_jax.model.relative_attention import (CACHED_KEY_AXIS, CACHED_VALUE_AXIS,
+                                                 cached_key_layout, cached_value_layout)
 from ernie3_jax.model.relative_position import sinusoidal_encoding
 from ernie3_jax.model.transformer_xl import CachedTransformerXLBlock, write_rows
 
@@ -67,16 +69,6 @@ class DecodeCache:
   mem_valid: Array  # [B, M]  memory slots holding real tokens
   seg_valid: Array  # [B, S]  open-segment slots holding real (non-pad) tokens
   length: Array     # [B]     tokens in each row's open segment (0 .. S)
-
-
-def _key_layout(keys: Array) -> Array:
-  """[B, K, H, Dh] -> [B, H, Dh, K], as the score matmul reads keys."""
-  return jnp.transpose(keys, (0, 2, 3, 1))
-
-
-def _value_layout(values: Array) -> Array:
-  """[B, K, H, Dh] -> [B, H, K, Dh], as the value matmul reads values."""
-  return jnp.transpose(values, (0, 2, 1, 3))
 
 
 def select_rows(rows: Array, new: DecodeCache, old: DecodeCache) -> DecodeCache:
@@ -177,8 +169,8 @@ class CachedNLGDecoder:
     for name, st in self.stacks.items():
       layer_memory = tuple(memory[name])
       open_kv = jnp.zeros((batch_size, s, st.num_heads, st.head_dim), cfg.compute_dtype)
-      kv = [(_key_layout(jnp.concatenate([k.astype(open_kv.dtype), open_kv], axis=1)),
-             _value_layout(jnp.concatenate([v.astype(open_kv.dtype), open_kv], axis=1)))
+      kv = [(cached_key_layout(jnp.concatenate([k.astype(open_kv.dtype), open_kv], axis=1)),
+             cached_value_layout(jnp.concatenate([v.astype(open_kv.dtype), open_kv], axis=1)))
             for k, v in self._memory_keys_values(dp, name, layer_memory)]
       stacks[name] = StackCache(
           memory=layer_memory, keys=tuple(k for k, _ in kv), values=tuple(v for _, v in kv),
@@ -262,8 +254,10 @@ class CachedNLGDecoder:
             buf, new.astype(buf.dtype), 0, axis=axis)
         stacks[name] = c.replace(
             memory=memory,
-            keys=tuple(put(b, _key_layout(k), 3) for b, (k, _) in zip(c.keys, kv)),
-            values=tuple(put(b, _value_layout(v), 2) for b, (_, v) in zip(c.values, kv)))
+            keys=tuple(put(b, cached_key_layout(k), CACHED_KEY_AXIS)
+                       for b, (k, _) in zip(c.keys, kv)),
+            values=tuple(put(b, cached_value_layout(v), CACHED_VALUE_AXIS)
+                         for b, (_, v) in zip(c.values, kv)))
       moved = cache.replace(
           universal=stacks["universal"], nlg=stacks["nlg"],
           mem_valid=recurrence_memory.append_valid(cache.mem_valid, cache.seg_valid),

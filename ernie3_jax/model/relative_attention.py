@@ -109,6 +109,22 @@ class RelativeMultiHeadAttention(nn.Module):
                                kernel_init_std=self.init_std, name="out")(out)
 
 
+# Layouts of the decoding cache, as CachedRelativeAttention's two matmuls read them:
+# keys [B, H, Dh, K] and values [B, H, K, Dh], with K (key positions) on these axes.
+CACHED_KEY_AXIS = 3
+CACHED_VALUE_AXIS = 2
+
+
+def cached_key_layout(keys: Array) -> Array:
+  """Projected keys [B, K, H, Dh] -> [B, H, Dh, K]."""
+  return jnp.transpose(keys, (0, 2, 3, 1))
+
+
+def cached_value_layout(values: Array) -> Array:
+  """Projected values [B, K, H, Dh] -> [B, H, K, Dh]."""
+  return jnp.transpose(values, (0, 2, 1, 3))
+
+
 class CachedRelativeAttention(nn.Module):
   """Incremental twin of `RelativeMultiHeadAttention` for decoding (same parameters).
 

@@ -10,8 +10,10 @@ from jax.ad_checkpoint import checkpoint_name
 from ernie3_jax.model import layers
 from ernie3_jax.model import recurrence_memory
 from ernie3_jax.model.config import Ernie3Config, StackConfig
-from ernie3_jax.model.relative_attention import (CachedRelativeAttention,
-                                                 RelativeMultiHeadAttention, attention_mask)
+from ernie3_jax.model.relative_attention import (CACHED_KEY_AXIS, CACHED_VALUE_AXIS,
+                                                 CachedRelativeAttention,
+                                                 RelativeMultiHeadAttention, attention_mask,
+                                                 cached_key_layout, cached_value_layout)
 from ernie3_jax.model.relative_position import relative_distances, sinusoidal_encoding
 
 Array = jax.Array
@@ -215,8 +217,8 @@ class CachedTransformerXLBlock(nn.Module):
     h = self.attention_norm(x) if cfg.pre_layer_norm else x
     k, v = self.attention.keys_values(h)
     at = memory_len + start
-    keys = write_rows(keys, jnp.transpose(k, (0, 2, 3, 1)), at, axis=3)
-    values = write_rows(values, jnp.transpose(v, (0, 2, 1, 3)), at, axis=2)
+    keys = write_rows(keys, cached_key_layout(k), at, axis=CACHED_KEY_AXIS)
+    values = write_rows(values, cached_value_layout(v), at, axis=CACHED_VALUE_AXIS)
     a = self.attention(h, keys, values, r, mask, distance_index)
     if cfg.pre_layer_norm:
       x = x + a
