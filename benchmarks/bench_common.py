@@ -69,6 +69,37 @@ def torch_matmul_peak(size: int = 1024, repeats: int = 10) -> float:
   return 2 * size ** 3 / best
 
 
+def jax_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 3) -> float:
+  """Best bytes/s of a jitted sum over an fp32 array of `nbytes` (the memory roofline)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.ones((nbytes // 4,), jnp.float32)
+  f = jax.jit(jnp.sum)
+  f(a).block_until_ready()
+  best = min(_timed(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  return a.nbytes / best
+
+
+class PeakMeter:
+  """The best of repeated peak measurements, sampled between a benchmark's repeats.
+
+  One burst of background load during a single measurement would understate the
+  peak and so overstate MFU; sampling at several points of the run and keeping
+  the best gives the machine's peak as the run saw it.
+  """
+
+  def __init__(self, measure: Callable[[], float]):
+    self._measure = measure
+    self.best = 0.0
+    self.samples: list[float] = []
+
+  def sample(self) -> float:
+    value = self._measure()
+    self.samples.append(value)
+    self.best = max(self.best, value)
+    return value
+
+
 def _timed(fn: Callable[[], Any]) -> float:
   start = time.perf_counter()
   fn()

@@ -14,6 +14,12 @@ runs `generate(use_cache=True, do_sample=False)`. Tokens/s counts generated
 tokens (batch x new tokens) over the whole call, prompt processing included.
 Repeats alternate between the frameworks; the median is reported, and the ratio of
 the fastest repeats beside it.
+
+Each decoding step reads every weight it uses once, so the memory roofline is
+weight bytes per step / read bandwidth, the bandwidth being the best of a jitted
+sum over a 1 GiB array, sampled before the first and after every repeat.
+`bandwidth_fraction` is how close each side's step comes to that bound (1.0 is
+the bound; cache reads and compute are extra).
 """
 
 from __future__ import annotations
@@ -57,6 +63,19 @@ def jax_config():
                       nlg_layers=_NLG.value, task_d_model=d, task_num_heads=h,
                       task_head_dim=d // h, task_d_ff=_D_FF.value, memory_len=_MEMORY.value,
                       dtype="float32", param_dtype="float32", scan_layers=True)
+
+
+def jax_weight_bytes_per_step(params) -> int:
+  """Bytes of the weights one NLG decoding step reads: the universal and NLG stacks
+  (without W_R, projected once per generation), the LM head and the tied token table."""
+  import jax  # pylint: disable=g-import-not-at-top
+  read = {"universal": params["universal"], "nlg": params["nlg"],
+          "lm_head": params["lm_head"], "token": params["embedder"]["token"]}
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(read):
+    if "position" not in jax.tree_util.keystr(path):
+      total += leaf.size * leaf.dtype.itemsize
+  return int(total)
 
 
 def init_params(cfg):
@@ -155,6 +174,10 @@ class Gpt2Greedy:
     self.model.generation_config.eos_token_id = None
     self.model.generation_config.pad_token_id = 0
     self.num_params = sum(p.numel() for p in self.model.parameters())
+    # A step reads every weight but the position table, of which it reads B rows.
+    self.weight_bytes_per_step = sum(
+        p.numel() * p.element_size() for n, p in self.model.named_parameters()
+        if not n.endswith("wpe.weight"))
     self._torch = torch
 
   def generate(self, prompts, new_tokens: int):
@@ -198,6 +221,11 @@ def main(argv):
     torch.set_num_threads(threads)
     torch_gen = Gpt2Greedy(max(1024, _PROMPT.value + _NEW.value))
 
+  bandwidth = bench_common.PeakMeter(bench_common.jax_read_bandwidth)
+  bandwidth.sample()
+  weight_bytes = {"jax": jax_weight_bytes_per_step(params)}
+  if torch_gen is not None:
+    weight_bytes["torch"] = torch_gen.weight_bytes_per_step
   results = []
   rng = np.random.RandomState(0)
   for batch in (int(b) for b in _BATCHES.value):
@@ -212,6 +240,7 @@ def main(argv):
       jax_times.append(timed_generate(jax_gen, prompts, _NEW.value))
       if torch_gen is not None:
         torch_times.append(timed_generate(torch_gen, prompts, _NEW.value))
+      bandwidth.sample()
     tokens = batch * _NEW.value
     jax_s = statistics.median(jax_times)
     entry = {"batch_size": batch, "generated_tokens": tokens,
@@ -228,6 +257,12 @@ def main(argv):
       entry["jax_over_torch_fastest_repeats"] = min(torch_times) / min(jax_times)
     results.append(entry)
 
+  for entry in results:
+    for side, nbytes in weight_bytes.items():
+      step_s = entry[side]["ms_per_step"] / 1e3
+      entry[side]["weight_bytes_per_step"] = nbytes
+      entry[side]["roofline_ms_per_step"] = 1e3 * nbytes / bandwidth.best
+      entry[side]["bandwidth_fraction"] = nbytes / step_s / bandwidth.best
   settings = {"jax_path": path, "universal_layers": _UNIVERSAL.value, "nlg_layers": _NLG.value,
               "gpt2_layers": _UNIVERSAL.value + _NLG.value, "d_model": _D_MODEL.value,
               "num_heads": _HEADS.value, "d_ff": _D_FF.value, "vocab_size": _VOCAB.value,
@@ -244,7 +279,9 @@ def main(argv):
   else:
     settings["torch_skipped"] = why_not
   bench_common.emit({"benchmark": "decode_throughput", "unit": "generated tokens/s",
-                     "settings": settings, "results": results}, _OUTPUT.value)
+                     "settings": settings, "read_bandwidth_bytes_per_s": bandwidth.best,
+                     "bandwidth_samples": bandwidth.samples, "results": results},
+                    _OUTPUT.value)
 
 
 if __name__ == "__main__":

@@ -65,9 +65,16 @@ def test_train_throughput_reports_both_frameworks():
   assert (entry["sequence_length"], entry["rows"]) == (16, 2)
   sides = ["jax", "torch"] if HAVE_TORCH else ["jax"]
   for side in sides:
-    for key in ("step_s", "tokens_per_s", "model_flops_per_step", "model_flops_per_s", "mfu"):
+    for key in ("step_s", "tokens_per_s", "model_flops_per_step", "model_flops_per_s", "mfu",
+                "mfu_own_peak"):
       assert_positive(entry[side][key], f"{side}.{key}")
     assert_positive(r["peak_flops_per_s"][side], f"peak {side}")
+    # The peak is the best of a sample before the repeats and one after each.
+    assert len(r["peak_samples"][side]) == 2
+    assert r["peak_flops_per_s"][side] == max(r["peak_samples"][side])
+    # MFU against the machine's peak (the best framework's) is never above its own.
+    assert r["machine_peak_flops_per_s"] >= r["peak_flops_per_s"][side]
+    assert entry[side]["mfu"] <= entry[side]["mfu_own_peak"]
     assert entry[side]["tokens_per_s"] == pytest.approx(32 / entry[side]["step_s"])
   if HAVE_TORCH:
     assert_positive(entry["jax_over_torch_tokens_per_s"], "ratio")
@@ -87,6 +94,11 @@ def test_decode_throughput_generates_every_token():
   for side in (["jax", "torch"] if HAVE_TORCH else ["jax"]):
     assert_positive(entry[side]["tokens_per_s"], f"{side}.tokens_per_s")
     assert entry[side]["tokens_per_s"] == pytest.approx(12 / entry[side]["seconds"])
+    # The roofline is the step's weight bytes over the best measured read bandwidth.
+    assert entry[side]["roofline_ms_per_step"] == pytest.approx(
+        1e3 * entry[side]["weight_bytes_per_step"] / r["read_bandwidth_bytes_per_s"])
+    assert 0 < entry[side]["bandwidth_fraction"] < 2
+  assert r["read_bandwidth_bytes_per_s"] == max(r["bandwidth_samples"])
 
 
 def _memory_plan(*targets: str, devices: int) -> dict:

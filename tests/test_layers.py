@@ -1,5 +1,6 @@
 """Building blocks with their own numerics: hashed dropout masks, the bias-add gradient."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -68,3 +69,21 @@ def test_add_bias_gradient_equals_the_plain_sum():
   plain = jax.grad(lambda x, b: jnp.sum(jnp.sin(x + b) * w), (0, 1))(x, b)
   for a, e in zip(ours, plain):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("in_shape,out_features", [((12,), (5,)), ((3, 4), (6,)),
+                                                   ((8,), (2, 3))])
+def test_out_first_dense_equals_the_training_layout(in_shape, out_features):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7) + in_shape)
+  in_names = tuple(f"in{i}" for i in range(len(in_shape)))
+  out_names = tuple(f"out{i}" for i in range(len(out_features)))
+  dense = layers.DenseGeneral(out_features, in_names, out_names)
+  params = dense.init(jax.random.PRNGKey(1), x)["params"]
+  params = jax.tree_util.tree_map(lambda a: a + 0.1, nn.unbox(params))  # non-zero bias
+  flipped = dict(params, kernel=layers.kernel_out_first(params["kernel"], len(in_shape)))
+  out_first = layers.DenseGeneral(out_features, in_names, out_names, out_first=True)
+  assert nn.unbox(out_first.init(jax.random.PRNGKey(1), x)["params"])["kernel"].shape == \
+      flipped["kernel"].shape
+  np.testing.assert_allclose(out_first.apply({"params": flipped}, x),
+                             dense.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
+

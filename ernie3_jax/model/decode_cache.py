@@ -44,7 +44,8 @@ from ernie3_jax.model.ernie3 import PAD_ID, Ernie3
 from ernie3_jax.model.relative_attention import (CACHED_KEY_AXIS, CACHED_VALUE_AXIS,
                                                  cached_key_layout, cached_value_layout)
 from ernie3_jax.model.relative_position import sinusoidal_encoding
-from ernie3_jax.model.transformer_xl import CachedTransformerXLBlock, write_rows
+from ernie3_jax.model.transformer_xl import (CachedTransformerXLBlock, decoding_layer_params,
+                                             write_rows)
 
 Array = jax.Array
 DecodeParams = dict[str, Any]
@@ -133,22 +134,24 @@ class CachedNLGDecoder:
             for p in layer_params]
 
   def prepare(self, params: dict) -> DecodeParams:
-    """Model params -> decode params: each layer's params and position projections, and
-    the output projection in the layout its matrix-vector products read.
+    """Model params -> decode params: each layer's params (kernels out-first) and
+    position projections, and the output projection as a [V, D] table.
 
     Layers are separate arrays (not one stacked array sliced per layer) and the layer
     loop is unrolled: inside the token loop, XLA:CPU copied each slice of stacked
-    weights before using it, and transposed the tied output embedding, on every token.
+    weights before using it. Out-first kernels (`layers.matmul_out_first`) are read
+    faster by the few-row matmuls of a decoding step.
     """
     params = nn.unbox(params)
     out: DecodeParams = {"model": params}
     if self.config.tie_embeddings:
-      out["lm_output"] = params["embedder"]["token"]["embedding"].T
+      out["lm_output"] = params["embedder"]["token"]["embedding"]
     else:
-      out["lm_output"] = params["lm_head"]["output"]["kernel"]
+      out["lm_output"] = layers.kernel_out_first(params["lm_head"]["output"]["kernel"], 1)
     for name, st in self.stacks.items():
       stack_params = self._stack_params(params, name)
-      layer_params = _layer_list(stack_params, st.num_layers)
+      layer_params = [decoding_layer_params(p)
+                      for p in _layer_list(stack_params, st.num_layers)]
       out[name] = {"layers": layer_params,
                    "positions": self._positions(stack_params, layer_params, name)}
     return out

@@ -94,10 +94,10 @@ class Ernie3(nn.Module):
     """Deterministic input embeddings [B, L, d_model] (the first step of every path)."""
     return self.embedder(tokens, segment_ids, task_ids, True)
 
-  def lm_logits(self, h: Array, output_kernel: Array | None = None) -> Array:
+  def lm_logits(self, h: Array, output_table: Array | None = None) -> Array:
     """Next-token logits [..., V] of NLG hidden states [..., task_d_model];
-    `output_kernel` as in `TokenPredictionHead`."""
-    return self.lm_head(h, self.embedder.attend, output_kernel)
+    `output_table` as in `TokenPredictionHead`."""
+    return self.lm_head(h, self.embedder.attend, output_table)
 
   # -- pre-training heads ---------------------------------------------------
 

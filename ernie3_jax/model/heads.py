@@ -26,9 +26,10 @@ class TokenPredictionHead(nn.Module):
 
   @nn.compact
   def __call__(self, h: Array, attend: Callable[[Array], Array],
-               output_kernel: Array | None = None) -> Array:
-    """`output_kernel` [d_model, V], if given, replaces the output projection: a
-    decoder passes the tied table transposed once, not on every token."""
+               output_table: Array | None = None) -> Array:
+    """`output_table` [V, d_model], if given, replaces the output projection: a
+    decoder passes the tied table itself (or the untied kernel transposed once),
+    read out-first (`layers.matmul_out_first`)."""
     cfg = self.config
     t = layers.DenseGeneral((cfg.d_model,), ("task_embed",), ("embed",),
                             dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -36,8 +37,8 @@ class TokenPredictionHead(nn.Module):
     t = nn.gelu(t, approximate=True)
     t = layers.LayerNorm("embed", cfg.layer_norm_epsilon, cfg.compute_dtype,
                          cfg.weights_dtype, name="transform_norm")(t)
-    if output_kernel is not None:
-      logits = t @ output_kernel.astype(t.dtype)
+    if output_table is not None:
+      logits = layers.matmul_out_first(t, output_table.astype(t.dtype), 1)
     elif cfg.tie_embeddings:
       logits = attend(t)
     else:

@@ -125,11 +125,23 @@ def cached_value_layout(values: Array) -> Array:
   return jnp.transpose(values, (0, 2, 1, 3))
 
 
+# Input dims of the projections `CachedRelativeAttention` reads with out-first kernels.
+_DECODING_KERNEL_INPUTS = {"query": 1, "key": 1, "value": 1, "out": 2}
+
+
+def decoding_kernels(attention_params: dict) -> dict:
+  """A trained attention's params -> `CachedRelativeAttention`'s (out-first kernels)."""
+  out = dict(attention_params)
+  for name, num_in in _DECODING_KERNEL_INPUTS.items():
+    out[name] = dict(out[name], kernel=layers.kernel_out_first(out[name]["kernel"], num_in))
+  return out
+
+
 class CachedRelativeAttention(nn.Module):
   """Incremental twin of `RelativeMultiHeadAttention` for decoding (same parameters).
 
-  Parameter names match the training module, so a trained attention's params
-  apply unchanged. The caller keeps projected keys/values ([memory ; open
+  Parameter names match the training module; the per-token projections' kernels
+  are out-first (`decoding_kernels` converts a trained attention's). The caller keeps projected keys/values ([memory ; open
   segment]) in a cache and passes, for every (query, key) pair, the index of its
   relative distance into `r` (the projected encodings of distances 0 .. P - 1);
   a new token then costs one query against the cached keys instead of a re-run.
@@ -143,14 +155,18 @@ class CachedRelativeAttention(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    def dense(features, in_names, out_names, use_bias=True):
+    def dense(features, in_names, out_names, use_bias=True, out_first=True):
       return layers.DenseGeneral(features, in_names, out_names, use_bias=use_bias,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
+                                 dtype=self.dtype, param_dtype=self.param_dtype,
+                                 out_first=out_first)
     heads = (self.num_heads, self.head_dim)
+    # The per-token projections read out-first kernels (see `decoding_kernels`);
+    # W_R runs once per generation, in the training layout.
     self.query = dense(heads, (self.embed_axis,), ("heads", "kv"))
     self.key = dense(heads, (self.embed_axis,), ("heads", "kv"))
     self.value = dense(heads, (self.embed_axis,), ("heads", "kv"))
-    self.position = dense(heads, (self.embed_axis,), ("heads", "kv"), use_bias=False)
+    self.position = dense(heads, (self.embed_axis,), ("heads", "kv"), use_bias=False,
+                          out_first=False)
     self.out = dense((self.d_model,), ("heads", "kv"), (self.embed_axis,))
     shape = (self.num_heads, self.head_dim)
     self.content_bias = self.param("content_bias", nn.initializers.zeros, shape,

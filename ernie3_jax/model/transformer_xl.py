@@ -13,7 +13,8 @@ from ernie3_jax.model.config import Ernie3Config, StackConfig
 from ernie3_jax.model.relative_attention import (CACHED_KEY_AXIS, CACHED_VALUE_AXIS,
                                                  CachedRelativeAttention,
                                                  RelativeMultiHeadAttention, attention_mask,
-                                                 cached_key_layout, cached_value_layout)
+                                                 cached_key_layout, cached_value_layout,
+                                                 decoding_kernels)
 from ernie3_jax.model.relative_position import relative_distances, sinusoidal_encoding
 
 Array = jax.Array
@@ -168,8 +169,18 @@ def write_rows(buffer: Array, update: Array, start: Array, axis: int = 1) -> Arr
   return jax.vmap(put)(buffer, update, start)
 
 
+def decoding_layer_params(layer_params: dict) -> dict:
+  """A trained `TransformerXLBlock`'s params -> `CachedTransformerXLBlock`'s: the same
+  arrays, with the per-token dense kernels out-first (`layers.matmul_out_first`)."""
+  out = dict(layer_params, attention=decoding_kernels(layer_params["attention"]))
+  out["ffn"] = {name: dict(p, kernel=layers.kernel_out_first(p["kernel"], 1))
+                for name, p in layer_params["ffn"].items()}
+  return out
+
+
 class CachedTransformerXLBlock(nn.Module):
-  """Incremental twin of `TransformerXLBlock` for decoding (same parameters).
+  """Incremental twin of `TransformerXLBlock` for decoding (same parameter names;
+  `decoding_layer_params` lays a trained block's kernels out for it).
 
   The open segment's keys, values and remembered states (the block output for
   same-layer memory, its input for previous-layer memory) live in a cache, so
@@ -188,7 +199,7 @@ class CachedTransformerXLBlock(nn.Module):
                                              st.embed_axis, dtype, pdtype)
     self.attention_norm = norm()
     self.ffn_norm = norm()
-    self.ffn = layers.FeedForward(st.d_ff, st.embed_axis, 0.0, dtype, pdtype)
+    self.ffn = layers.FeedForward(st.d_ff, st.embed_axis, 0.0, dtype, pdtype, out_first=True)
 
   def project_positions(self, encoding: Array) -> Array:
     """Sinusoidal encodings [P, D] -> this layer's projected [P, H, Dh]."""
