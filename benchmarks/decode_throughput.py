@@ -12,7 +12,7 @@ loop compiled as one call); --jax_path=rerun instead re-runs the open segment
 every token, batched (no key/value cache); the JSON says which ran. GPT-2
 runs `generate(use_cache=True, do_sample=False)`. Tokens/s counts generated
 tokens (batch x new tokens) over the whole call, prompt processing included.
-Repeats alternate between the frameworks; the median is reported, and the ratio of
+Each framework runs in its own process; repeats alternate between them, the median is reported, and the ratio of
 the fastest repeats beside it.
 
 Each decoding step reads every weight it uses once, so the memory roofline is
@@ -89,6 +89,30 @@ def init_params(cfg):
   return nn.unbox(jax.jit(init)())["params"]
 
 
+class JaxDecoder:
+  """The JAX side, built in its worker process (see bench_common.Worker)."""
+
+  def __init__(self):
+    from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
+    cfg = jax_config()
+    self.params = init_params(cfg)
+    generator = CachedGreedy if _PATH.value == "cached" else RerunGreedy
+    self.generator = generator(Ernie3(cfg), self.params, _SEGMENT.value)
+
+  def timed(self, prompts, new_tokens: int) -> float:
+    return timed_generate(self.generator, prompts, new_tokens)
+
+  def weight_bytes_per_step(self) -> int:
+    return jax_weight_bytes_per_step(self.params)
+
+  def read_bandwidth(self) -> float:
+    return bench_common.jax_read_bandwidth()
+
+  def info(self) -> dict:
+    import jax  # pylint: disable=g-import-not-at-top
+    return {"jax_version": jax.__version__}
+
+
 class CachedGreedy:
   """`generation.generate`: key/value-cached greedy decoding, one compiled call
   (prefill + token loop) per batch, no stop token."""
@@ -163,9 +187,10 @@ class RerunGreedy:
 class Gpt2Greedy:
   name = "gpt2_generate"
 
-  def __init__(self, positions: int):
+  def __init__(self, positions: int, threads: int):
     import torch  # pylint: disable=g-import-not-at-top
     from transformers import GPT2Config, GPT2LMHeadModel  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=_VOCAB.value, n_positions=positions, n_embd=_D_MODEL.value,
                         n_layer=_UNIVERSAL.value + _NLG.value, n_head=_HEADS.value,
@@ -175,10 +200,22 @@ class Gpt2Greedy:
     self.model.generation_config.pad_token_id = 0
     self.num_params = sum(p.numel() for p in self.model.parameters())
     # A step reads every weight but the position table, of which it reads B rows.
-    self.weight_bytes_per_step = sum(
-        p.numel() * p.element_size() for n, p in self.model.named_parameters()
-        if not n.endswith("wpe.weight"))
+    self._weight_bytes = sum(p.numel() * p.element_size()
+                             for n, p in self.model.named_parameters()
+                             if not n.endswith("wpe.weight"))
     self._torch = torch
+
+  def timed(self, prompts, new_tokens: int) -> float:
+    return timed_generate(self, prompts, new_tokens)
+
+  def weight_bytes_per_step(self) -> int:
+    return self._weight_bytes
+
+  def info(self) -> dict:
+    import transformers  # pylint: disable=g-import-not-at-top
+    return {"torch_version": self._torch.__version__,
+            "transformers_version": transformers.__version__,
+            "gpt2_params": int(self.num_params)}
 
   def generate(self, prompts, new_tokens: int):
     t = self._torch
@@ -202,52 +239,40 @@ def timed_generate(generator, prompts, new_tokens: int) -> float:
 def main(argv):
   del argv
   threads = bench_common.pin_threads(_THREADS.value)
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
   if _NEW.value < 1 or _PROMPT.value < 1:
     raise ValueError("--new_tokens and --prompt_length must be >= 1")
   path = _PATH.value
-  cfg = jax_config()
-  params = init_params(cfg)
-  model = Ernie3(cfg)
-  jax_gen = (CachedGreedy if path == "cached" else RerunGreedy)(model, params,
-                                                                _SEGMENT.value)
   use_torch, why_not = (False, "--skip_torch") if _SKIP_TORCH.value else \
       bench_common.torch_available()
-  torch_gen = None
+  # Each framework runs in its own process (see bench_common.Worker).
+  sides = {"jax": bench_common.Worker(JaxDecoder, sys.argv)}
   if use_torch:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(threads)
-    torch_gen = Gpt2Greedy(max(1024, _PROMPT.value + _NEW.value))
-
-  bandwidth = bench_common.PeakMeter(bench_common.jax_read_bandwidth)
+    sides["torch"] = bench_common.Worker(Gpt2Greedy, sys.argv,
+                                         max(1024, _PROMPT.value + _NEW.value), threads)
+  bandwidth = bench_common.PeakMeter(lambda: sides["jax"].call("read_bandwidth"))
   bandwidth.sample()
-  weight_bytes = {"jax": jax_weight_bytes_per_step(params)}
-  if torch_gen is not None:
-    weight_bytes["torch"] = torch_gen.weight_bytes_per_step
+  weight_bytes = {side: w.call("weight_bytes_per_step") for side, w in sides.items()}
   results = []
   rng = np.random.RandomState(0)
   for batch in (int(b) for b in _BATCHES.value):
     prompts = rng.randint(5, _VOCAB.value, size=(batch, _PROMPT.value)).astype(np.int32)
-    start = time.perf_counter()
-    jax_gen.generate(prompts, _NEW.value)  # compiles
-    first_s = time.perf_counter() - start
-    if torch_gen is not None:
-      torch_gen.generate(prompts, min(_NEW.value, 4))
-    jax_times, torch_times = [], []
+    first_s = sides["jax"].call("timed", prompts, _NEW.value)  # compiles
+    if "torch" in sides:
+      sides["torch"].call("timed", prompts, _NEW.value)  # warm-up
+    times = {side: [] for side in sides}
     for _ in range(_REPEATS.value):
-      jax_times.append(timed_generate(jax_gen, prompts, _NEW.value))
-      if torch_gen is not None:
-        torch_times.append(timed_generate(torch_gen, prompts, _NEW.value))
+      for side, worker in sides.items():
+        times[side].append(worker.call("timed", prompts, _NEW.value))
       bandwidth.sample()
+    jax_times, torch_times = times["jax"], times.get("torch")
     tokens = batch * _NEW.value
     jax_s = statistics.median(jax_times)
     entry = {"batch_size": batch, "generated_tokens": tokens,
              "jax": {"seconds": jax_s, "tokens_per_s": tokens / jax_s,
                      "ms_per_step": 1e3 * jax_s / _NEW.value,
                      "compile_and_first_call_s": first_s, "seconds_all": jax_times}}
-    if torch_gen is not None:
+    if torch_times:
       torch_s = statistics.median(torch_times)
       entry["torch"] = {"seconds": torch_s, "tokens_per_s": tokens / torch_s,
                         "ms_per_step": 1e3 * torch_s / _NEW.value, "seconds_all": torch_times}
@@ -269,14 +294,11 @@ def main(argv):
               "prompt_length": _PROMPT.value, "new_tokens": _NEW.value,
               "segment_length": _SEGMENT.value, "memory_len": _MEMORY.value,
               "repeats": _REPEATS.value, "threads": threads, "dtype": "float32",
-              "jax_version": jax.__version__, "machine": bench_common.machine()}
-  if torch_gen is not None:
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-    settings.update(torch_version=torch.__version__,
-                    transformers_version=transformers.__version__,
-                    gpt2_params=int(torch_gen.num_params))
-  else:
+              "process_per_framework": True, "machine": bench_common.machine()}
+  for worker in sides.values():
+    settings.update(worker.call("info"))
+    worker.close()
+  if "torch" not in sides:
     settings["torch_skipped"] = why_not
   bench_common.emit({"benchmark": "decode_throughput", "unit": "generated tokens/s",
                      "settings": settings, "read_bandwidth_bytes_per_s": bandwidth.best,

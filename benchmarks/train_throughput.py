@@ -10,16 +10,16 @@ NLU batch and no NLG batch); its 12 layers are split 10 universal + 2 NLU, the
 nearest to the paper's 48 + 12 (4:1). As in training, the JAX side computes
 masked-token logits only at the masked positions (up to ceil(0.2 x length) per
 row; --mlm_prediction_fraction=0 computes them everywhere, as the PyTorch side
-does). Repeats alternate between the two frameworks so background load hits
-both alike; the median step is reported, and the ratio of the fastest repeats
-beside it.
+does). Each framework runs in its own process, and repeats alternate between
+them so background load hits both alike; the median step is reported, and the
+ratio of the fastest repeats beside it.
 
 The JAX layers run unrolled by default (--scan_layers=False): at this depth the
 compile is under a minute, and XLA then needs no stacked per-layer residuals
 (the scan's stacking and slicing took about 10% of the step here).
 
 MFU = model FLOPs per step / step time / peak. Each framework's peak is the best
-fp32 size^3 matmul FLOP/s it reaches in this process, sampled before the first
+fp32 size^3 matmul FLOP/s it reaches in its process, sampled before the first
 and after every repeat (the best sample counts); `mfu` divides by the machine's
 peak (the higher of the two frameworks'), `mfu_own_peak` by the framework's own.
 Prints one JSON line (and appends it to --output).
@@ -139,13 +139,29 @@ class JaxStep:
     self.state, metrics = self._step(self.state, self.batch, None, self._dropout, self._rng)
     return float(metrics["loss"])  # blocks until the step is done
 
+  def time_steps(self, steps: int) -> float:
+    return time_steps(self, steps)
+
+  def peak(self) -> float:
+    return bench_common.jax_matmul_peak(_PEAK_SIZE.value, _PEAK_REPEATS.value)
+
+  def info(self) -> dict:
+    import jax  # pylint: disable=g-import-not-at-top
+    return {"jax_params": int(self.num_params), "jax_version": jax.__version__}
+
+
+def make_jax_step() -> JaxStep:
+  """The JAX side, built in its worker process."""
+  return JaxStep(jax_config(_SCAN.value))
+
 
 class TorchStep:
   """ErnieForMaskedLM of the same depth/width/heads/vocab with AdamW, in train mode."""
 
-  def __init__(self, max_length: int, num_segments: int, num_tasks: int):
+  def __init__(self, max_length: int, num_segments: int, num_tasks: int, threads: int):
     import torch  # pylint: disable=g-import-not-at-top
     from transformers import ErnieConfig, ErnieForMaskedLM  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = ErnieConfig(vocab_size=_VOCAB.value, hidden_size=_D_MODEL.value,
                          num_hidden_layers=_UNIVERSAL.value + _NLU.value,
@@ -176,6 +192,18 @@ class TorchStep:
     self.opt.step()
     return loss.item()
 
+  def time_steps(self, steps: int) -> float:
+    return time_steps(self, steps)
+
+  def peak(self) -> float:
+    return bench_common.torch_matmul_peak(_PEAK_SIZE.value, _PEAK_REPEATS.value)
+
+  def info(self) -> dict:
+    import transformers  # pylint: disable=g-import-not-at-top
+    return {"torch_params": int(self.num_params), "torch_version": self._torch.__version__,
+            "transformers_version": transformers.__version__,
+            "torch_attention": self.attn_implementation}
+
 
 def bert_train_flops(layers: int, d: int, d_ff: int, vocab: int, rows: int,
                      length: int) -> float:
@@ -200,7 +228,6 @@ def time_steps(stepper, steps: int) -> float:
 def main(argv):
   del argv
   threads = bench_common.pin_threads(_THREADS.value)
-  import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax.training import flops  # pylint: disable=g-import-not-at-top
   lengths = [int(x) for x in _LENGTHS.value]
   for length in lengths:
@@ -213,18 +240,13 @@ def main(argv):
   use_torch, why_not = (False, "--skip_torch") if _SKIP_TORCH.value else \
       bench_common.torch_available()
   cfg = jax_config(_SCAN.value)
-  jax_step = JaxStep(cfg)
-  torch_step = None
+  # Each framework runs in its own process (see bench_common.Worker).
+  sides = {"jax": bench_common.Worker(make_jax_step, sys.argv)}
   if use_torch:
-    import torch  # pylint: disable=g-import-not-at-top
-    torch.set_num_threads(threads)
-    torch_step = TorchStep(max(lengths), cfg.num_segments, cfg.num_tasks)
-
-  peaks = {"jax": bench_common.PeakMeter(
-      lambda: bench_common.jax_matmul_peak(_PEAK_SIZE.value, _PEAK_REPEATS.value))}
-  if torch_step is not None:
-    peaks["torch"] = bench_common.PeakMeter(
-        lambda: bench_common.torch_matmul_peak(_PEAK_SIZE.value, _PEAK_REPEATS.value))
+    sides["torch"] = bench_common.Worker(TorchStep, sys.argv, max(lengths), cfg.num_segments,
+                                         cfg.num_tasks, threads)
+  peaks = {side: bench_common.PeakMeter(lambda w=worker: w.call("peak"))
+           for side, worker in sides.items()}
   for meter in peaks.values():
     meter.sample()
 
@@ -232,21 +254,19 @@ def main(argv):
   for length in lengths:
     rows = _TOKENS.value // length
     batch = synthetic_batch(rows, length, _VOCAB.value)
-    jax_step.set_batch(batch)
+    for worker in sides.values():
+      worker.call("set_batch", batch)
     start = time.perf_counter()
-    jax_step.run()  # compiles
+    sides["jax"].call("run")  # compiles
     compile_s = time.perf_counter() - start
-    jax_step.run()
-    if torch_step is not None:
-      torch_step.set_batch(batch)
-      torch_step.run()  # warm-up (allocations, optimizer state)
-    jax_times, torch_times = [], []
+    for worker in sides.values():
+      worker.call("run")  # warm-up (allocations, optimizer state)
+    times = {side: [] for side in sides}
     for _ in range(_REPEATS.value):  # alternate so load changes hit both
-      jax_times.append(time_steps(jax_step, _STEPS.value))
-      peaks["jax"].sample()
-      if torch_step is not None:
-        torch_times.append(time_steps(torch_step, _STEPS.value))
-        peaks["torch"].sample()
+      for side, worker in sides.items():
+        times[side].append(worker.call("time_steps", _STEPS.value))
+        peaks[side].sample()
+    jax_times, torch_times = times["jax"], times.get("torch")
     tokens = rows * length
     jax_s = statistics.median(jax_times)
     entry = {"sequence_length": length, "rows": rows, "tokens_per_step": tokens,
@@ -256,7 +276,7 @@ def main(argv):
                      "compile_and_first_step_s": compile_s,
                      "step_s_all": jax_times}}
     entry["jax"]["model_flops_per_s"] = entry["jax"]["model_flops_per_step"] / jax_s
-    if torch_step is not None:
+    if torch_times:
       torch_s = statistics.median(torch_times)
       f = bert_train_flops(_UNIVERSAL.value + _NLU.value, _D_MODEL.value, _D_FF.value,
                            _VOCAB.value, rows, length)
@@ -283,17 +303,13 @@ def main(argv):
               "steps_per_repeat": _STEPS.value, "threads": threads, "dtype": "float32",
               "jax_scan_layers": _SCAN.value,
               "jax_mlm_prediction_fraction": mlm_prediction_fraction(),
-              "jax_dropout_rng": _DROPOUT_RNG.value, "jax_params": int(jax_step.num_params),
-              "jax_version": jax.__version__, "peak_matmul_size": _PEAK_SIZE.value,
-              "peak_repeats": _PEAK_REPEATS.value,
+              "jax_dropout_rng": _DROPOUT_RNG.value, "peak_matmul_size": _PEAK_SIZE.value,
+              "peak_repeats": _PEAK_REPEATS.value, "process_per_framework": True,
               "machine": bench_common.machine()}
-  if torch_step is not None:
-    import torch  # pylint: disable=g-import-not-at-top
-    import transformers  # pylint: disable=g-import-not-at-top
-    settings.update(torch_params=int(torch_step.num_params), torch_version=torch.__version__,
-                    transformers_version=transformers.__version__,
-                    torch_attention=torch_step.attn_implementation)
-  else:
+  for worker in sides.values():
+    settings.update(worker.call("info"))
+    worker.close()
+  if "torch" not in sides:
     settings["torch_skipped"] = why_not
   bench_common.emit({"benchmark": "train_throughput", "unit": "tokens/s",
                      "settings": settings,
