@@ -27,7 +27,9 @@ test-slow: $(STAMP)
 # objectives), evaluates it and generates a continuation. Re-running resumes;
 # `make demo DEMO_DIR=/tmp/elsewhere` (or deleting runs/demo) starts fresh.
 DEMO_DIR ?= runs/demo
-DEMO = $(PY) -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
+# glibc settings that keep XLA:CPU's per-step buffers mapped (ernie3_jax/host_memory.py).
+HOST_MEMORY = GLIBC_TUNABLES="$$($(PY) -m ernie3_jax.host_memory)"
+DEMO = $(HOST_MEMORY) $(PY) -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
 	--gin.MODEL_DIR="'$(DEMO_DIR)'"
 demo: $(STAMP)
 	$(DEMO) --run_mode=train
@@ -47,7 +49,7 @@ BENCH_PIP_ARGS ?=
 bench: $(STAMP)
 	$(PY) -m pip install --quiet $(BENCH_PIP_ARGS) -e '.[bench]'
 	mkdir -p $(BENCH_DIR)
-	$(PY) benchmarks/train_throughput.py --output=$(BENCH_DIR)/train_throughput.jsonl
-	$(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
-	$(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
+	$(HOST_MEMORY) $(PY) benchmarks/train_throughput.py --output=$(BENCH_DIR)/train_throughput.jsonl
+	$(HOST_MEMORY) $(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
+	$(HOST_MEMORY) $(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
 	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl

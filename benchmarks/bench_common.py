@@ -14,9 +14,17 @@ import sys
 import time
 from typing import Any, Callable
 
+from absl import flags
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
+
+from ernie3_jax import host_memory  # noqa: E402  pylint: disable=g-import-not-at-top
+
+_HOST_MEMORY = flags.DEFINE_boolean(
+    "host_memory_tunables", True, "Start worker processes with ernie3_jax.host_memory's glibc "
+    "settings (freed memory stays mapped), as `make demo` and launch/ start the trainer.")
 
 
 def pin_threads(threads: int) -> int:
@@ -116,7 +124,9 @@ class Worker:
 
   `factory` (a module-level callable of a benchmark script) builds the served
   object in the child, after the child parses `argv` as absl flags; `call` runs
-  one of its methods there and returns the (picklable) result.
+  one of its methods there and returns the (picklable) result. Both sides start
+  with the same environment: this one's, plus host_memory's glibc settings
+  unless --host_memory_tunables=false.
   """
 
   def __init__(self, factory: Callable[..., Any], argv: list[str], *args: Any):
@@ -125,7 +135,14 @@ class Worker:
     self._conn, child = ctx.Pipe()
     self._process = ctx.Process(target=_serve, args=(child, factory, list(argv), args),
                                 daemon=True)
-    self._process.start()
+    saved = dict(os.environ)
+    if _HOST_MEMORY.value:  # glibc reads them at start-up: the child's environment
+      os.environ.update(host_memory.environment())
+    try:
+      self._process.start()
+    finally:
+      os.environ.clear()
+      os.environ.update(saved)
     child.close()
     self._receive("start-up")  # the object is built, or its error is raised here
 
@@ -166,6 +183,12 @@ def _serve(conn, factory, argv, args) -> None:
       conn.send((True, getattr(served, method)(*call_args)))
     except Exception:  # pylint: disable=broad-except
       conn.send((False, traceback.format_exc()))
+
+
+def host_memory_settings() -> dict[str, Any]:
+  """What the workers start with, for a benchmark's settings."""
+  return {"host_memory_tunables": host_memory.environment()[host_memory.ENV_VAR]
+          if _HOST_MEMORY.value else os.environ.get(host_memory.ENV_VAR)}
 
 
 def torch_available() -> tuple[bool, str]:

@@ -60,6 +60,8 @@ def main(argv):
   record = {"benchmark": "data_throughput", "unit": "examples/s",
             "sequence_length": _LENGTH.value, "examples": _EXAMPLES.value,
             "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            # The demo step below is timed in this process, as started (see the Makefile).
+            "host_memory_tunables_active": bench_common.host_memory.active(),
             "results": results}
   if _DEMO_GIN.value:
     import demo_step  # pylint: disable=g-import-not-at-top

@@ -295,6 +295,7 @@ def main(argv):
               "segment_length": _SEGMENT.value, "memory_len": _MEMORY.value,
               "repeats": _REPEATS.value, "threads": threads, "dtype": "float32",
               "process_per_framework": True, "machine": bench_common.machine()}
+  settings.update(bench_common.host_memory_settings())
   for worker in sides.values():
     settings.update(worker.call("info"))
     worker.close()

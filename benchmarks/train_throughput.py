@@ -306,6 +306,7 @@ def main(argv):
               "jax_dropout_rng": _DROPOUT_RNG.value, "peak_matmul_size": _PEAK_SIZE.value,
               "peak_repeats": _PEAK_REPEATS.value, "process_per_framework": True,
               "machine": bench_common.machine()}
+  settings.update(bench_common.host_memory_settings())
   for worker in sides.values():
     settings.update(worker.call("info"))
     worker.close()

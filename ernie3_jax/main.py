@@ -60,7 +60,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax import host_memory  # pylint: disable=g-import-not-at-top
   from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
+  host_memory.warn_if_unset(jax.default_backend())
   gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   model_dir = runs.model_dir()
   from ernie3_jax import preflight  # pylint: disable=g-import-not-at-top

@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 pids=()
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}" \
+  GLIBC_TUNABLES="$("$PYTHON" -m ernie3_jax.host_memory)" \
   JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo \
     "$PYTHON" -m ernie3_jax.main --gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" \
       --coordinator_address="localhost:${PORT}" --num_processes="$NUM_PROCESSES" \
