@@ -8,9 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from ernie3_jax import host_memory
 from tests.conftest import REPO_ROOT
+
+if os.path.join(REPO_ROOT, "benchmarks") not in sys.path:
+  sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+import bench_common  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # A jitted function whose temporaries (two cumulative sums of a 64 MB array) XLA
 # puts in one block of about 200 MB; prints the fewest page faults of a call after
@@ -74,3 +79,22 @@ def test_tunables_stop_each_call_faulting_its_temporaries_in_again():
   assert faults_without > pages // 2, (faults_without, pages)
   _, faults_with = _faults(host_memory.environment(env))
   assert faults_with < pages // 20, (faults_with, pages)
+
+
+class _EnvironmentProbe:
+  """Served by a benchmark worker: reports the environment the worker started with."""
+
+  def tunables(self) -> str:
+    return os.environ.get(host_memory.ENV_VAR, "")
+
+
+def test_benchmark_workers_start_with_the_tunables_and_leave_ours_alone():
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # the worker reads --host_memory_tunables (default: on)
+  before = dict(os.environ)
+  worker = bench_common.Worker(_EnvironmentProbe, ["probe"])
+  try:
+    assert host_memory.active({host_memory.ENV_VAR: worker.call("tunables")})
+  finally:
+    worker.close()
+  assert dict(os.environ) == before
