@@ -30,6 +30,7 @@ from absl import logging
 TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
             "glibc.malloc.trim_threshold=1099511627776")
 ENV_VAR = "GLIBC_TUNABLES"
+_OURS = TUNABLES.split(":")
 
 
 def environment(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -38,18 +39,21 @@ def environment(env: dict[str, str] | None = None) -> dict[str, str]:
   Tunables already set there win: a user's own choice is kept, ours fill in the rest.
   """
   env = dict(os.environ if env is None else env)
-  current = [t for t in env.get(ENV_VAR, "").split(":") if t]
+  current = _settings(env)
   names = {t.split("=", 1)[0] for t in current}
-  added = [t for t in TUNABLES.split(":") if t.split("=", 1)[0] not in names]
+  added = [t for t in _OURS if t.split("=", 1)[0] not in names]
   env[ENV_VAR] = ":".join(current + added)
   return env
 
 
 def active(env: dict[str, str] | None = None) -> bool:
   """Whether every one of TUNABLES' settings is in GLIBC_TUNABLES (in any order)."""
-  env = os.environ if env is None else env
-  current = set(t for t in env.get(ENV_VAR, "").split(":") if t)
-  return set(TUNABLES.split(":")) <= current
+  return set(_OURS) <= set(_settings(os.environ if env is None else env))
+
+
+def _settings(env) -> list[str]:
+  """The `name=value` items of env's GLIBC_TUNABLES, in order."""
+  return [t for t in env.get(ENV_VAR, "").split(":") if t]
 
 
 def warn_if_unset(backend: str) -> bool:

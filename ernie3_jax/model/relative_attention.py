@@ -142,8 +142,9 @@ class CachedRelativeAttention(nn.Module):
 
   Parameter names match the training module; the per-token projections' kernels
   are out-first (`decoding_kernels` converts a trained attention's). The caller
-  keeps projected keys/values ([memory ; open segment]) in a cache and passes, for every (query, key) pair, the index of its
-  relative distance into `r` (the projected encodings of distances 0 .. P - 1);
+  keeps projected keys/values ([memory ; open segment]) in a cache and passes,
+  for every (query, key) pair, the index of its relative distance into `r` (the
+  projected encodings of distances 0 .. P - 1);
   a new token then costs one query against the cached keys instead of a re-run.
   """
 
