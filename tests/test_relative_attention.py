@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ernie3_jax.model.relative_attention import RelativeMultiHeadAttention, attention_mask
-from ernie3_jax.model.relative_position import (rel_shift, relative_distances,
-                                                sinusoidal_encoding)
+from ernie3_jax.model.relative_position import (position_scores, rel_shift, rel_unshift,
+                                                relative_distances, sinusoidal_encoding)
 
 H, DH, D = 3, 4, 10
 
@@ -79,3 +79,55 @@ def test_rel_shift_places_each_distance():
 def test_rel_shift_rejects_wrong_width():
   with pytest.raises(ValueError, match="klen"):
     rel_shift(jnp.zeros((3, 5)), 4)
+
+
+@pytest.mark.parametrize("qlen,klen", [(4, 4), (4, 7), (1, 5)])
+def test_rel_unshift_is_the_adjoint_of_rel_shift(qlen, klen):
+  rng = np.random.RandomState(0)
+  scores = jnp.asarray(rng.randn(2, 3, qlen, klen + qlen), jnp.float32)
+  grad = jnp.asarray(rng.randn(2, 3, qlen, klen), jnp.float32)
+  _, vjp = jax.vjp(lambda s: rel_shift(s, klen), scores)
+  np.testing.assert_array_equal(np.asarray(rel_unshift(grad, klen + qlen)),
+                                np.asarray(vjp(grad)[0]))
+  with pytest.raises(ValueError, match="width"):
+    rel_unshift(grad, klen + qlen + 1)
+
+
+@pytest.mark.parametrize("mlen", [0, 3])
+def test_position_scores_match_autodiff_of_the_shifted_product(mlen):
+  """The hand-written backward pass gives autodiff's gradients."""
+  rng = np.random.RandomState(1)
+  h, b, q, dh = 3, 2, 5, 4
+  klen = mlen + q
+  query = jnp.asarray(rng.randn(h, b, q, dh), jnp.float32)
+  position = jnp.asarray(rng.randn(h, klen + q, dh), jnp.float32)
+  grad = jnp.asarray(rng.randn(h, b, q, klen), jnp.float32)
+  reference = lambda a, r: rel_shift(jnp.einsum("hbqd,hpd->hbqp", a, r), klen)
+  want, want_vjp = jax.vjp(reference, query, position)
+  got, got_vjp = jax.vjp(position_scores, query, position)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  for g, w in zip(got_vjp(grad), want_vjp(grad)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_rejects_position_encoding_of_the_wrong_length():
+  x = jnp.zeros((1, 4, D))
+  mask = attention_mask(jnp.ones((1, 4), bool), jnp.ones((1, 4), bool), causal=False)
+  position = sinusoidal_encoding(relative_distances(4, 5), D)  # for 5 keys, not 4
+  with pytest.raises(ValueError, match="9 distances"):
+    RelativeMultiHeadAttention(H, DH, "embed").init(jax.random.PRNGKey(0), x, x, position, mask)
+
+
+def test_position_scores_backward_runs_in_bfloat16():
+  """bf16 gradients stay bf16 and track the f32 ones."""
+  rng = np.random.RandomState(2)
+  query = jnp.asarray(rng.randn(2, 2, 6, 8), jnp.float32)
+  position = jnp.asarray(rng.randn(2, 12, 8), jnp.float32)
+  loss = lambda a, r: jnp.sum(position_scores(a, r) ** 2)
+  want = jax.jit(jax.grad(loss, (0, 1)))(query, position)
+  got = jax.jit(jax.grad(loss, (0, 1)))(query.astype(jnp.bfloat16),
+                                        position.astype(jnp.bfloat16))
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w), rtol=0.05,
+                               atol=0.05 * float(np.abs(w).max()))

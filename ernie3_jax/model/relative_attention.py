@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ernie3_jax.model import layers
-from ernie3_jax.model.relative_position import rel_shift
+from ernie3_jax.model.relative_position import position_scores
 
 Array = jax.Array
 # Finite, so a fully masked row (a padding query) gives a uniform softmax, not NaN.
@@ -73,7 +73,9 @@ class RelativeMultiHeadAttention(nn.Module):
     projected [P, H, Dh] (a stack sharing one W_R).
     """
     d_model = x.shape[-1]
-    klen = context.shape[1]
+    if position.shape[0] != context.shape[1] + x.shape[1]:
+      raise ValueError(f"position encodes {position.shape[0]} distances; keys + queries = "
+                       f"{context.shape[1]} + {x.shape[1]}")
     q = self._dense("query")(x)
     k = self._dense("key")(context)
     v = self._dense("value")(context)
@@ -90,20 +92,24 @@ class RelativeMultiHeadAttention(nn.Module):
     vb = self.param("position_bias", bias_init, (self.num_heads, self.head_dim),
                     self.param_dtype)
     scale = self.head_dim ** -0.5
-    q = q * jnp.asarray(scale, self.dtype)
-    content = jnp.einsum("bqhd,bkhd->bhqk", q + (u * scale).astype(self.dtype), k,
+    # Scores, probabilities and their gradients (the layer's largest tensors) are
+    # laid out heads first, [H, B, Q, K], the order the batched matmuls produce and
+    # read; only the small per-token tensors are transposed into it and out of it.
+    heads_first = lambda t: jnp.transpose(t, (2, 0, 1, 3))
+    q = heads_first(q * jnp.asarray(scale, self.dtype))
+    bias = lambda b: (b * scale).astype(self.dtype)[:, None, None, :]
+    content = jnp.einsum("hbqd,hbkd->hbqk", q + bias(u), heads_first(k),
                          preferred_element_type=jnp.float32)
-    by_distance = jnp.einsum("bqhd,phd->bhqp", q + (vb * scale).astype(self.dtype), r,
-                             preferred_element_type=jnp.float32)
-    logits = content + rel_shift(by_distance, klen)
-    logits = jnp.where(mask, logits, _MASK_VALUE)
-    logits = nn.with_logical_constraint(logits, ("batch", "heads", "length", "kv_length"))
+    logits = content + position_scores(q + bias(vb), jnp.swapaxes(r, 0, 1))
+    logits = jnp.where(jnp.swapaxes(mask, 0, 1), logits, _MASK_VALUE)
+    logits = nn.with_logical_constraint(logits, ("heads", "batch", "length", "kv_length"))
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     probs = layers.Dropout(self.attention_dropout_rate, self.dropout_rng,
                            name="attention_dropout")(
         probs, deterministic, dropout_multiplier)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = jnp.einsum("hbqk,hbkd->hbqd", probs, heads_first(v))
+    out = nn.with_logical_constraint(jnp.transpose(out, (1, 2, 0, 3)),
+                                     ("batch", "length", "heads", "kv"))
     return layers.DenseGeneral((d_model,), ("heads", "kv"), (self.embed_axis,),
                                dtype=self.dtype, param_dtype=self.param_dtype,
                                kernel_init_std=self.init_std, name="out")(out)
