@@ -85,7 +85,7 @@ def _position_scores_bwd(residuals, grad):
   query, position = residuals
   # In the compute dtype, as autodiff would: bf16 gradients stay bf16 (and
   # XLA:CPU has no bf16 x bf16 -> f32 kernel for these products).
-  grad = rel_unshift(grad, position.shape[1]).astype(query.dtype)
+  grad = rel_unshift(grad.astype(query.dtype), position.shape[1])  # cast first: less to move
   d_query = jnp.einsum("hbqp,hpd->hbqd", grad, position.astype(query.dtype))
   # Contract (b, q) with the small query as the left operand: [H, Dh, P], then
   # transpose that small result, rather than transposing the [H, B, Q, P] gradient.
