@@ -6,8 +6,10 @@ appends the same line to a file, so `make bench` collects .jsonl files.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pathlib
 import platform
 import statistics
 import sys
@@ -42,7 +44,19 @@ def pin_threads(threads: int) -> int:
 
 
 def machine() -> str:
-  return f"{platform.machine()} {os.cpu_count()} cpus ({platform.processor() or 'unknown'})"
+  """Architecture, cores, CPU model and last-level cache: figures measured on
+  machines that differ in these are not comparable."""
+  model, cache = platform.processor() or "unknown", ""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in f)}
+    model = info.get("model name", model)
+    levels = glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")
+    read = lambda d, name: pathlib.Path(d, name).read_text(encoding="utf-8").strip()
+    cache = read(max(levels, key=lambda d: int(read(d, "level"))), "size")
+  except (OSError, ValueError):  # not Linux: keep what platform says
+    pass
+  return f"{platform.machine()} {os.cpu_count()} cpus ({model}{', LLC ' + cache if cache else ''})"
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

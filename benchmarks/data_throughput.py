@@ -12,7 +12,6 @@ ratio pipeline / consumption (above 1: the pipeline keeps up).
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 
@@ -59,7 +58,7 @@ def main(argv):
                       1) for n in _TASKS.value}
   record = {"benchmark": "data_throughput", "unit": "examples/s",
             "sequence_length": _LENGTH.value, "examples": _EXAMPLES.value,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            "machine": bench_common.machine(),
             # The demo step below is timed in this process, as started (see the Makefile).
             "host_memory_tunables_active": bench_common.host_memory.active(),
             "results": results}

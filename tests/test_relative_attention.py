@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from ernie3_jax.model.relative_attention import RelativeMultiHeadAttention, attention_mask
-from ernie3_jax.model.relative_position import (position_scores, rel_shift, rel_unshift,
-                                                relative_distances, sinusoidal_encoding)
+from ernie3_jax.model.relative_position import (position_scores, query_block_size,
+                                                relative_distances, rel_shift, rel_unshift,
+                                                sinusoidal_encoding)
 
 H, DH, D = 3, 4, 10
 
@@ -23,6 +24,9 @@ def naive_attention(p, x, context, mlen, causal, key_valid):
   u, vb = p["content_bias"], p["position_bias"]
   wr = p["position"]["kernel"]
   out = np.zeros((b, qlen, H, DH))
+  # Encodings of every distance d = i + mlen - j, in float64.
+  distances = np.arange(-(qlen - 1), klen)
+  table = np.asarray(sinusoidal_encoding(jnp.asarray(distances, jnp.float32), D), np.float64)
   for bi in range(b):
     for h in range(H):
       for i in range(qlen):
@@ -30,9 +34,7 @@ def naive_attention(p, x, context, mlen, causal, key_valid):
         for j in range(klen):
           if not key_valid[bi, j] or (causal and j > i + mlen):
             continue
-          d = float(i + mlen - j)
-          r = np.asarray(sinusoidal_encoding(jnp.asarray([d]), D))[0].astype(np.float64)
-          rk = r @ wr[:, h, :]
+          rk = table[i + mlen - j + qlen - 1] @ wr[:, h, :]
           scores[j] = ((q[bi, i, h] + u[h]) @ k[bi, j, h] + (q[bi, i, h] + vb[h]) @ rk) / np.sqrt(DH)
         w = np.exp(scores - scores.max())
         w /= w.sum()
@@ -42,9 +44,10 @@ def naive_attention(p, x, context, mlen, causal, key_valid):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("mlen", [0, 3])
-def test_matches_naive_reference(causal, mlen):
+@pytest.mark.parametrize("qlen", [5, 64])  # 64: position scores in 4 query blocks
+def test_matches_naive_reference(causal, mlen, qlen):
   rng = np.random.RandomState(0)
-  b, qlen = 2, 5
+  b = 2
   x = jnp.asarray(rng.randn(b, qlen, D), jnp.float32)
   memory = jnp.asarray(rng.randn(b, mlen, D), jnp.float32)
   context = jnp.concatenate([memory, x], axis=1)
@@ -94,20 +97,35 @@ def test_rel_unshift_is_the_adjoint_of_rel_shift(qlen, klen):
 
 
 @pytest.mark.parametrize("mlen", [0, 3])
-def test_position_scores_match_autodiff_of_the_shifted_product(mlen):
-  """The hand-written backward pass gives autodiff's gradients."""
+@pytest.mark.parametrize("block", [1, 2, 3, 6])
+def test_position_scores_match_autodiff_of_the_shifted_product(mlen, block):
+  """Every query blocking gives the plain shifted product and, through the
+  hand-written backward pass, autodiff's gradients."""
   rng = np.random.RandomState(1)
-  h, b, q, dh = 3, 2, 5, 4
+  h, b, q, dh = 3, 2, 6, 4
   klen = mlen + q
   query = jnp.asarray(rng.randn(h, b, q, dh), jnp.float32)
   position = jnp.asarray(rng.randn(h, klen + q, dh), jnp.float32)
   grad = jnp.asarray(rng.randn(h, b, q, klen), jnp.float32)
   reference = lambda a, r: rel_shift(jnp.einsum("hbqd,hpd->hbqp", a, r), klen)
   want, want_vjp = jax.vjp(reference, query, position)
-  got, got_vjp = jax.vjp(position_scores, query, position)
+  got, got_vjp = jax.vjp(lambda a, r: position_scores(a, r, block), query, position)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
   for g, w in zip(got_vjp(grad), want_vjp(grad)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+
+def test_position_scores_rejects_a_block_that_does_not_divide_the_queries():
+  query, position = jnp.zeros((1, 1, 6, 2)), jnp.zeros((1, 12, 2))
+  with pytest.raises(ValueError, match="block=4 must divide the 6 queries"):
+    position_scores(query, position, 4)
+
+
+def test_query_block_size_divides_long_segments_into_quarters():
+  assert query_block_size(512) == 128
+  assert query_block_size(64) == 16
+  assert query_block_size(6) == 6  # short: one block
+  assert query_block_size(66) == 66  # not divisible by 4: one block
 
 
 def test_attention_rejects_position_encoding_of_the_wrong_length():
@@ -123,7 +141,7 @@ def test_position_scores_backward_runs_in_bfloat16():
   rng = np.random.RandomState(2)
   query = jnp.asarray(rng.randn(2, 2, 6, 8), jnp.float32)
   position = jnp.asarray(rng.randn(2, 12, 8), jnp.float32)
-  loss = lambda a, r: jnp.sum(position_scores(a, r) ** 2)
+  loss = lambda a, r: jnp.sum(position_scores(a, r, 3) ** 2)
   want = jax.jit(jax.grad(loss, (0, 1)))(query, position)
   got = jax.jit(jax.grad(loss, (0, 1)))(query.astype(jnp.bfloat16),
                                         position.astype(jnp.bfloat16))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ernie3_jax.model import layers
-from ernie3_jax.model.relative_position import position_scores
+from ernie3_jax.model.relative_position import position_scores, query_block_size
 
 Array = jax.Array
 # Finite, so a fully masked row (a padding query) gives a uniform softmax, not NaN.
@@ -100,7 +100,8 @@ class RelativeMultiHeadAttention(nn.Module):
     bias = lambda b: (b * scale).astype(self.dtype)[:, None, None, :]
     content = jnp.einsum("hbqd,hbkd->hbqk", q + bias(u), heads_first(k),
                          preferred_element_type=jnp.float32)
-    logits = content + position_scores(q + bias(vb), jnp.swapaxes(r, 0, 1))
+    logits = content + position_scores(q + bias(vb), jnp.swapaxes(r, 0, 1),
+                                       query_block_size(x.shape[1]))
     logits = jnp.where(jnp.swapaxes(mask, 0, 1), logits, _MASK_VALUE)
     logits = nn.with_logical_constraint(logits, ("heads", "batch", "length", "kv_length"))
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
