@@ -64,16 +64,47 @@ def main(argv):
   from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
   host_memory.warn_if_unset(jax.default_backend())
   gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
+  from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
+  multihost.check_same_config(gin_utils.effective_config())
   model_dir = runs.model_dir()
   from ernie3_jax import preflight  # pylint: disable=g-import-not-at-top
   preflight.check(_RUN_MODE.value, model_dir)  # fails before MODEL_DIR is touched
-  os.makedirs(model_dir, exist_ok=True)
+  lock = _lock_if_training(model_dir)
+  try:
+    if jax.process_index() == 0:
+      with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin_utils.effective_config())
+    logging.info("run_mode=%s model_dir=%s processes=%d devices=%d", _RUN_MODE.value,
+                 model_dir, jax.process_count(), jax.device_count())
+    runs.run(_RUN_MODE.value, model_dir)
+  finally:
+    if lock is not None:
+      lock.release()
+  multihost.shutdown()  # after every process finished: process 0 hosts the service
+
+
+def _lock_if_training(model_dir: str):
+  """Creates MODEL_DIR and, for training, takes its trainer lock (process 0 holds it
+  for the whole cluster); every process fails alike when another trainer holds it."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import run_lock  # pylint: disable=g-import-not-at-top
+  lock, error = None, None
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(gin_utils.effective_config())
-  logging.info("run_mode=%s model_dir=%s processes=%d devices=%d", _RUN_MODE.value, model_dir,
-               jax.process_count(), jax.device_count())
-  runs.run(_RUN_MODE.value, model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    if _RUN_MODE.value == "train":
+      try:
+        lock = run_lock.RunLock(model_dir).acquire()
+      except run_lock.RunLockError as e:
+        error = str(e)
+      else:
+        if lock.took_over:
+          print(f"took over the trainer lock of {model_dir} from a process that no longer "
+                f"runs ({run_lock.describe(lock.took_over)})", flush=True)
+  error = multihost.from_process_zero(error)
+  if error is not None:
+    raise run_lock.RunLockError(error)
+  return lock
 
 
 def _main_and_exit(argv):

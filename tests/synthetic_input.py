@@ -63,5 +63,6 @@ class SyntheticInput:
   def state(self):
     return {"count": self.count}
 
-  def restore(self, state):
-    self.count = int(state["count"])
+  def restore(self, states):
+    """Every process saved the same count (the position is global)."""
+    self.count = int(states[0]["count"])

@@ -126,7 +126,7 @@ def test_input_pads_tags_samples_and_resumes():
       assert label == ids[1] % ft.NUM_CLASSES[names[index]]  # the row's own label
   assert straight.state() == {"step": 3}
   again = make()
-  again.restore({"step": 1})
+  again.restore([{"step": 1}])
   second, third = again.next_batch(), again.next_batch()
   again.close()
   for k in b:

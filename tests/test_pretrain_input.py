@@ -56,11 +56,69 @@ def test_resume_continues_exactly():
   state = straight.state()
   want = straight.next_batch(8, 64)
   resumed = _input()
-  resumed.restore(state)
+  resumed.restore([state])
   got = resumed.next_batch(8, 64)
   for part in (0, 1):
     for key in want[part]:
       np.testing.assert_array_equal(got[part][key], want[part][key], err_msg=key)
+
+
+def _concat(parts):
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _assert_same(got, want):
+  for part in (0, 1):
+    for key in want[part]:
+      np.testing.assert_array_equal(got[part][key], want[part][key], err_msg=key)
+
+
+def test_data_shards_make_batches_and_positions_independent_of_the_process_count():
+  """Two data shards read by one process or by two give the same global batches, and a
+  position saved by either resumes on the other (elastic resume)."""
+  one = _input(nlu_batch_size=8, nlg_batch_size=4, num_data_shards=2)
+  two = [_input(nlu_batch_size=4, nlg_batch_size=2, shard_index=i, num_shards=2)
+         for i in range(2)]
+  assert one.shards == [0, 1] and [p.shards for p in two] == [[0], [1]]
+  for _ in range(2):
+    want = one.next_batch(8, 64)
+    halves = [p.next_batch(4, 64) for p in two]
+    _assert_same((_concat([h[0] for h in halves]), _concat([h[1] for h in halves])), want)
+  # 2 processes -> 1 process.
+  resumed = _input(nlu_batch_size=8, nlg_batch_size=4)
+  resumed.restore([p.state() for p in two])
+  assert resumed.num_data_shards == 2 and resumed.shards == [0, 1]
+  # 1 process -> 2 processes.
+  states = [one.state()]
+  split = [_input(nlu_batch_size=4, nlg_batch_size=2, shard_index=i, num_shards=2)
+           for i in range(2)]
+  for p in split:
+    p.restore(states)
+  want = one.next_batch(8, 64)
+  _assert_same(resumed.next_batch(8, 64), want)
+  halves = [p.next_batch(4, 64) for p in split]
+  _assert_same((_concat([h[0] for h in halves]), _concat([h[1] for h in halves])), want)
+  # A shard count the process count does not divide is refused, naming the binding.
+  with pytest.raises(ValueError, match=r"PretrainInput.num_data_shards=3 must be a positive "
+                                       r"multiple of the process count 2"):
+    _input(nlu_batch_size=4, nlg_batch_size=2, shard_index=0, num_shards=2, num_data_shards=3)
+  for p in [one, resumed] + two + split:
+    p.close()
+
+
+def test_position_of_an_earlier_version_resumes_a_one_process_run():
+  straight = _input()
+  straight.next_batch(8, 64)
+  state = straight.state()
+  old = {"step": state["step"], "stage": state["stage"],
+         "consumed": state["consumed_per_shard"], "streams": state["streams"]["0"]}
+  want = straight.next_batch(8, 64)
+  resumed = _input()
+  resumed.restore([old])
+  _assert_same(resumed.next_batch(8, 64), want)
+  old["streams"] = dict(old["streams"], num_shards=2)
+  with pytest.raises(ValueError, match="saved only process 0's data position"):
+    _input().restore([old])
 
 
 def test_stages_switch_and_keep_earlier_tasks():

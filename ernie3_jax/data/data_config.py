@@ -93,6 +93,17 @@ def entity_matcher(kg_path: str, aliases_path: str | None):
   return EntityMatcher.from_knowledge_graph(knowledge_graph(kg_path, aliases_path))
 
 
+def reads_tfds(config: DataConfig) -> bool:
+  """Whether the corpus comes (partly) from TFDS rather than from files."""
+  return corpus_readers.TFDS_PREFIX in config.corpus
+
+
+@functools.lru_cache(maxsize=4)
+def document_count(config: DataConfig) -> int:
+  """Documents in the corpus; reading them all checks every line of the files."""
+  return sum(1 for _ in documents(config, "all"))
+
+
 def current() -> DataConfig:
   """The DataConfig that gin describes now."""
   return DataConfig()

@@ -36,6 +36,7 @@ from ernie3_jax.parallel import mesh as mesh_lib
 from ernie3_jax.training import checkpointing, optimizer, partitioning, task_ids
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
+from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.finetune_input import FinetuneInput, task_rates
 
 # The shared representation: frozen by `freeze_universal`.
@@ -196,16 +197,16 @@ def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
 
 
 def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data: Any,
-                    seed: int, init_from: str | None):
+                    seed: int, init_from: str | None, allow_fallback: bool = True):
   """(state, shardings, resumed step or None): the latest checkpoint in `ckpt` if
   any; else a fresh state whose parameters come from `init_from`'s checkpoint
   where they exist (heads stay fresh)."""
-  resumed_from = ckpt.latest_step()
-  if resumed_from is not None:
-    abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
-                                                       setup.rules, 0)
-    state, data_state = ckpt.restore(resumed_from, abstract, shardings)
-    data.restore(data_state)
+  abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
+                                                     setup.rules, 0)
+  restored = ckpt.restore_latest(abstract, shardings, allow_fallback)
+  if restored is not None:
+    state, data_states, resumed_from = restored
+    data.restore(data_states)
     print(f"resumed from step {resumed_from} ({ckpt.directory})", flush=True)
     return state, shardings, resumed_from
   state, shardings, _ = partitioning.create_train_state(setup.model, setup.tx, setup.mesh,
@@ -223,8 +224,8 @@ def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data
 def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128,
              num_steps: int = 1000, seed: int = 0, init_from: str | None = None,
              log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
-             async_checkpoints: bool = True, progress_bar: bool | None = None,
-             dry_run: bool = False) -> train_lib.TrainResult | None:
+             async_checkpoints: bool = True, allow_fallback: bool = True,
+             progress_bar: bool | None = None, dry_run: bool = False) -> train_lib.TrainResult | None:
   """Fine-tunes (or resumes fine-tuning) in `model_dir`; `finetune_setup` (gin)
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
   parameters start the backbone (ignored when resuming). `dry_run`: only check
@@ -244,7 +245,8 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
                        num_shards=num_processes, rates=setup.rates)
   ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
                                     keep_checkpoints, async_checkpoints)
-  state, shardings, resumed_from = restore_or_init(setup, ckpt, data, seed, init_from)
+  state, shardings, resumed_from = restore_or_init(setup, ckpt, data, seed, init_from,
+                                                     allow_fallback)
 
   rows = partitioning.batch_sharding(setup.mesh, setup.rules)
   replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
@@ -259,7 +261,7 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   bar = train_lib._progress_bar(num_steps, step, progress_bar)  # pylint: disable=protected-access
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), step
-  with train_lib._SigtermFlag() as sigterm, setup.mesh, nn.logical_axis_rules(setup.rules):  # pylint: disable=protected-access
+  with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):  # pylint: disable=protected-access
     while step < num_steps:
       batch = data.next_batch()
       state, metrics = jitted(state, partitioning.to_global_batch(batch, rows), base_rng)
@@ -281,8 +283,9 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
         logging.info("step %d %s", step, line)
         if bar is None:
           print(f"step {step}: {line}", flush=True)
+      ckpt.poll()
       ckpt.save(step, state, data.state())
-      if sigterm.raised:
+      if stop.requested(step):
         ckpt.save(step, state, data.state(), force=True)
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)

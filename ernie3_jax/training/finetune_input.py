@@ -99,8 +99,9 @@ class FinetuneInput:
   def state(self) -> dict:
     return {"step": self.step}
 
-  def restore(self, state: dict) -> None:
-    self.step = int(state["step"])
+  def restore(self, states: list[dict]) -> None:
+    """Continues from the saved positions of every process (all hold the same step)."""
+    self.step = int(states[0]["step"])
     self._batches = None  # reopened (and skipped to `step`) on the next batch
 
   def close(self) -> None:

@@ -81,6 +81,25 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   return nn.logical_to_mesh_sharding(P("batch"), mesh, rules)
 
 
+def check_process_rows(sharding: NamedSharding, global_rows: int) -> None:
+  """Each process must hold one contiguous block of a batch's rows, in process order:
+  the data pipeline hands process p rows [p B/P, (p+1) B/P) of every global batch."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return
+  if global_rows % count:
+    raise ValueError(f"a batch of {global_rows} rows does not split over {count} processes")
+  held = sorted({r for slices in sharding.addressable_devices_indices_map(
+      (global_rows,)).values() for r in range(*slices[0].indices(global_rows))})
+  block = global_rows // count
+  if held != list(range(index * block, (index + 1) * block)):
+    raise ValueError(
+        f"process {index} holds batch rows {held[:4]}... of {global_rows} under the mesh "
+        f"{dict(sharding.mesh.shape)}, not the block [{index * block}, {(index + 1) * block})"
+        " its input reads; the batch axis must be split over processes in process order "
+        "(put the mesh axes that span processes in 'batch', e.g. make_mesh.data)")
+
+
 def to_global_batch(batch: dict | None, sharding: NamedSharding) -> dict | None:
   """Host-local numpy rows -> global jax.Arrays sharded over the batch axis.
 

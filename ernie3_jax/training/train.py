@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -26,6 +26,7 @@ import numpy as np
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
 from ernie3_jax.training import checkpointing, flops, optimizer, partitioning
+from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.progressive import ProgressiveSchedule
 from ernie3_jax.training.train_step import make_train_step
 
@@ -37,29 +38,6 @@ class TrainResult:
   history: list[dict[str, float]]
   stopped_by: str  # "num_steps", "sigterm", "nonfinite", "dry_run"
   state: Any = None
-
-
-class _SigtermFlag:
-  """Turns SIGTERM (preemption) into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.raised = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: no handler, no preemption support
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.raised = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _window_average(pending: list[dict]) -> dict[str, float]:
@@ -103,6 +81,8 @@ def train(model_dir: str, *,
           keep_checkpoints: int = 3,
           async_checkpoints: bool = True,
           on_nonfinite: str = "skip",
+          allow_fallback: bool = True,
+          on_save_error: str = "stop",
           mesh_fn: Callable = mesh_lib.make_mesh,
           init_from: str | None = None,
           progress_bar: bool | None = None,
@@ -115,6 +95,8 @@ def train(model_dir: str, *,
   """
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
+  if on_save_error not in ("stop", "continue"):
+    raise ValueError(f"train.on_save_error={on_save_error!r}; expected 'stop' or 'continue'")
   if mlm_prediction_fraction is not None and not 0.0 < mlm_prediction_fraction <= 1.0:
     raise ValueError(f"train.mlm_prediction_fraction={mlm_prediction_fraction}; valid range: "
                      "(0, 1], or None for logits at every position")
@@ -142,6 +124,7 @@ def train(model_dir: str, *,
   _check_pretrain_input(cfg, data, progressive.settings(
       0, sequence_length, nlu_batch_size, 8, row_shards * num_microbatches)[0], sequence_length)
   abstract, shardings = partitioning.state_shardings(model, tx, mesh, rules, nlg_batch_size)
+  _check_data_shards(data, nlu_batch_size, nlg_batch_size, row_shards * num_microbatches)
   _check_checkpoints(model_dir, init_from, abstract)
   if dry_run:
     if hasattr(data, "close"):
@@ -150,10 +133,11 @@ def train(model_dir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
                                     keep_checkpoints, async_checkpoints)
 
-  resumed_from = ckpt.latest_step()
-  if resumed_from is not None:
-    state, data_state = ckpt.restore(resumed_from, abstract, shardings)
-    data.restore(data_state)
+  restored = ckpt.restore_latest(abstract, shardings, allow_fallback)
+  resumed_from = None
+  if restored is not None:
+    state, data_states, resumed_from = restored
+    data.restore(data_states)
     logging.info("Resumed from the checkpoint of step %d in %s", resumed_from, ckpt.directory)
     print(f"resumed from step {resumed_from} ({ckpt.directory})", flush=True)
   else:
@@ -168,8 +152,13 @@ def train(model_dir: str, *,
       print(f"initialised {report['restored']} parameters from step {report['step']} of "
             f"{init_from}; {len(report['fresh'])} new {report['fresh'][:5]}, "
             f"{len(report['unused'])} unused {report['unused'][:5]}", flush=True)
+  # A restored run keeps its checkpoint's data shards.
+  batch_multiple = _check_data_shards(data, nlu_batch_size, nlg_batch_size,
+                                      row_shards * num_microbatches)
 
   rows = partitioning.batch_sharding(mesh, rules)
+  for size in {nlu_batch_size, nlg_batch_size} - {0}:
+    partitioning.check_process_rows(rows, size)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step_fn = make_train_step(model, tx, task_weights or {}, num_microbatches,
                             mlm_prediction_fraction=mlm_prediction_fraction)
@@ -179,16 +168,26 @@ def train(model_dir: str, *,
 
   writer = _metric_writer(model_dir)
   peak, peak_how = flops.peak_flops_total()
-  history: list[dict[str, float]] = []
+  history = _earlier_history(model_dir, resumed_from)
   step = int(jax.device_get(state.step))
   stopped_by = "num_steps"
   bar = _progress_bar(num_steps, step, progress_bar)
   last_time, last_step, tokens_since = time.perf_counter(), step, 0.0
   pending: list[dict] = []
-  with _SigtermFlag() as sigterm, mesh, nn.logical_axis_rules(rules):
+
+  def save(force: bool = False) -> None:
+    try:
+      ckpt.poll()  # a failed asynchronous save stops the run at the next step
+      ckpt.save(step, state, data.state(), force=force)
+    except checkpointing.CheckpointSaveError as e:
+      if on_save_error == "stop":
+        raise
+      print(f"warning: {e} Training continues (train.on_save_error='continue').", flush=True)
+
+  with StopRequest() as stop, mesh, nn.logical_axis_rules(rules):
     while step < num_steps:
       length, batch, dropout = progressive.settings(
-          step, sequence_length, nlu_batch_size, 8, row_shards * num_microbatches)
+          step, sequence_length, nlu_batch_size, 8, batch_multiple)
       nlu, nlg = data.next_batch(batch // num_processes, length)
       state, metrics = jitted(state, partitioning.to_global_batch(nlu, rows),
                               partitioning.to_global_batch(nlg, rows),
@@ -198,7 +197,7 @@ def train(model_dir: str, *,
       # 'stop' needs the verdict now (one host sync per step); 'skip' never waits.
       if on_nonfinite == "stop" and not bool(jax.device_get(metrics["finite"])):
         # The step kept the last good parameters; save them and stop.
-        ckpt.save(step, state, data.state(), force=True)
+        save(force=True)
         stopped_by = "nonfinite"
         print(f"stopping at step {step}: non-finite loss or gradients "
               "(train.on_nonfinite='stop'); the checkpoint holds the last good state",
@@ -225,14 +224,14 @@ def train(model_dir: str, *,
         if bar is None:
           print(f"step {step}: {_format(m)}", flush=True)
         last_time, last_step, tokens_since = now, step, 0.0
-      ckpt.save(step, state, data.state())
-      if sigterm.raised:
-        ckpt.save(step, state, data.state(), force=True)
+      save()
+      if stop.requested(step):
+        save(force=True)
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
         break
   if stopped_by == "num_steps":
-    ckpt.save(step, state, data.state(), force=True)
+    save(force=True)
   ckpt.close()
   if hasattr(data, "close"):
     data.close()
@@ -244,6 +243,28 @@ def train(model_dir: str, *,
       json.dump({"peak_flops": peak, "peak_source": peak_how,
                  "history": history}, f, indent=1)
   return TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _earlier_history(model_dir: str, resumed_from: int | None) -> list[dict[str, float]]:
+  """The logged steps of earlier starts up to `resumed_from` (later ones are redone)."""
+  path = os.path.join(model_dir, "train_history.json")
+  if resumed_from is None or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [m for m in json.load(f).get("history", []) if m["step"] <= resumed_from]
+
+
+def _check_data_shards(data: Any, nlu_batch_size: int, nlg_batch_size: int,
+                       row_multiple: int) -> int:
+  """Global batches split into one equal block per data shard of the input; returns
+  the multiple every (progressive) batch size must be."""
+  data_shards = getattr(data, "row_multiple", 1)
+  for name, size in (("nlu_batch_size", nlu_batch_size), ("nlg_batch_size", nlg_batch_size)):
+    if size % data_shards:
+      raise ValueError(f"train.{name}={size} must be divisible by the {data_shards} data "
+                       "shards of this run (PretrainInput.num_data_shards, or the process "
+                       "count of the run's first start)")
+  return math.lcm(row_multiple, data_shards)
 
 
 def _check_lengths(sequence_length: int, nlg_segment_length: int, nlg_batch_size: int,
@@ -271,6 +292,13 @@ def _check_pretrain_input(cfg: Ernie3Config, data: Any, shortest: int, longest: 
   config = data_config.current()
   data_config.check_files(config)
   tasks = sorted({name for _, rates in data.stages for name in rates if name != "document_lm"})
+  # Parse errors in the inputs (a bad KG or corpus line) surface here, naming file and
+  # line, rather than at step 0 after MODEL_DIR was written. Both are cached, so the
+  # tasks do not read them again.
+  if {"knowledge_masked_lm", "uktp"} & set(tasks):
+    data_config.knowledge_graph(config.kg, config.aliases)
+  if tasks and not data.use_streams and not data_config.reads_tfds(config):
+    data_config.document_count(config)
   need = {t: data_config.min_sequence_length(t, config) for t in tasks}
   minimum = max(need.values(), default=1)
   if longest < minimum:
