@@ -178,7 +178,9 @@ def train(model_dir: str, *,
   def save(force: bool = False) -> None:
     try:
       ckpt.poll()  # a failed asynchronous save stops the run at the next step
-      ckpt.save(step, state, data.state(), force=force)
+      if ckpt.save(step, state, data.state(), force=force):
+        # The history travels with the checkpoints, so a killed run keeps it too.
+        _write_history(model_dir, peak, peak_how, history)
     except checkpointing.CheckpointSaveError as e:
       if on_save_error == "stop":
         raise
@@ -238,11 +240,19 @@ def train(model_dir: str, *,
   writer.flush()
   if bar is not None:
     bar.close()
-  if process_index == 0:
-    with open(os.path.join(model_dir, "train_history.json"), "w") as f:
-      json.dump({"peak_flops": peak, "peak_source": peak_how,
-                 "history": history}, f, indent=1)
+  _write_history(model_dir, peak, peak_how, history)
   return TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _write_history(model_dir: str, peak: float, peak_how: str,
+                   history: list[dict[str, float]]) -> None:
+  """MODEL_DIR/train_history.json: every logged step of this run and its earlier starts."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(model_dir, "train_history.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"peak_flops": peak, "peak_source": peak_how, "history": history}, f, indent=1)
+  os.replace(path + ".tmp", path)  # never a half-written file
 
 
 def _earlier_history(model_dir: str, resumed_from: int | None) -> list[dict[str, float]]:
