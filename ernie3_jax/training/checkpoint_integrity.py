@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ernie3_jax.parallel import multihost
@@ -48,7 +49,8 @@ def _raw_bits(x: np.ndarray) -> np.ndarray:
 def _piece_terms(data: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]
                  ) -> tuple[int, int, bool]:
   """(lane 0, lane 1, finite) summed over one piece `data` = global[index]."""
-  finite = bool(np.isfinite(data).all()) if np.issubdtype(data.dtype, np.inexact) else True
+  # jnp.issubdtype knows bfloat16 and the other ml_dtypes floats; numpy's does not.
+  finite = bool(np.isfinite(data).all()) if jnp.issubdtype(data.dtype, jnp.inexact) else True
   if data.ndim == 0:
     data, index, shape = data.reshape(1), (slice(0, 1),), (1,)
   strides = [math.prod(shape[d + 1:]) % (1 << 32) for d in range(len(shape))]

@@ -172,16 +172,27 @@ class Checkpointer:
     return (f"the checkpoint of step {intact} there is intact" if intact is not None
             else "no complete checkpoint was written there yet")
 
-  def _remove_partial(self, step: int) -> list[str]:
-    """Deletes the temporary directories of the unfinished save of `step` (process 0)."""
-    removed = []
+  def _remove_partial(self, step: int, settle_seconds: float = 2.0) -> list[str]:
+    """Deletes the temporary directories of the failed save of `step` (process 0).
+
+    Writers of that save other than the one that failed may still be finishing in the
+    background and recreate a directory, so the removal repeats until none reappears
+    for `settle_seconds`.
+    """
+    removed: list[str] = []
     if jax.process_index() != 0 or not os.path.isdir(self.directory):
       return removed
-    for name in os.listdir(self.directory):
-      if name.startswith(f"{step}.") and TMP_MARKER in name:
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < settle_seconds:
+      found = [n for n in os.listdir(self.directory)
+               if n.startswith(f"{step}.") and TMP_MARKER in n]
+      for name in found:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
         removed.append(name)
-    return removed
+      if found:
+        quiet_since = time.monotonic()
+      time.sleep(0.1)
+    return sorted(set(removed))
 
   @contextlib.contextmanager
   def _save_errors(self, step: int | None):
@@ -317,13 +328,8 @@ class Checkpointer:
     self.manager.close()
 
 
-def latest_checkpoint_dir(path: str) -> tuple[str, int]:
-  """(directory of the latest complete checkpoint's state item, its step) under `path`,
-  which is a MODEL_DIR or its checkpoints/ directory."""
-  root = os.path.join(path, "checkpoints") if os.path.isdir(
-      os.path.join(path, "checkpoints")) else path
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+def complete_steps(root: str) -> list[int]:
+  """Steps of the complete checkpoints under the checkpoint directory `root`, ascending."""
   # A lookup of this process alone. A manager over every process would open with a
   # cross-process barrier; the trainer looks before process 0's own manager creates
   # checkpoints/, and a slower process that finds the new directory would then wait at
@@ -334,12 +340,23 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
   manager = ocp.CheckpointManager(
       root, options=ocp.CheckpointManagerOptions(read_only=True,
                                                  multiprocessing_options=local),
-      item_names=("state", "data"))
-  step = manager.latest_step()
+      item_names=ITEMS)
+  steps = sorted(manager.all_steps())
   manager.close()
-  if step is None:
+  return steps
+
+
+def latest_checkpoint_dir(path: str) -> tuple[str, int]:
+  """(directory of the latest complete checkpoint's state item, its step) under `path`,
+  which is a MODEL_DIR or its checkpoints/ directory."""
+  root = os.path.join(path, "checkpoints") if os.path.isdir(
+      os.path.join(path, "checkpoints")) else path
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"no checkpoint directory at {path!r}")
+  steps = complete_steps(root)
+  if not steps:
     raise FileNotFoundError(f"{root!r} holds no complete checkpoint")
-  return os.path.join(root, str(step), "state"), step
+  return os.path.join(root, str(steps[-1]), "state"), steps[-1]
 
 
 def restore_params_into(params: Any, shardings: Any, source: str) -> tuple[Any, dict]:

@@ -180,7 +180,13 @@ def train(model_dir: str, *,
       ckpt.poll()  # a failed asynchronous save stops the run at the next step
       if ckpt.save(step, state, data.state(), force=force):
         # The history travels with the checkpoints, so a killed run keeps it too.
-        _write_history(model_dir, peak, peak_how, history)
+        try:
+          _write_history(model_dir, peak, peak_how, history)
+        except OSError as e:
+          ckpt.wait()  # a full disk fails the checkpoint too: that error names the step
+          raise checkpointing.CheckpointSaveError(
+              f"writing train_history.json with the checkpoint of step {step} failed "
+              f"({e}); the checkpoint itself was saved") from e
     except checkpointing.CheckpointSaveError as e:
       if on_save_error == "stop":
         raise
@@ -339,21 +345,24 @@ def _check_checkpoints(model_dir: str, init_from: str | None, abstract: Any) -> 
   """The checkpoint a run would resume from (or, starting fresh, `train.init_from`) must
   fit the model; checked from metadata before anything is written."""
   own = os.path.join(model_dir, "checkpoints")
-  if os.path.isdir(own):
+  steps = checkpointing.complete_steps(own) if os.path.isdir(own) else []
+  # The newest checkpoint whose metadata reads is the one a resume ends up on (restore
+  # verifies the arrays and falls back past damaged checkpoints).
+  for step in reversed(steps):
     try:
-      state_dir, step = checkpointing.latest_checkpoint_dir(own)
-    except FileNotFoundError:
-      state_dir = None  # no complete checkpoint yet: the run starts fresh
-    if state_dir is not None:
-      problems = checkpointing.shape_mismatches(checkpointing.saved_shapes(state_dir),
-                                                abstract)
-      if problems:
-        raise checkpointing.CheckpointMismatchError(
-            f"cannot resume from the checkpoint of step {step} in {own!r}: it was written "
-            f"by a different model or train config: "
-            f"{checkpointing.summarize_mismatches(problems)}. Use the config it was written "
-            "with (MODEL_DIR/config.gin), or a new MODEL_DIR.")
-      return  # resuming: init_from is not used
+      saved = checkpointing.saved_shapes(os.path.join(own, str(step), "state"), step)
+    except checkpointing.CheckpointCorruptError:
+      continue
+    problems = checkpointing.shape_mismatches(saved, abstract)
+    if problems:
+      raise checkpointing.CheckpointMismatchError(
+          f"cannot resume from the checkpoint of step {step} in {own!r}: it was written "
+          f"by a different model or train config: "
+          f"{checkpointing.summarize_mismatches(problems)}. Use the config it was written "
+          "with (MODEL_DIR/config.gin), or a new MODEL_DIR.")
+    return  # resuming: init_from is not used
+  if steps:
+    return  # every checkpoint is damaged: the restore reports them, naming each
   if init_from:
     try:
       state_dir, step = checkpointing.latest_checkpoint_dir(init_from)
