@@ -24,22 +24,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ------------------------------------------------------------ the checksums
 
 
-def _mix(x):
-  x ^= x >> 16
-  x = (x * 0x85EBCA6B) % (1 << 32)
-  x ^= x >> 13
-  x = (x * 0xC2B2AE35) % (1 << 32)
-  return x ^ (x >> 16)
-
-
 def _reference_lanes(array):
   """The module docstring's definition, one element at a time in Python integers."""
   width = {1: np.uint8, 2: np.uint16, 4: np.uint32}[array.dtype.itemsize]
+  a, c = checkpoint_integrity.BASES
   lane0 = lane1 = 0
   for i, bits in enumerate(np.ascontiguousarray(array).view(width).reshape(-1).tolist()):
-    salt = _mix(i)
-    lane0 = (lane0 + bits * (salt | 1)) % (1 << 32)
-    lane1 = (lane1 + _mix(bits ^ salt)) % (1 << 32)
+    lane0 = (lane0 + bits * pow(a, i, 1 << 32)) % (1 << 32)
+    lane1 = (lane1 + bits * bits * pow(c, i, 1 << 32)) % (1 << 32)
   return [lane0, lane1]
 
 
@@ -57,6 +49,11 @@ def test_checksums_equal_an_independent_count_on_any_mesh():
              "i": jax.device_put(arrays["i"], NamedSharding(mesh, P())),
              "s": jax.device_put(arrays["s"], NamedSharding(mesh, P()))}
   assert checkpoint_integrity.record(sharded)["arrays"] == want
+  # What each process of a multi-process run sums: the shards whose first replica it holds.
+  for name, array in sharded.items():
+    pieces = [checkpoint_integrity._shard_terms(np.asarray(s.data), s.index, array.shape)  # pylint: disable=protected-access
+              for s in array.addressable_shards if s.replica_id == 0]
+    assert [sum(p[k] for p in pieces) % (1 << 32) for k in (0, 1)] == want[name], name
   flipped = arrays["w"].copy()
   flipped.reshape(-1).view(np.uint8)[9] ^= 0x10
   changed = checkpoint_integrity.record({**arrays, "w": flipped})

@@ -10,13 +10,19 @@ checkpoint written on one mesh verifies after restoring onto another. The sums r
 on the host in numpy, so there is nothing to compile.
 
 Term of element i with raw bits b (the element's bytes as an unsigned integer):
-  lane 0: b * (mix(i) | 1)          -- a change in one element always changes it
-  lane 1: mix(b ^ mix(i))           -- nonlinear, catches changes that cancel in lane 0
-where mix is the murmur3 32-bit finaliser and i the element's row-major index.
+  lane 0: b * A**i        lane 1: b**2 * C**i        (all modulo 2**32)
+with odd bases A and C and i the element's row-major index. The weights are odd, so a
+change to any one element always changes lane 0, and lane 1 is nonlinear in b, so
+changes that cancel in one lane do not cancel in the other. The weight of i factors
+over dimensions (A**i = prod_d A**(i_d * stride_d)), so a shard's sum is a chain of
+vector contractions: one pass over the data, no per-element index arithmetic.
+(Powers of an odd base repeat every 2**30 elements at the latest; in arrays larger than
+that, a swap of two elements exactly 2**30 apart would go unnoticed.)
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -26,16 +32,33 @@ import numpy as np
 
 from ernie3_jax.parallel import multihost
 
-RECORD_VERSION = 1
-_BLOCK = 1 << 20  # elements hashed at a time (bounds the temporaries)
+RECORD_VERSION = 2
+BASES = (0x9E3779B1, 0x85EBCA77)  # A and C: odd, from the golden ratio and murmur3
+_BLOCK = 1 << 24  # elements summed at a time (bounds the temporaries)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-  x = x ^ (x >> np.uint32(16))
-  x = x * np.uint32(0x85EBCA6B)
-  x = x ^ (x >> np.uint32(13))
-  x = x * np.uint32(0xC2B2AE35)
-  return x ^ (x >> np.uint32(16))
+@functools.lru_cache(maxsize=4096)  # a state repeats shapes (parameters, both moments)
+def _powers(base: int, start: int, count: int, stride: int) -> np.ndarray:
+  """[base**((start + k) * stride) for k < count] modulo 2**32, as uint32."""
+  step = pow(base, stride, 1 << 32)
+  out = np.full(count, step, np.uint32)
+  out[0] = pow(base, start * stride, 1 << 32)
+  out = np.cumprod(out, dtype=np.uint32)  # products wrap modulo 2**32
+  out.flags.writeable = False
+  return out
+
+
+_PREFIX: dict[int, np.ndarray] = {}
+
+
+def _prefix_powers(base: int, count: int) -> np.ndarray:
+  """[base**i for i < count] modulo 2**32: the weights of a whole array, flattened.
+  Grown by doubling and kept, so a state's arrays share one vector per base."""
+  have = _PREFIX.get(base)
+  if have is None or have.size < count:
+    size = min(_BLOCK, max(count, 2 * (0 if have is None else have.size), 1 << 16))
+    have = _PREFIX[base] = _powers(base, 0, size, 1)
+  return have[:count]
 
 
 def _raw_bits(x: np.ndarray) -> np.ndarray:
@@ -43,48 +66,64 @@ def _raw_bits(x: np.ndarray) -> np.ndarray:
   unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(x.dtype.itemsize)
   if unsigned is None:
     raise TypeError(f"checksums take 1-, 2- or 4-byte dtypes, not {x.dtype}")
-  return np.ascontiguousarray(x).view(unsigned).astype(np.uint32)
+  bits = np.ascontiguousarray(x).view(unsigned)
+  return bits if unsigned is np.uint32 else bits.astype(np.uint32)
 
 
-def _piece_terms(data: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]
-                 ) -> tuple[int, int, bool]:
-  """(lane 0, lane 1, finite) summed over one piece `data` = global[index]."""
+def _finite(data: np.ndarray) -> bool:
   # jnp.issubdtype knows bfloat16 and the other ml_dtypes floats; numpy's does not.
-  finite = bool(np.isfinite(data).all()) if jnp.issubdtype(data.dtype, jnp.inexact) else True
-  if data.ndim == 0:
-    data, index, shape = data.reshape(1), (slice(0, 1),), (1,)
-  strides = [math.prod(shape[d + 1:]) % (1 << 32) for d in range(len(shape))]
+  return bool(np.isfinite(data).all()) if jnp.issubdtype(data.dtype, jnp.inexact) else True
+
+
+def _dot(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """Contracts the last axis; uint32 products and sums wrap modulo 2**32 (einsum's
+  loop is faster than matmul's for integers)."""
+  return np.einsum("...i,i->...", values, weights)
+
+
+def _whole_terms(data: np.ndarray) -> tuple[int, int, bool]:
+  """(lane 0, lane 1, finite) of a whole array held here: its row-major index is its
+  flat position, so one weight vector per base serves every array."""
+  bits = _raw_bits(data).reshape(-1)
+  lanes = [0, 0]
+  for offset in range(0, bits.size, _BLOCK):
+    block = bits[offset:offset + _BLOCK]
+    for lane, (base, values) in enumerate(zip(BASES, (block, block * block))):
+      shift = pow(base, offset, 1 << 32)  # base**(offset + k) = base**offset * base**k
+      total = int(_dot(values, _prefix_powers(base, block.size)))
+      lanes[lane] = (lanes[lane] + shift * total) % (1 << 32)
+  return lanes[0], lanes[1], _finite(data)
+
+
+def _shard_terms(data: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]
+                 ) -> tuple[int, int, bool]:
+  """(lane 0, lane 1, finite) of one shard `data` = global[index] of an array `shape`."""
+  if data.ndim == 0 or data.size == 0:
+    return _whole_terms(data) if data.size else (0, 0, True)
   starts = [sl.indices(n)[0] for sl, n in zip(index, shape)]
-  # Global row-major index of every element, from the piece's offset in each dimension.
-  inner = np.zeros(data.shape[1:], np.uint32)
-  for d in range(1, data.ndim):
-    ax = (np.arange(data.shape[d], dtype=np.uint32) + np.uint32(starts[d])) * np.uint32(
-        strides[d])
-    inner = inner + ax.reshape([-1 if e == d - 1 else 1 for e in range(data.ndim - 1)])
-  lane0 = lane1 = np.uint32(0)
-  rows = max(1, _BLOCK // max(1, inner.size))
+  strides = [math.prod(shape[d + 1:]) for d in range(len(shape))]
+  lanes = [0, 0]
+  rows = max(1, _BLOCK // max(1, math.prod(data.shape[1:])))
   for r in range(0, data.shape[0], rows):
-    block = data[r:r + rows]
-    lead = (np.arange(block.shape[0], dtype=np.uint32) + np.uint32(starts[0] + r)) * np.uint32(
-        strides[0])
-    salt = _mix(lead.reshape((-1,) + (1,) * inner.ndim) + inner)
-    bits = _raw_bits(block)
-    lane0 = lane0 + np.sum(bits * (salt | np.uint32(1)), dtype=np.uint32)
-    lane1 = lane1 + np.sum(_mix(bits ^ salt), dtype=np.uint32)
-  return int(lane0), int(lane1), finite
+    bits = _raw_bits(data[r:r + rows])
+    for lane, (base, values) in enumerate(zip(BASES, (bits, bits * bits))):
+      for d in reversed(range(values.ndim)):
+        values = _dot(values, _powers(base, starts[d] + (r if d == 0 else 0),
+                                      values.shape[d], strides[d]))
+      lanes[lane] = (lanes[lane] + int(values)) % (1 << 32)
+  return lanes[0], lanes[1], _finite(data)
 
 
 def _local_terms(leaf: Any) -> tuple[int, int, bool]:
   """This process's share of one array's sums: the shards whose first replica it holds."""
-  if not isinstance(leaf, jax.Array):
-    leaf = np.asarray(leaf)
-    return _piece_terms(leaf, tuple(slice(None) for _ in leaf.shape), leaf.shape)
+  if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+    return _whole_terms(np.asarray(leaf))
   lane0 = lane1 = 0
   finite = True
   for shard in leaf.addressable_shards:
     if shard.replica_id != 0:
       continue
-    a, b, ok = _piece_terms(np.asarray(shard.data), shard.index, leaf.shape)
+    a, b, ok = _shard_terms(np.asarray(shard.data), shard.index, leaf.shape)
     lane0, lane1, finite = (lane0 + a) % (1 << 32), (lane1 + b) % (1 << 32), finite and ok
   return lane0, lane1, finite
 
