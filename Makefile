@@ -53,3 +53,4 @@ bench: $(STAMP)
 	$(HOST_MEMORY) $(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
 	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl
+	$(PY) benchmarks/restore_verification.py --output=$(BENCH_DIR)/restore_verification.jsonl

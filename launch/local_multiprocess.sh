@@ -4,6 +4,15 @@
 # and reads its own shard of the data.
 #
 #   launch/local_multiprocess.sh 2 gin_configs/experiments/demo.gin /tmp/ernie3_mp [extra flags]
+#
+# Restart: run the same command again. Every process resumes from the last checkpoint that
+# verifies, at the exact data position. After a crash or kill of any process the others
+# exit within seconds; SIGTERM to any one process stops all of them at one saved step.
+# Another process count resumes too, if it divides the run's data shards (set
+# --gin.PretrainInput.num_data_shards=2 at the first start to move between 1 and 2):
+#   launch/local_multiprocess.sh 1 gin_configs/experiments/demo.gin /tmp/ernie3_mp \
+#       --gin.train.num_steps=600
+# Each process's output goes to MODEL_DIR.processN.log beside MODEL_DIR.
 set -euo pipefail
 NUM_PROCESSES=${1:?number of processes}
 GIN_FILE=${2:?gin file}
