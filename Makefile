@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow demo clean study
 
 install: $(STAMP)
 
@@ -54,3 +54,14 @@ bench: $(STAMP)
 	$(HOST_MEMORY) $(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
 	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl
 	$(PY) benchmarks/restore_verification.py --output=$(BENCH_DIR)/restore_verification.jsonl
+
+# The knowledge study (README, "Knowledge study"): 4 arms x 3 seeds, about 2 hours on 2 CPU
+# cores. Resumable: finished arm x seed lines in STUDY_RESULTS are skipped on a rerun.
+STUDY_DIR ?= runs/knowledge_study
+STUDY_RESULTS ?= benchmarks/results/knowledge_study.jsonl
+STUDY_FIGURE ?= benchmarks/results/knowledge_study.png
+STUDY_ARGS ?=
+study: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[study]'
+	$(HOST_MEMORY) $(PY) benchmarks/knowledge_study.py --out_dir=$(STUDY_DIR) \
+		--results=$(STUDY_RESULTS) --figure=$(STUDY_FIGURE) $(STUDY_ARGS)

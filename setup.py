@@ -35,6 +35,11 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
         "hypothesis==6.170.15",
+        "matplotlib==3.11.2",  # the knowledge study's figure, drawn in its pipeline test
+    ],
+    # The knowledge study's figure (`make study`).
+    "study": [
+        "matplotlib==3.11.2",
     ],
     # Baselines of benchmarks/ (`make bench`): PyTorch on the CPU and Hugging Face models.
     "bench": [

@@ -134,6 +134,8 @@ NLU_PREPROCESSORS = {"knowledge_masked_lm": _kmlm, "sentence_reordering": _reord
                      "sentence_distance": _distance, "uktp": _uktp}
 fill_missing = _fill_missing
 aligned_rows = _aligned_fn
+aligned_rows_and_report = _alignment  # (examples, report) of a DataConfig's split, cached
+preprocess_seed = _seed
 
 
 def _streams_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:

@@ -135,13 +135,13 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
   scorer = kp.MaskedSlotScorer(Ernie3(cfg), params, _Vocab(), max_length=16, batch_size=4)
   triple = Triple("Ab", "x_y", "Cd")
   rel = kp.ProbeItem(kp.RELATION, triple, ("x_y", "zz"), 0)
-  tokens, targets, weights = scorer.row(rel, "x_y")
+  tokens, segments, targets, weights = scorer.row(rel, "x_y")
   enc = _Vocab.tokenizer.encode
   # [CLS] A b [MASK]x3 ("x y") C d [SEP]
   assert tokens[:9].tolist() == [3] + enc("Ab") + [5] * 3 + enc("Cd") + [4]
-  assert targets[3:6].tolist() == enc("x y") and weights.sum() == 3
+  assert targets[3:6].tolist() == enc("x y") and weights.sum() == 3 and not segments.any()
   tail = kp.ProbeItem(kp.TAIL, triple, ("Cd", "Efg"), 0)
-  tokens, targets, _ = scorer.row(tail, "Efg")
+  tokens, _, targets, _ = scorer.row(tail, "Efg")
   assert tokens[6:9].tolist() == [5] * 3 and targets[6:9].tolist() == enc("Efg")
   items = [rel, tail, kp.ProbeItem(kp.TAIL, triple, ("Cd", "E", "Fgh"), 1)]
   scores = scorer(items)
@@ -152,7 +152,7 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
   kmlm = kp.MaskedSlotScorer(Ernie3(cfg), params, _Vocab(), max_length=16, batch_size=4,
                              task_id=0)
   assert not np.allclose(kmlm(items[2:])[0], scores[2])
-  with pytest.raises(ValueError, match="raise --max_length"):
+  with pytest.raises(ValueError, match="needs 27 pieces > max_length=16; raise max_length"):
     scorer.row(kp.ProbeItem(kp.TAIL, triple, ("x" * 20,), 0), "x" * 20)
 
 

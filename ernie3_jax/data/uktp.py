@@ -7,6 +7,10 @@ both its head and its tail (`align_triples`). An example is
 
 in which either the relation is masked (the model must read the relation off the
 sentence) or words of the sentence are (the model may use the triple's knowledge).
+With `tail_mask_prob` > 0 some sentence-side examples instead mask the tail in both
+the triple and the sentence, so the answer cannot be copied and must come from memory.
+A triple without a sentence (`sentence=""`) makes a triple-only example,
+`[CLS] head relation tail [SEP]`, with the relation or the tail masked.
 """
 
 from __future__ import annotations
@@ -262,7 +266,8 @@ class UktpBuilder:
   """Builds one UKTP example from a triple and its sentence (pure numpy)."""
 
   def __init__(self, vocab: Any, sequence_length: int, relation_mask_prob: float = 0.5,
-               level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15):
+               level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15,
+               tail_mask_prob: float = 0.0):
     if sequence_length < MIN_SEQUENCE_LENGTH:
       raise ValueError(f"sequence_length={sequence_length} cannot hold [CLS] head relation "
                        f"tail [SEP] sentence [SEP]; use at least {MIN_SEQUENCE_LENGTH}")
@@ -270,7 +275,10 @@ class UktpBuilder:
       raise ValueError(f"relation_mask_prob must be in [0, 1], got {relation_mask_prob}")
     if not 0.0 < mask_ratio <= 1.0:
       raise ValueError(f"mask_ratio must be in (0, 1], got {mask_ratio}")
+    if not 0.0 <= tail_mask_prob <= 1.0:
+      raise ValueError(f"tail_mask_prob must be in [0, 1], got {tail_mask_prob}")
     self.vocab = vocab
+    self.tail_mask_prob = tail_mask_prob
     self.info = km.vocab_ids(vocab)
     self.level_share = km.normalize_level_weights(tuple(float(w) for w in level_weights))
     self.is_special = km.id_tables(self.info.vocab_size, self.info.special_ids)[0]
@@ -307,20 +315,24 @@ class UktpBuilder:
       raise ValueError(f"empty head, relation or tail in ({head!r}, {relation!r}, {tail!r})")
     length = self.sequence_length
     triple_len = 2 + len(h) + len(r) + len(t)
+    if not sentence:
+      return self._triple_only(h, r, t, rng, stats, (head, relation, tail))
     room = length - triple_len - 1  # sentence pieces; the final [SEP] takes the last slot
     if room < 1:
       raise ValueError(f"sequence_length={length} is too small for the triple ({head!r}, "
                        f"{relation!r}, {tail!r}): it needs {triple_len} pieces plus at least "
                        "2 for the sentence; raise sequence_length")
     spans = [(int(s), int(e)) for s, e in mention_spans if 0 <= s < e <= len(sentence)]
-    anchors = []
-    for span, name in ((head_span, head), (tail_span, tail)):
+    anchors, tail_anchor = [], None
+    for which, (span, name) in enumerate(((head_span, head), (tail_span, tail))):
       if span is None or not 0 <= span[0] < span[1] <= len(sentence):
         span = find_literal(sentence, name)
       if span is not None:
         span = (int(span[0]), int(span[1]))
         spans.append(span)
         anchors.append(span)
+        if which == 1:
+          tail_anchor = span
     seg = km.segment(sentence, self.vocab, mention_spans=spans)
     ids, units = seg.ids, seg.units
     if len(ids) > room:
@@ -343,12 +355,18 @@ class UktpBuilder:
 
     maskable = ~self.is_special[ids]
     if rng.random() < self.relation_mask_prob or not maskable.any():
-      rel = slice(1 + len(h), 1 + len(h) + len(r))
-      targets[rel] = tokens[rel]
-      weights[rel] = 1.0
-      tokens[rel] = self.info.mask_id
+      self._mask_slot(tokens, targets, weights, slice(1 + len(h), 1 + len(h) + len(r)))
       if stats is not None:
         stats.add(examples=1, relation_masked=1)
+    elif rng.random() < self.tail_mask_prob:
+      # The tail in the triple and its mention in the sentence: nothing left to copy.
+      self._mask_slot(tokens, targets, weights, slice(1 + len(h) + len(r), triple_len - 1))
+      if tail_anchor is not None:
+        pieces = np.flatnonzero((seg.char_spans[:sentence_len, 0] < tail_anchor[1])
+                                & (seg.char_spans[:sentence_len, 1] > tail_anchor[0]))
+        self._mask_slot(tokens, targets, weights, triple_len + pieces)
+      if stats is not None:
+        stats.add(examples=1, tail_masked=1)
     else:
       preferred = []
       for start, _ in anchors:  # the entity units holding the head and tail mentions
@@ -366,6 +384,37 @@ class UktpBuilder:
     return {"tokens": tokens, "segment_ids": segment_ids, "mlm_targets": targets,
             "mlm_weights": weights}
 
+  def _mask_slot(self, tokens: np.ndarray, targets: np.ndarray, weights: np.ndarray,
+                 where: Any) -> None:
+    """Every piece at `where` becomes [MASK] and a target."""
+    targets[where] = tokens[where]
+    weights[where] = 1.0
+    tokens[where] = self.info.mask_id
+
+  def _triple_only(self, h: np.ndarray, r: np.ndarray, t: np.ndarray,
+                   rng: np.random.Generator, stats: km.PreprocessStats | None,
+                   names: tuple[str, str, str]) -> dict[str, np.ndarray]:
+    """[CLS] head relation tail [SEP] with the relation (relation_mask_prob) or the tail
+    masked."""
+    triple_len = 2 + len(h) + len(r) + len(t)
+    if triple_len > self.sequence_length:
+      raise ValueError(f"sequence_length={self.sequence_length} is too small for the triple "
+                       f"{names}: it needs {triple_len} pieces; raise sequence_length")
+    tokens = np.zeros(self.sequence_length, np.int32)
+    targets = np.zeros(self.sequence_length, np.int32)
+    weights = np.zeros(self.sequence_length, np.float32)
+    tokens[:triple_len] = np.concatenate([[self.cls_id], h, r, t, [self.sep_id]])
+    if rng.random() < self.relation_mask_prob:
+      self._mask_slot(tokens, targets, weights, slice(1 + len(h), 1 + len(h) + len(r)))
+      kind = "relation_masked"
+    else:
+      self._mask_slot(tokens, targets, weights, slice(1 + len(h) + len(r), triple_len - 1))
+      kind = "tail_masked"
+    if stats is not None:
+      stats.add(examples=1, triple_only=1, **{kind: 1})
+    return {"tokens": tokens, "segment_ids": np.zeros_like(tokens), "mlm_targets": targets,
+            "mlm_weights": weights}
+
 
 def uktp(dataset: tf.data.Dataset,
          seed: int | None = None,
@@ -376,6 +425,7 @@ def uktp(dataset: tf.data.Dataset,
          task_id: int = 4,
          level_weights: Sequence[float] = (0.4, 0.3, 0.3),
          mask_ratio: float = 0.15,
+         tail_mask_prob: float = 0.0,
          stats: km.PreprocessStats | None = None) -> tf.data.Dataset:
   """Aligned triples -> UKTP examples (one per input example).
 
@@ -384,8 +434,10 @@ def uktp(dataset: tf.data.Dataset,
   Output features, as for knowledge_masked_lm: tokens, segment_ids (0 for [CLS] triple
   [SEP], 1 for sentence [SEP]), mlm_targets, mlm_weights, label=0, label_weight=0.0,
   task_id. With probability relation_mask_prob every relation piece is [MASK] and is
-  the target; otherwise sentence units are masked as in `mask_units` (~mask_ratio of
-  the sentence pieces), trying the head/tail mentions first. Sentences that do not fit
+  the target; otherwise, with probability tail_mask_prob, the tail is masked in the
+  triple and the sentence; otherwise sentence units are masked as in `mask_units`
+  (~mask_ratio of the sentence pieces), trying the head/tail mentions first. An empty
+  sentence makes a triple-only example (relation or tail masked). Sentences that do not fit
   are truncated (counted in `stats` as truncated_sentences). A triple too long for
   sequence_length raises ValueError (inside the pipeline TensorFlow reports it as
   InvalidArgumentError with the same message). Example i uses
@@ -393,7 +445,8 @@ def uktp(dataset: tf.data.Dataset,
   """
   km.check_features(dataset, ["head", "relation", "tail", "sentence"], "uktp")
   length = km.resolve_sequence_length(sequence_length)
-  builder = UktpBuilder(vocab, length, relation_mask_prob, level_weights, mask_ratio)
+  builder = UktpBuilder(vocab, length, relation_mask_prob, level_weights, mask_ratio,
+                        tail_mask_prob)
   base_seed = 0 if seed is None else int(seed)
   spec = dataset.element_spec
 

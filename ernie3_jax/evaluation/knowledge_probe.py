@@ -145,8 +145,36 @@ def filled(item: ProbeItem, candidate: str) -> tuple[str, str, str]:
 # -- model scorers --------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class SlotItem:
+  """A question with one masked slot, marked "{}" in `prompt`: rank `candidates` for it.
+
+  prompt: (head, relation words, tail), the triple layout, whose parts are encoded
+    separately as UKTP encodes them; or (text,), one sentence encoded whole, as
+    knowledge-masked LM reads passages.
+  context: a second segment after the prompt's [SEP] (UKTP's sentence side), or "".
+  """
+
+  kind: str  # RELATION or TAIL: what the slot asks for
+  prompt: tuple[str, ...]
+  candidates: tuple[str, ...]
+  gold: int
+  context: str = ""
+
+
+def slot_item(item: ProbeItem) -> SlotItem:
+  """A graph probe item in the triple layout."""
+  h, r, t = item.triple
+  if item.kind == RELATION:
+    return SlotItem(RELATION, (h, "{}", t), tuple(relation_text(c) for c in item.candidates),
+                    item.gold)
+  return SlotItem(TAIL, (h, relation_text(r), "{}"), item.candidates, item.gold)
+
+
 class MaskedSlotScorer:
-  """NLU scorer: log p(candidate pieces | [CLS] head relation tail [SEP], slot masked)."""
+  """NLU scorer: log p(candidate pieces | the prompt with the slot's pieces [MASK]ed), the
+  candidate's pieces all masked at once, through `Ernie3.nlu_pretrain` with `task_id`'s
+  embedding. Takes `SlotItem`s, or `ProbeItem`s (scored in the triple layout)."""
 
   def __init__(self, model, params, vocab, max_length: int = 48, batch_size: int = 64,
                normalization: str = "mean", task_id: int | None = None):
@@ -159,56 +187,101 @@ class MaskedSlotScorer:
     vocab_size = model.config.vocab_size
     task_id = task_ids.UKTP if task_id is None else int(task_id)
 
-    def batch_scores(params, tokens, segment_ids, targets, weights):
+    def log_probs(params, tokens, segment_ids, positions):
+      """[B, P, V] log-probabilities at `positions` [B, P] (the slot's pieces)."""
       task = jnp.full((tokens.shape[0],), task_id, jnp.int32)
       out = model.apply({"params": params}, tokens, segment_ids, task,
                         method=Ernie3.nlu_pretrain)
-      logp = jax.nn.log_softmax(out["mlm_logits"][..., :vocab_size].astype(jnp.float32))
-      picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-      return (picked * weights).sum(-1), weights.sum(-1)
+      logits = jnp.take_along_axis(out["mlm_logits"], positions[..., None], axis=1)
+      return jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.float32))
 
-    self._fn = jax.jit(batch_scores)
+    self._fn = jax.jit(log_probs)
     self._params = params
     self._encode_cache: dict[str, list[int]] = {}
 
+  def _safe(self, ids) -> list[int]:
+    # A name spelling a special piece must not break the layout (as in UKTP).
+    unk = self.vocab.tokenizer.unk_id()
+    return [unk if i in self.vocab.special_ids else int(i) for i in ids]
+
   def _encode(self, text: str) -> list[int]:
     if text not in self._encode_cache:
-      ids = list(self.vocab.tokenizer.encode(text))
-      # A name spelling a special piece must not break the layout (as in UKTP).
-      self._encode_cache[text] = [self.vocab.tokenizer.unk_id() if i in self.vocab.special_ids
-                                  else i for i in ids]
+      self._encode_cache[text] = self._safe(self.vocab.tokenizer.encode(text))
     return self._encode_cache[text]
 
-  def row(self, item: ProbeItem, candidate: str):
-    """tokens, targets, weights (int32/float32 [max_length]) for one candidate."""
-    parts = [self._encode(p) for p in filled(item, candidate)]
-    slot = 1 if item.kind == RELATION else 2
-    ids = [self.vocab.cls_id]
-    targets = [0]
-    for k, p in enumerate(parts):
-      ids += [self.vocab.mask_id] * len(p) if k == slot else p
-      targets += p if k == slot else [0] * len(p)
-    ids.append(self.vocab.sep_id)
-    targets.append(0)
-    if len(ids) > self.max_length:
-      raise ValueError(f"{item.triple} with candidate {candidate!r} needs {len(ids)} pieces "
-                       f"> max_length={self.max_length}; raise --max_length")
-    tokens = np.zeros(self.max_length, np.int32)
-    tgt = np.zeros(self.max_length, np.int32)
-    tokens[:len(ids)], tgt[:len(ids)] = ids, targets
-    return tokens, tgt, (tgt > 0).astype(np.float32)
+  def _prompt(self, item: SlotItem, candidate: str) -> tuple[list[int], list[int]]:
+    """(segment-0 ids with the slot masked, the slot's original ids)."""
+    if len(item.prompt) == 1:  # a sentence: encoded whole, the candidate's pieces masked
+      from ernie3_jax.data import knowledge_masking as km  # pylint: disable=g-import-not-at-top
+      before, after = item.prompt[0].split("{}")
+      text = before + candidate + after
+      ids, spans = km.encode_with_offsets(self.vocab.tokenizer, text)
+      ids = self._safe(ids)
+      inside = [(s < len(before) + len(candidate)) and (e > len(before)) for s, e in spans]
+      return ([self.vocab.mask_id if m else i for i, m in zip(ids, inside)],
+              [i for i, m in zip(ids, inside) if m])
+    ids, slot = [], []
+    for part in item.prompt:
+      if part == "{}":
+        slot = self._encode(candidate)
+        ids += [self.vocab.mask_id] * len(slot)
+      else:
+        ids += self._encode(part)
+    return ids, slot
 
-  def __call__(self, items: Sequence[ProbeItem]) -> list[np.ndarray]:
+  def row(self, item, candidate: str):
+    """tokens, segment ids, targets, weights (int32/float32 [max_length]) of a candidate."""
+    if isinstance(item, ProbeItem):
+      candidate = relation_text(candidate) if item.kind == RELATION else candidate
+      item = slot_item(item)
+    prompt, slot = self._prompt(item, candidate)
+    if not slot:
+      raise ValueError(f"candidate {candidate!r} of {item.prompt} has no pieces in its slot")
+    ids = [self.vocab.cls_id] + prompt + [self.vocab.sep_id]
+    second = self._encode(item.context) + [self.vocab.sep_id] if item.context else []
+    if len(ids) + len(second) > self.max_length:
+      raise ValueError(f"{item.prompt} with candidate {candidate!r} needs "
+                       f"{len(ids) + len(second)} pieces > max_length={self.max_length}; "
+                       "raise max_length")
+    tokens = np.zeros(self.max_length, np.int32)
+    segments = np.zeros(self.max_length, np.int32)
+    targets = np.zeros(self.max_length, np.int32)
+    tokens[:len(ids)] = ids
+    tokens[len(ids):len(ids) + len(second)] = second
+    segments[len(ids):len(ids) + len(second)] = 1
+    masked = np.flatnonzero(tokens[:len(ids)] == self.vocab.mask_id)
+    targets[masked] = slot
+    return tokens, segments, targets, (targets > 0).astype(np.float32)
+
+  def __call__(self, items: Sequence) -> list[np.ndarray]:
+    items = [slot_item(it) if isinstance(it, ProbeItem) else it for it in items]
     rows = [self.row(it, c) for it in items for c in it.candidates]
+    # Candidates with as many pieces as each other make the same input (only the targets
+    # differ), so each distinct input runs once and every candidate reads its pieces'
+    # log-probabilities off it: exact, and several times fewer forward passes.
+    readers: dict[bytes, list[int]] = {}
+    for i, r in enumerate(rows):
+      readers.setdefault(r[0].tobytes() + r[1].tobytes(), []).append(i)
+    inputs = list(readers.values())
     sums, counts = np.zeros(len(rows)), np.zeros(len(rows))
-    for start in range(0, len(rows), self.batch_size):
-      chunk = rows[start:start + self.batch_size]
+    for start in range(0, len(inputs), self.batch_size):
+      chunk = inputs[start:start + self.batch_size]
       pad = self.batch_size - len(chunk)
-      stack = lambda k: np.stack([r[k] for r in chunk] + [np.zeros_like(chunk[0][k])] * pad)
-      tokens, targets, weights = stack(0), stack(1), stack(2)
-      s, c = self._fn(self._params, tokens, np.zeros_like(tokens), targets, weights)
-      sums[start:start + len(chunk)] = np.asarray(s)[:len(chunk)]
-      counts[start:start + len(chunk)] = np.asarray(c)[:len(chunk)]
+      # Rows are cut to the batch's longest, rounded up to 16 (few shapes to compile).
+      width = max(int(np.flatnonzero(rows[c[0]][0]).max()) + 1 for c in chunk)
+      width = min(self.max_length, -(-width // 16) * 16)
+      stack = lambda k: np.stack([rows[c[0]][k][:width] for c in chunk]
+                                 + [np.zeros_like(rows[0][k][:width])] * pad)
+      slots = [np.flatnonzero(rows[c[0]][3]) for c in chunk]
+      positions = np.zeros((self.batch_size, max(len(p) for p in slots)), np.int32)
+      for b, p in enumerate(slots):
+        positions[b, :len(p)] = p
+      logp = np.asarray(self._fn(self._params, stack(0), stack(1), positions))
+      for b, readers_of_input in enumerate(chunk):
+        for i in readers_of_input:
+          targets = rows[i][2][slots[b]]
+          sums[i] = logp[b, np.arange(len(targets)), targets].sum()
+          counts[i] = len(targets)
     scores = zero_shot.normalize(sums, counts, self.normalization)
     return _split(scores, items)
 

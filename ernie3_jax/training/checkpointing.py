@@ -359,8 +359,9 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
   return os.path.join(root, str(steps[-1]), "state"), steps[-1]
 
 
-def restore_params_into(params: Any, shardings: Any, source: str) -> tuple[Any, dict]:
-  """Copies the parameters of `source`'s latest checkpoint into `params`.
+def restore_params_into(params: Any, shardings: Any, source: str,
+                        step: int | None = None) -> tuple[Any, dict]:
+  """Copies the parameters of `source`'s latest checkpoint (or of `step`) into `params`.
 
   Only parameters are read (not optimizer state or memory). A parameter present in
   both must have the same shape (else an error names it); parameters only in
@@ -368,7 +369,12 @@ def restore_params_into(params: Any, shardings: Any, source: str) -> tuple[Any, 
   are counted in the returned report.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  path, step = latest_checkpoint_dir(source)
+  path, latest = latest_checkpoint_dir(source)
+  if step is not None and step != latest:
+    path = os.path.join(os.path.dirname(os.path.dirname(path)), str(step), "state")
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"{source!r} has no checkpoint of step {step}")
+  step = latest if step is None else step
   ckptr = ocp.PyTreeCheckpointer()
   meta = ckptr.metadata(path)
   meta = getattr(meta, "item_metadata", meta)

@@ -1,0 +1,238 @@
+r"""The knowledge study: does aligning a knowledge graph with text (UKTP) move facts
+between the two formats? Four arms x several seeds, on identical budgets.
+
+  python benchmarks/knowledge_study.py            # or `make study`
+
+1. Writes the study's corpus, KG and aliases (ernie3_jax/data/knowledge_study_corpus.py)
+   and trains a SentencePiece vocabulary on the corpus, under --out_dir/data.
+2. Trains each arm x seed with the ordinary trainer (gin_configs/experiments/
+   knowledge_study.gin; arms are mixtures of tasks/knowledge_study.py) and probes every
+   checkpoint (ernie3_jax/evaluation/study_probes.py).
+3. Appends one line per arm x seed to --results. A rerun skips the lines already there
+   (same setup fingerprint) and resumes an interrupted training run from its checkpoint.
+4. Prints the table (ernie3_jax/evaluation/study_report.py) and writes the learning
+   curves to --figure.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/knowledge_study", "Data and training runs.")
+_RESULTS = flags.DEFINE_string("results", "benchmarks/results/knowledge_study.jsonl",
+                               "One line per arm x seed is appended here.")
+_FIGURE = flags.DEFINE_string("figure", "benchmarks/results/knowledge_study.png",
+                              "Learning curves (PNG); '' for none.")
+_ARMS = flags.DEFINE_list("arms", ["text", "triples", "uktp", "misaligned"], "Arms to run.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per arm.")
+_PEOPLE = flags.DEFINE_integer("num_people", 120, "People in the corpus (all groups).")
+_PHRASINGS = flags.DEFINE_integer("phrasings", 5, "Biographies per A and T person.")
+_VOCAB = flags.DEFINE_integer("vocab_pieces", 512, "SentencePiece pieces of the study vocabulary.")
+_STEPS = flags.DEFINE_integer("steps", 2400, "Training steps per run.")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", 600, "Steps between probed checkpoints.")
+_BATCH = flags.DEFINE_integer("batch", 32, "NLU rows per step of the knowledge arms (half "
+                              "text); the text-only arm takes the text half.")
+_GIN = flags.DEFINE_multi_string("gin", [], "Extra gin bindings for every run (NAME=VALUE).")
+_LABEL = flags.DEFINE_string("label", "cpu", "Names the machine in the results.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and figure.")
+
+
+def setup() -> dict:
+  return {"num_people": _PEOPLE.value, "phrasings": _PHRASINGS.value,
+          "vocab_size": _VOCAB.value, "steps": _STEPS.value, "probe_every": _PROBE_EVERY.value,
+          "batch": _BATCH.value, "gin": list(_GIN.value), "label": _LABEL.value}
+
+
+def fingerprint(settings: dict) -> str:
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
+  """The study's files and vocabulary, written unless already there for this setup."""
+  from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tools import train_vocab  # pylint: disable=g-import-not-at-top
+  stamp = os.path.join(data_dir, "SETUP")
+  want = json.dumps({k: settings[k] for k in ("num_people", "phrasings", "vocab_size")})
+  paths = {k: os.path.join(data_dir, f) for k, f in (
+      ("corpus", "corpus.jsonl"), ("kg", "kg.tsv"), ("aliases", "aliases.tsv"),
+      ("study", "study.json"), ("vocabulary", "spm.model"))}
+  if os.path.exists(stamp) and open(stamp).read() == want:
+    return paths
+  ksc.write_study(data_dir, ksc.StudyConfig(settings["num_people"], settings["phrasings"]))
+  train_vocab.train(paths["corpus"], settings["vocab_size"], os.path.join(data_dir, "spm"))
+  with open(stamp, "w") as f:
+    f.write(want)
+  return paths
+
+
+def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> list[str]:
+  from tasks import knowledge_study  # pylint: disable=g-import-not-at-top
+  batch = settings["batch"] // 2 if arm == "text" else settings["batch"]
+  bindings = [f"MODEL_DIR='{model_dir}'", f"STUDY_MIXTURE='{knowledge_study.ARMS[arm]}'",
+              f"SEED={seed}", f"NLU_BATCH={batch}", f"train.num_steps={settings['steps']}",
+              f"train.checkpoint_every={settings['probe_every']}",
+              f"Ernie3Config.vocab_size={settings['vocab_size']}"]
+  bindings += [f"DataConfig.{k}='{paths[k]}'" for k in ("corpus", "kg", "aliases", "vocabulary")]
+  return (["--gin_file=gin_configs/experiments/knowledge_study.gin"]
+          + [f"--gin.{b}" for b in bindings + list(settings["gin"])])
+
+
+def train(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> float:
+  """Trains (or resumes) one run in a subprocess; returns its wall-clock seconds."""
+  from ernie3_jax import host_memory  # pylint: disable=g-import-not-at-top
+  env = host_memory.environment(dict(os.environ))
+  os.makedirs(os.path.dirname(model_dir), exist_ok=True)
+  start = time.perf_counter()
+  with open(model_dir + ".log", "a") as log:
+    code = subprocess.call([sys.executable, "-m", "ernie3_jax.main",
+                            *gin_flags(arm, seed, model_dir, paths, settings)],
+                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  if code:
+    raise RuntimeError(f"training {arm} seed {seed} failed (exit {code}); see {model_dir}.log")
+  return time.perf_counter() - start
+
+
+def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
+  """{step: correctness per item} of the run's checkpoints at `steps`."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import knowledge_probe, study_probes  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import checkpointing, task_ids  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin([os.path.join(model_dir, "config.gin")])
+  cfg = Ernie3Config()
+  model = Ernie3(cfg)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  abstract = nn.unbox(jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), tokens, jnp.zeros_like(tokens), jnp.zeros((1,), jnp.int32),
+      init_memory(cfg, 1, 4)))["params"])
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  shardings = jax.tree_util.tree_map(lambda _: one, abstract)
+  vocab = dc.vocabulary(dc.current().vocabulary)
+  # The triple layout is read with UKTP's embedding where the arm trained it.
+  triple_task = task_ids.KNOWLEDGE_MASKED_LM if arm == "text" else task_ids.UKTP
+  out = {}
+  for step in steps:
+    params, report = checkpointing.restore_params_into(abstract, shardings, model_dir, step)
+    if report["fresh"]:
+      raise ValueError(f"{model_dir} step {step} lacks parameters {report['fresh'][:3]}")
+    scorer = lambda task: knowledge_probe.MaskedSlotScorer(
+        model, params, vocab, max_length=128, batch_size=128, task_id=task)
+    out[step] = study_probes.correct(items, scorer(task_ids.KNOWLEDGE_MASKED_LM),
+                                     scorer(triple_task))
+  return out
+
+
+def result_line(arm: str, seed: int, settings: dict, items, correct: dict, train_s: float,
+                probe_s: float, paths: dict) -> dict:
+  import bench_common  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
+  cells = study_probes.cells(items)
+  last = max(correct)
+  curve = {str(step): {f"{g}/{p}": float(c[idx].mean()) for (g, p), idx in cells.items() if idx}
+           for step, c in sorted(correct.items())}
+  final = {f"{g}/{p}": "".join("1" if correct[last][i] else "0" for i in idx)
+           for (g, p), idx in cells.items() if idx}
+  return {"study": "knowledge_study", "label": settings["label"],
+          "fingerprint": fingerprint(settings), "arm": arm, "seed": seed, "settings": settings,
+          "machine": bench_common.machine(), "train_seconds": round(train_s, 1),
+          "probe_seconds": round(probe_s, 1), "exposures": exposures(arm, settings, paths),
+          "curve": curve, "final_correct": final}
+
+
+def exposures(arm: str, settings: dict, paths: dict) -> dict[str, float]:
+  """Expected exposures per fact: rows of each kind over the run / rows per pass."""
+  from ernie3_jax.data import knowledge_graph as kg_lib  # pylint: disable=g-import-not-at-top
+  text_rows = settings["steps"] * settings["batch"] / 2  # the mixtures draw 1:1
+  passes = text_rows / max(1, _text_rows_per_pass_cached(
+      *(paths[k] for k in ("corpus", "kg", "aliases", "vocabulary"))))
+  triples = len(kg_lib.load_triples(paths["kg"]))
+  knowledge_rows = 0 if arm == "text" else settings["steps"] * settings["batch"] / 2
+  return {"text_sentence_per_fact": round(passes * settings["phrasings"], 1),
+          "knowledge_rows_per_triple": round(knowledge_rows / triples, 1),
+          "text_passes": round(passes, 1)}
+
+
+@functools.lru_cache(maxsize=2)
+def _text_rows_per_pass_cached(corpus: str, kg: str, aliases: str, vocabulary: str) -> int:
+  return _text_rows_per_pass({"corpus": corpus, "kg": kg, "aliases": aliases,
+                              "vocabulary": vocabulary})
+
+
+def _text_rows_per_pass(paths: dict) -> int:
+  """Knowledge-masked-LM rows that one pass over the corpus makes."""
+  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import seqio  # pylint: disable=g-import-not-at-top
+  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.parse_gin(["gin_configs/experiments/knowledge_study.gin"], [
+      "MODEL_DIR='/unused'", "DataConfig.validation_every=0"] + [
+      f"DataConfig.{k}='{paths[k]}'" for k in ("corpus", "kg", "aliases", "vocabulary")])
+  ds = seqio.get_mixture_or_task("knowledge_masked_lm").get_dataset(
+      {"tokens": 48}, split="train", shuffle=False, num_epochs=1, use_cached=False,
+      trim_output_features=False)
+  return sum(1 for _ in ds.as_numpy_iterator())
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # the library INFO lines drown the study's own
+  from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import study_probes, study_report  # pylint: disable=g-import-not-at-top
+  settings = setup()
+  paths = prepare_data(os.path.join(_OUT_DIR.value, "data"), settings)
+  items = study_probes.build_items(ksc.load_study(paths["study"]))
+  leaks = study_probes.answer_leaks(items)
+  if leaks:
+    raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
+  chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
+            for (g, p), idx in study_probes.cells(items).items() if idx}
+  done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
+                                                                   fingerprint(settings))}
+  steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))
+  for arm in ([] if _REPORT_ONLY.value else _ARMS.value):
+    for seed in [int(s) for s in _SEEDS.value]:
+      if (arm, seed) in done:
+        print(f"{arm} seed {seed}: in {_RESULTS.value} already", flush=True)
+        continue
+      model_dir = os.path.abspath(os.path.join(_OUT_DIR.value, f"{arm}_seed{seed}"))
+      train_s = train(arm, seed, model_dir, paths, settings)
+      start = time.perf_counter()
+      correct = probe(arm, model_dir, items, steps)
+      line = result_line(arm, seed, settings, items, correct, train_s,
+                         time.perf_counter() - start, paths)
+      os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
+      with open(_RESULTS.value, "a") as f:
+        f.write(json.dumps(line) + "\n")
+      recall = line["curve"][str(steps[-1])]["A/text_recall"]
+      print(f"{arm} seed {seed}: trained in {train_s:.0f} s, A recall {recall:.3f}",
+            flush=True)
+  lines = study_report.read_results(_RESULTS.value, fingerprint(settings))
+  if not lines:
+    print("no results yet")
+    return
+  print(study_report.table(lines, chance))
+  if _FIGURE.value:
+    study_report.figure(lines, chance, _FIGURE.value, f"knowledge study ({settings['label']}, "
+                        f"{settings['num_people']} people, {settings['steps']} steps)")
+    print(f"wrote {_FIGURE.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

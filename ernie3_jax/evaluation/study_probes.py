@@ -1,0 +1,121 @@
+"""The knowledge study's probes: every fact of every group, asked in several formats.
+
+Probes (one item per person and relation; candidates typed, the answer never in the input):
+
+  text_recall         a training template with the tail masked (A: training recall)
+  text_heldout        a held-out template with the tail masked (K: KG facts in text)
+  triple_tail         `[CLS] head relation [MASK] [SEP]` (T: text facts as triples)
+  triple_relation     `[CLS] head [MASK] tail [SEP]`, candidates the relations of the
+                      tail's type (T)
+  in_context_relation triple_relation plus a second segment stating the fact in held-out
+                      wording (T: relation extraction)
+
+Tail candidates are every value of the relation's type; relation candidates the relations
+of that type (a person's relations of one type take distinct values, so exactly one is
+true). Text probes read the knowledge-masked-LM task embedding, triple probes UKTP's (or
+knowledge-masked LM's for an arm that never trained UKTP's). Group N's items are the leak
+check: nothing trains on N, so N must stay at chance in every probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Sequence
+
+import numpy as np
+
+from ernie3_jax.data.knowledge_study_corpus import GROUPS, Person, relation_words
+from ernie3_jax.evaluation.knowledge_probe import RELATION, TAIL, SlotItem
+
+PROBES = ("text_recall", "text_heldout", "triple_tail", "triple_relation",
+          "in_context_relation")
+TEXT_PROBES = ("text_recall", "text_heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyItem:
+  group: str
+  probe: str
+  person: str
+  relation: str
+  item: SlotItem
+
+
+def _template(study: dict, relation: str, which: str, rng: random.Random) -> str:
+  return rng.choice(study["relations"][relation][which])
+
+
+def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
+  """Every probe's items for every person of `study` (from `load_study`), in a fixed order
+  (the same items for every arm and seed, so arms compare item by item)."""
+  rng = random.Random(seed)
+  relations = study["relations"]
+  out = []
+  person: Person
+  for person in study["people"]:
+    for relation, tail in person.facts.items():
+      kind = relations[relation]["type"]
+      values = tuple(study["values"][kind])
+      same_type = tuple(r for r in relations if relations[r]["type"] == kind)
+      words = tuple(relation_words(r) for r in same_type)
+      h = person.name
+
+      def text(which: str) -> str:
+        return _template(study, relation, which, rng).replace("{h}", h).replace("{t}", "{}")
+
+      items = {
+          "text_recall": SlotItem(TAIL, (text("train_templates"),), values,
+                                  values.index(tail)),
+          "text_heldout": SlotItem(TAIL, (text("heldout_templates"),), values,
+                                   values.index(tail)),
+          "triple_tail": SlotItem(TAIL, (h, relation_words(relation), "{}"), values,
+                                  values.index(tail)),
+          "triple_relation": SlotItem(RELATION, (h, "{}", tail), words,
+                                      same_type.index(relation)),
+          "in_context_relation": SlotItem(
+              RELATION, (h, "{}", tail), words, same_type.index(relation),
+              context=_template(study, relation, "heldout_templates", rng).format(h=h, t=tail)),
+      }
+      out += [StudyItem(person.group, probe, h, relation, items[probe]) for probe in PROBES]
+  return out
+
+
+def answer_leaks(items: Sequence[StudyItem]) -> list[StudyItem]:
+  """Items whose own input contains their answer (must be none): the gold tail in a tail
+  probe's prompt, or the gold relation's words in a relation probe's input."""
+  leaks = []
+  for it in items:
+    gold = it.item.candidates[it.item.gold]
+    shown = " ".join(p for p in it.item.prompt if p != "{}")
+    if it.item.kind == RELATION:
+      shown += " " + it.item.context
+    if gold.lower() in shown.replace("{}", "").lower():
+      leaks.append(it)
+  return leaks
+
+
+def chance(items: Sequence[StudyItem]) -> float:
+  return float(np.mean([1.0 / len(it.item.candidates) for it in items])) if items else np.nan
+
+
+def cells(items: Sequence[StudyItem]) -> dict[tuple[str, str], list[int]]:
+  """{(group, probe): indices into `items`}."""
+  out: dict[tuple[str, str], list[int]] = {(g, p): [] for g in GROUPS for p in PROBES}
+  for i, it in enumerate(items):
+    out[(it.group, it.probe)].append(i)
+  return out
+
+
+def correct(items: Sequence[StudyItem], text_scorer, triple_scorer) -> np.ndarray:
+  """bool [len(items)]: the gold candidate scored highest (ties: the first)."""
+  out = np.zeros(len(items), bool)
+  for scorer, probes in ((text_scorer, TEXT_PROBES),
+                         (triple_scorer, tuple(p for p in PROBES if p not in TEXT_PROBES))):
+    index = [i for i, it in enumerate(items) if it.probe in probes]
+    if not index:
+      continue
+    scores = scorer([items[i].item for i in index])
+    for i, s in zip(index, scores):
+      out[i] = int(np.argmax(s)) == items[i].item.gold
+  return out

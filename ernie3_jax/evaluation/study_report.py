@@ -1,0 +1,124 @@
+"""The knowledge study's results: per-cell accuracies, paired bootstrap intervals, a
+table and learning curves (see benchmarks/knowledge_study.py for how they are made).
+
+A result line holds one arm x seed: its accuracy per (group, probe) cell at every probed
+step, and at the last step the correctness of every item ("0"/"1" per item, in
+`study_probes.build_items` order), so arms compare item by item.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import numpy as np
+
+from ernie3_jax.evaluation.study_probes import PROBES
+
+ARM_ORDER = ("text", "triples", "uktp", "misaligned")
+ARM_NAMES = {"text": "1 text only", "triples": "2 text + triples",
+             "uktp": "3 UKTP", "misaligned": "4 UKTP, wrong sentences"}
+# (group, probe) cells the study's questions read.
+KEY_CELLS = (("A", "text_recall"), ("T", "triple_tail"), ("T", "triple_relation"),
+             ("K", "text_heldout"), ("T", "in_context_relation"))
+COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"))
+
+
+def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
+  """The result lines of `path` (with `fingerprint`, only those of that study setup)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = [json.loads(l) for l in f if l.strip()]
+  except FileNotFoundError:
+    return []
+  return [l for l in lines if fingerprint is None or l.get("fingerprint") == fingerprint]
+
+
+def item_matrix(lines: Sequence[dict], arm: str, cell: str) -> np.ndarray:
+  """[seeds, items] correctness of `arm` in `cell` ("G/probe") at the last step."""
+  rows = [np.frombuffer(l["final_correct"][cell].encode(), np.uint8) - ord("0")
+          for l in sorted(lines, key=lambda l: l["seed"]) if l["arm"] == arm]
+  return np.asarray(rows, np.float64)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 4000,
+                     seed: int = 0) -> tuple[float, float, float]:
+  """(mean difference, 2.5% and 97.5% quantiles) of accuracy a - b, resampling items.
+
+  a and b are [seeds, items] correctness on the same items; each item's accuracy is its
+  mean over seeds, and the items (not the seeds) are resampled.
+  """
+  diff = a.mean(0) - b.mean(0)
+  rng = np.random.default_rng(seed)
+  means = diff[rng.integers(0, len(diff), (samples, len(diff)))].mean(1)
+  low, high = np.quantile(means, [0.025, 0.975])
+  return float(diff.mean()), float(low), float(high)
+
+
+def cell_stats(lines: Sequence[dict], arm: str, cell: str) -> tuple[float, float, int]:
+  """(mean accuracy over seeds, its spread (std over seeds), items per seed)."""
+  m = item_matrix(lines, arm, cell)
+  per_seed = m.mean(1)
+  return float(per_seed.mean()), float(per_seed.std()), m.shape[1]
+
+
+def table(lines: Sequence[dict], chance: dict[str, float]) -> str:
+  """Accuracy per cell and arm (mean ± std over seeds), chance, and the verdict rows."""
+  arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
+  seeds = sorted({l["seed"] for l in lines})
+  cells = [f"{g}/{p}" for g in "ATKN" for p in PROBES
+           if any(f"{g}/{p}" in l["final_correct"] for l in lines)]
+  out = [f"accuracy at the last step, mean ± std over seeds {seeds} (items per seed in "
+         "brackets)", f"{'cell':26s} {'chance':>7s} " + " ".join(f"{ARM_NAMES[a]:>24s}"
+                                                                 for a in arms)]
+  for cell in cells:
+    stats = [cell_stats(lines, a, cell) for a in arms]
+    out.append(f"{cell + f' [{stats[0][2]}]':26s} {chance[cell]:7.3f} "
+               + " ".join(f"{m:17.3f} ± {s:.3f}" for m, s, _ in stats))
+  out.append("")
+  out.append("paired bootstrap over items (95% interval of the accuracy difference)")
+  for cell in [f"{g}/{p}" for g, p in KEY_CELLS]:
+    for x, y in COMPARISONS:
+      if x in arms and y in arms and cell in cells:
+        d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell), item_matrix(lines, y, cell))
+        out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+  out.append("")
+  out.append("leak check: group N within two standard errors of chance")
+  for cell in [c for c in cells if c.startswith("N/")]:
+    for a in arms:
+      m = item_matrix(lines, a, cell)
+      se = np.sqrt(chance[cell] * (1 - chance[cell]) / m.size)
+      acc = float(m.mean())
+      verdict = "ok" if abs(acc - chance[cell]) <= 2 * se else "LEAK?"
+      out.append(f"{cell:26s} {a:>10s} {acc:.3f} (chance {chance[cell]:.3f} ± {2 * se:.3f}) "
+                 f"{verdict}")
+  return "\n".join(out)
+
+
+def figure(lines: Sequence[dict], chance: dict[str, float], path: str, title: str) -> None:
+  """Accuracy against step for the key cells and N, every arm, seed range shaded."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cells = [f"{g}/{p}" for g, p in KEY_CELLS] + ["N/triple_tail", "N/text_heldout"]
+  fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), sharex=True)
+  for ax, cell in zip(axes.flat, cells):
+    for arm in ARM_ORDER:
+      runs = [l for l in lines if l["arm"] == arm]
+      if not runs:
+        continue
+      steps = sorted({int(s) for l in runs for s in l["curve"]})
+      acc = np.array([[l["curve"][str(s)][cell] for s in steps] for l in runs])
+      line, = ax.plot(steps, acc.mean(0), label=ARM_NAMES[arm])
+      ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
+    ax.axhline(chance[cell], color="grey", linestyle=":", label="chance")
+    ax.set_title(cell)
+    ax.set_ylim(0, 1)
+  for ax in axes[-1]:
+    ax.set_xlabel("step")
+  axes.flat[-1].axis("off")
+  axes.flat[0].legend(loc="lower right", fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -1,0 +1,266 @@
+"""The knowledge study: its corpus and splits, the knowledge rows of each arm, the probes,
+the scorer against an independent log-likelihood, the report, and the whole pipeline."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from ernie3_jax import gin_utils
+from ernie3_jax.data import knowledge_study_corpus as ksc
+from ernie3_jax.data import uktp
+from ernie3_jax.data.vocabulary import Vocabulary
+from ernie3_jax.evaluation import knowledge_probe as kp
+from ernie3_jax.evaluation import study_probes, study_report
+from ernie3_jax.model import Ernie3
+from tests import model_testing as mt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", name="study_dir")
+def fixture_study_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("study")
+  ksc.write_study(str(out), ksc.StudyConfig(num_people=60, phrasings=3, seed=4))
+  return out
+
+
+def _read(path):
+  with open(path, encoding="utf-8") as f:
+    return f.read()
+
+
+def test_every_group_is_only_in_its_own_formats(study_dir):
+  """No T, K or N fact (or name) reaches a format it must not be in."""
+  study = ksc.load_study(study_dir / "study.json")
+  corpus, kg, aliases = (_read(study_dir / f) for f in ("corpus.jsonl", "kg.tsv",
+                                                          "aliases.tsv"))
+  groups = {g: [p for p in study["people"] if p.group == g] for g in ksc.GROUPS}
+  assert [len(groups[g]) for g in ksc.GROUPS] == [24, 18, 9, 9]
+  kg_heads = {line.split("\t")[0] for line in kg.splitlines()}
+  for p in study["people"]:
+    in_text, in_kg = p.name in corpus, p.name in kg_heads or p.name in aliases
+    assert (in_text, in_kg) == {"A": (True, True), "T": (True, False), "K": (False, True),
+                                "N": (False, False)}[p.group], p
+  # The KG holds exactly the A and K people's facts.
+  triples = {tuple(line.split("\t")) for line in kg.splitlines()}
+  assert triples == {t for g in "AK" for p in groups[g] for t in p.triples()}
+
+
+def test_biographies_state_every_fact_with_the_full_name_in_every_sentence(study_dir):
+  study = ksc.load_study(study_dir / "study.json")
+  facts = {p.name: p.facts for p in study["people"]}
+  docs = [json.loads(l) for l in _read(study_dir / "corpus.jsonl").splitlines()]
+  assert len(docs) == 3 * (24 + 18)
+  # Held-out wording is for the probes only: no held-out template's longest fixed
+  # fragment ("'s birth certificate was issued in") is in the corpus.
+  fragments = [max(re.split(r"\{h\}|\{t\}", t), key=len)
+               for _, _, ho in ksc.RELATIONS.values() for t in ho]
+  corpus = " ".join(d["text"] for d in docs)
+  assert all(len(f) > 8 and f not in corpus for f in fragments), fragments
+  starts = set()
+  for doc in docs:
+    name = doc["title"]
+    sentences = re.split(r"(?<=\.) ", doc["text"])
+    assert len(sentences) == len(ksc.RELATIONS)
+    assert all(name in s for s in sentences)
+    for relation, tail in facts[name].items():
+      # Some training template of the relation states it.
+      assert any(t.format(h=name, t=tail) in sentences for t in ksc.RELATIONS[relation][1])
+    starts.add(sentences[0].split(name)[0])
+  assert len(starts) > 5  # sentence order is shuffled
+  # A person's relations of one type take distinct values (relation probes have one answer).
+  for f in facts.values():
+    for kind in ksc.VALUES:
+      values = [t for r, t in f.items() if ksc.RELATIONS[r][0] == kind]
+      assert len(values) == len(set(values)) == 3
+
+
+def test_the_generator_is_deterministic_and_checks_its_templates(tmp_path):
+  a, b = tmp_path / "a", tmp_path / "b"
+  for d in (a, b):
+    ksc.write_study(str(d), ksc.StudyConfig(num_people=20, phrasings=2, seed=1))
+  for name in ("corpus.jsonl", "kg.tsv", "aliases.tsv", "study.json"):
+    assert _read(a / name) == _read(b / name)
+  with pytest.raises(ValueError, match="leaves a group empty"):
+    ksc.people(ksc.StudyConfig(num_people=5))
+
+
+def _study_gin(study_dir, vocab_path):
+  gin_utils.parse_gin(["gin_configs/experiments/knowledge_study.gin"], [
+      "MODEL_DIR = '/unused'", f"DataConfig.corpus = '{study_dir / 'corpus.jsonl'}'",
+      f"DataConfig.kg = '{study_dir / 'kg.tsv'}'",
+      f"DataConfig.aliases = '{study_dir / 'aliases.tsv'}'",
+      f"DataConfig.vocabulary = '{vocab_path}'"])
+
+
+def test_the_arms_pair_the_same_triples_with_nothing_their_sentence_or_another(study_dir):
+  from ernie3_jax.data import data_config as dc
+  from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
+  from tasks import knowledge_study
+  _study_gin(study_dir, EMBEDDED_VOCAB)
+  cfg = dc.current()
+  rows = {p: knowledge_study.knowledge_rows(cfg, "train", p)
+          for p in ("triples", "uktp", "misaligned")}
+  key = lambda r: (r["head"], r["relation"], r["tail"])
+  assert [key(r) for r in rows["triples"]] == [key(r) for r in rows["uktp"]] == [
+      key(r) for r in rows["misaligned"]]
+  study = ksc.load_study(study_dir / "study.json")
+  group = {p.name: p.group for p in study["people"]}
+  assert all(r["sentence"] == "" for r in rows["triples"])
+  for r in rows["uktp"]:
+    if group[r["head"]] == "A":  # stated in text: paired with a sentence stating it
+      assert r["head"] in r["sentence"] and r["tail"] in r["sentence"]
+    else:  # K: no sentence anywhere
+      assert r["sentence"] == ""
+  aligned = sorted(r["sentence"] for r in rows["uktp"] if r["sentence"])
+  assert sorted(r["sentence"] for r in rows["misaligned"] if r["sentence"]) == aligned
+  for r in rows["misaligned"]:
+    assert r["head"] not in r["sentence"]  # another person's sentence (or none, for K)
+
+
+def test_knowledge_rows_mask_the_relation_or_the_tail_everywhere():
+  vocab = Vocabulary()
+  builder = uktp.UktpBuilder(vocab, 48, relation_mask_prob=0.5, tail_mask_prob=1.0)
+  enc = lambda s: list(builder._encode(s))  # pylint: disable=protected-access
+  h, r, t = "Ann Ros", "born_in", "Isgar"
+  seen = set()
+  for seed in range(12):
+    for sentence in ("", "Ann Ros was born in Isgar ."):
+      ex = builder.example(h, r, t, sentence, np.random.default_rng(seed))
+      tokens, targets = ex["tokens"], ex["mlm_targets"]
+      triple = [vocab.cls_id] + enc(h) + enc("born in") + enc(t) + [vocab.sep_id]
+      masked = np.flatnonzero(ex["mlm_weights"])
+      target_ids = targets[masked].tolist()
+      if target_ids == enc("born in"):
+        kind = "relation"
+      else:
+        # The tail, in the triple and (with a sentence) in the sentence as well.
+        assert target_ids == enc(t) * (1 if not sentence else 2), target_ids
+        kind = "tail"
+      assert (tokens[masked] == vocab.mask_id).all()
+      restored = np.where(ex["mlm_weights"] > 0, targets, tokens)
+      assert restored[:len(triple)].tolist() == triple
+      assert bool(ex["segment_ids"].any()) == bool(sentence)
+      seen.add((kind, bool(sentence)))
+  assert seen == {(k, s) for k in ("relation", "tail") for s in (False, True)}
+
+
+def test_probe_items_are_typed_cover_every_fact_and_never_show_their_answer(study_dir):
+  study = ksc.load_study(study_dir / "study.json")
+  items = study_probes.build_items(study)
+  assert len(items) == 60 * len(ksc.RELATIONS) * len(study_probes.PROBES)
+  assert study_probes.answer_leaks(items) == []
+  cells = study_probes.cells(items)
+  assert len(cells[("K", "text_heldout")]) == 9 * len(ksc.RELATIONS)
+  for it in items:
+    kind = ksc.RELATIONS[it.relation][0]
+    if it.item.kind == kp.TAIL:
+      assert it.item.candidates == tuple(ksc.VALUES[kind])
+    else:
+      assert len(it.item.candidates) == 3
+  chance_tail = np.mean([1 / len(ksc.VALUES[ksc.RELATIONS[r][0]]) for r in ksc.RELATIONS])
+  assert study_probes.chance([items[i] for i in cells[("T", "triple_tail")]]) == \
+      pytest.approx(chance_tail)
+  # A planted leak is found.
+  leaky = study_probes.StudyItem("T", "in_context_relation", "x", "born_in", kp.SlotItem(
+      kp.RELATION, ("x", "{}", "y"), ("born in", "lives in"), 0, context="x was born in y."))
+  assert study_probes.answer_leaks([leaky]) == [leaky]
+
+
+def _reference_score(model, params, tokens, segments, task_id, slot_positions, slot_ids):
+  """Mean log-probability of `slot_ids` at `slot_positions`, straight from the model."""
+  out = model.apply({"params": params}, np.asarray([tokens], np.int32),
+                    np.asarray([segments], np.int32), np.asarray([task_id], np.int32),
+                    method=Ernie3.nlu_pretrain)
+  logp = jax.nn.log_softmax(np.asarray(out["mlm_logits"][0], np.float64)[:, :model.config.vocab_size])
+  return float(np.mean([logp[p, i] for p, i in zip(slot_positions, slot_ids)]))
+
+
+def test_masked_slot_scores_equal_an_independent_log_likelihood():
+  vocab = Vocabulary()
+  cfg = mt.config(vocab_size=4000)
+  params = nn.unbox(mt.init_params(cfg)["params"])
+  model = Ernie3(cfg)
+  scorer = kp.MaskedSlotScorer(model, params, vocab, max_length=40, batch_size=3, task_id=4)
+  enc = lambda s: list(vocab.tokenizer.encode(s))
+  m = vocab.mask_id
+  triple = kp.SlotItem(kp.TAIL, ("Ann Ros", "born in", "{}"), ("Isgar", "Velmar Holt"), 1)
+  text = kp.SlotItem(kp.TAIL, ("Ann Ros was born in {}.",), ("Isgar", "Velmar Holt"), 0)
+  context = kp.SlotItem(kp.RELATION, ("Ann Ros", "{}", "Isgar"), ("born in", "died in"), 0,
+                        context="Ann Ros first drew breath in Isgar.")
+  scores = scorer([triple, text, context])
+  for item, got in zip([triple, text, context], scores):
+    for candidate, score in zip(item.candidates, got):
+      slot = enc(candidate)
+      if len(item.prompt) == 3:
+        parts = [[m] * len(slot) if p == "{}" else enc(p) for p in item.prompt]
+        first = [vocab.cls_id] + sum(parts, []) + [vocab.sep_id]
+        start = 1 + sum(len(p) for p in parts[:item.prompt.index("{}")])
+      else:  # "Ann Ros was born in" + candidate + "." encoded whole
+        before = enc(item.prompt[0].split("{}")[0])
+        whole = enc(item.prompt[0].replace("{}", candidate))
+        assert whole[:len(before)] == before and whole[len(before):len(before) + len(slot)] \
+            == slot
+        first = ([vocab.cls_id] + before + [m] * len(slot) + whole[len(before) + len(slot):]
+                 + [vocab.sep_id])
+        start = 1 + len(before)
+      second = enc(item.context) + [vocab.sep_id] if item.context else []
+      tokens = first + second
+      segments = [0] * len(first) + [1] * len(second)
+      want = _reference_score(model, params, tokens, segments, 4,
+                              range(start, start + len(slot)), slot)
+      assert score == pytest.approx(want, abs=1e-4), (item, candidate)
+
+
+def test_an_item_is_correct_when_its_gold_scores_highest():
+  items = [study_probes.StudyItem("A", probe, "x", "born_in",
+                                  kp.SlotItem(kp.TAIL, ("{}",), ("a", "b", "c"), gold))
+           for probe, gold in (("text_recall", 1), ("triple_tail", 2), ("text_heldout", 0))]
+  fixed = lambda items: [np.array([0.1, 0.5, 0.3]) for _ in items]
+  assert study_probes.correct(items, fixed, fixed).tolist() == [True, False, False]
+
+
+def test_paired_bootstrap_and_table_read_the_item_results():
+  rng = np.random.default_rng(0)
+  base = (rng.random((3, 400)) < 0.3).astype(float)
+  better = np.maximum(base, (rng.random((3, 400)) < 0.2))
+  d, lo, hi = study_report.paired_bootstrap(better, base)
+  assert lo < d < hi and lo > 0 and d == pytest.approx(better.mean() - base.mean())
+  d, lo, hi = study_report.paired_bootstrap(base, base)
+  assert d == lo == hi == 0
+  enc = lambda m: "".join("1" if x else "0" for x in m)
+  lines = [{"arm": arm, "seed": s, "final_correct": {"T/triple_tail": enc(m[s]),
+                                                     "N/triple_tail": enc(m[s] * 0)},
+            "curve": {"100": {"T/triple_tail": m[s].mean()}}}
+           for arm, m in (("uktp", better), ("triples", base)) for s in range(3)]
+  text = study_report.table(lines, {"T/triple_tail": 0.1, "N/triple_tail": 0.1})
+  assert re.search(r"T/triple_tail\s+uktp - triples\s+\+0\.\d+ \[\+", text)
+  assert "N/triple_tail" in text and "LEAK?" in text  # 0 correct is far below chance 0.1
+
+
+@pytest.mark.slow  # four short training runs: a few minutes on 2 cores
+def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
+  out, results, figure = tmp_path / "study", tmp_path / "results.jsonl", tmp_path / "curves.png"
+  cmd = [sys.executable, "benchmarks/knowledge_study.py", f"--out_dir={out}",
+         f"--results={results}", f"--figure={figure}", "--num_people=40", "--phrasings=2",
+         "--vocab_pieces=256", "--steps=20", "--probe_every=10", "--batch=8",
+         "--arms=text,uktp", "--seeds=0"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=1500)
+  text = first.stdout.decode()
+  assert first.returncode == 0, text[-3000:] + first.stderr.decode()[-3000:]
+  lines = [json.loads(l) for l in results.read_text().splitlines()]
+  assert [(l["arm"], l["seed"]) for l in lines] == [("text", 0), ("uktp", 0)]
+  assert set(lines[0]["curve"]) == {"10", "20"}
+  assert len(lines[0]["final_correct"]["T/triple_tail"]) == 12 * len(ksc.RELATIONS)
+  assert "paired bootstrap over items" in text and figure.stat().st_size > 10_000
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=600)
+  assert "text seed 0: in" in again.stdout.decode()  # done runs are skipped
+  assert len(results.read_text().splitlines()) == 2
