@@ -39,13 +39,15 @@ _FIGURE = flags.DEFINE_string("figure", "benchmarks/results/knowledge_study.png"
                               "Learning curves (PNG); '' for none.")
 _ARMS = flags.DEFINE_list("arms", ["text", "triples", "uktp", "misaligned"], "Arms to run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per arm.")
-_PEOPLE = flags.DEFINE_integer("num_people", 120, "People in the corpus (all groups).")
+_PEOPLE = flags.DEFINE_integer("num_people", 60, "People in the corpus (all groups).")
 _PHRASINGS = flags.DEFINE_integer("phrasings", 5, "Biographies per A and T person.")
-_VOCAB = flags.DEFINE_integer("vocab_pieces", 512, "SentencePiece pieces of the study vocabulary.")
-_STEPS = flags.DEFINE_integer("steps", 2400, "Training steps per run.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 600, "Steps between probed checkpoints.")
-_BATCH = flags.DEFINE_integer("batch", 32, "NLU rows per step of the knowledge arms (half "
-                              "text); the text-only arm takes the text half.")
+_VOCAB = flags.DEFINE_integer("vocab_pieces", 384,
+                              "SentencePiece pieces of the study vocabulary.")
+_STEPS = flags.DEFINE_integer("steps", 4000, "Training steps per run.")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", 1000, "Steps between probed checkpoints.")
+_TEXT_ROWS = flags.DEFINE_integer("text_rows", 16, "Text rows per step (every arm).")
+_KNOWLEDGE_ROWS = flags.DEFINE_integer("knowledge_rows", 8, "Knowledge rows per step (arms "
+                                       "2-4; the text-only arm has none).")
 _GIN = flags.DEFINE_multi_string("gin", [], "Extra gin bindings for every run (NAME=VALUE).")
 _LABEL = flags.DEFINE_string("label", "cpu", "Names the machine in the results.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and figure.")
@@ -54,7 +56,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and
 def setup() -> dict:
   return {"num_people": _PEOPLE.value, "phrasings": _PHRASINGS.value,
           "vocab_size": _VOCAB.value, "steps": _STEPS.value, "probe_every": _PROBE_EVERY.value,
-          "batch": _BATCH.value, "gin": list(_GIN.value), "label": _LABEL.value}
+          "text_rows": _TEXT_ROWS.value, "knowledge_rows": _KNOWLEDGE_ROWS.value,
+          "gin": list(_GIN.value), "label": _LABEL.value}
 
 
 def fingerprint(settings: dict) -> str:
@@ -81,8 +84,13 @@ def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
 
 def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> list[str]:
   from tasks import knowledge_study  # pylint: disable=g-import-not-at-top
-  batch = settings["batch"] // 2 if arm == "text" else settings["batch"]
+  # The mixture's rates are the rows per step, so every arm's text rows are the same.
+  rates = {knowledge_study.TEXT_TASK: float(settings["text_rows"])}
+  if arm != "text":
+    rates[knowledge_study.KNOWLEDGE_TASKS[arm]] = float(settings["knowledge_rows"])
+  batch = int(sum(rates.values()))
   bindings = [f"MODEL_DIR='{model_dir}'", f"STUDY_MIXTURE='{knowledge_study.ARMS[arm]}'",
+              f"PretrainInput.stages=[(0, {rates!r})]",
               f"SEED={seed}", f"NLU_BATCH={batch}", f"train.num_steps={settings['steps']}",
               f"train.checkpoint_every={settings['probe_every']}",
               f"Ernie3Config.vocab_size={settings['vocab_size']}"]
@@ -160,32 +168,31 @@ def result_line(arm: str, seed: int, settings: dict, items, correct: dict, train
 def exposures(arm: str, settings: dict, paths: dict) -> dict[str, float]:
   """Expected exposures per fact: rows of each kind over the run / rows per pass."""
   from ernie3_jax.data import knowledge_graph as kg_lib  # pylint: disable=g-import-not-at-top
-  text_rows = settings["steps"] * settings["batch"] / 2  # the mixtures draw 1:1
-  passes = text_rows / max(1, _text_rows_per_pass_cached(
-      *(paths[k] for k in ("corpus", "kg", "aliases", "vocabulary"))))
+  text_rows = settings["steps"] * settings["text_rows"]  # in expectation: rates = rows
+  passes = text_rows / max(1, _text_rows_per_pass(
+      *(paths[k] for k in ("corpus", "kg", "aliases", "vocabulary")), tuple(settings["gin"])))
   triples = len(kg_lib.load_triples(paths["kg"]))
-  knowledge_rows = 0 if arm == "text" else settings["steps"] * settings["batch"] / 2
+  knowledge_rows = 0 if arm == "text" else settings["steps"] * settings["knowledge_rows"]
   return {"text_sentence_per_fact": round(passes * settings["phrasings"], 1),
           "knowledge_rows_per_triple": round(knowledge_rows / triples, 1),
           "text_passes": round(passes, 1)}
 
 
 @functools.lru_cache(maxsize=2)
-def _text_rows_per_pass_cached(corpus: str, kg: str, aliases: str, vocabulary: str) -> int:
-  return _text_rows_per_pass({"corpus": corpus, "kg": kg, "aliases": aliases,
-                              "vocabulary": vocabulary})
-
-
-def _text_rows_per_pass(paths: dict) -> int:
+def _text_rows_per_pass(corpus: str, kg: str, aliases: str, vocabulary: str,
+                        extra_gin: tuple[str, ...]) -> int:
   """Knowledge-masked-LM rows that one pass over the corpus makes."""
-  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
+  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin(["gin_configs/experiments/knowledge_study.gin"], [
-      "MODEL_DIR='/unused'", "DataConfig.validation_every=0"] + [
-      f"DataConfig.{k}='{paths[k]}'" for k in ("corpus", "kg", "aliases", "vocabulary")])
+      "MODEL_DIR='/unused'", f"DataConfig.corpus='{corpus}'", f"DataConfig.kg='{kg}'",
+      f"DataConfig.aliases='{aliases}'", f"DataConfig.vocabulary='{vocabulary}'",
+      *extra_gin])
+  length = gin.query_parameter("train.sequence_length")
   ds = seqio.get_mixture_or_task("knowledge_masked_lm").get_dataset(
-      {"tokens": 48}, split="train", shuffle=False, num_epochs=1, use_cached=False,
+      {"tokens": length}, split="train", shuffle=False, num_epochs=1, use_cached=False,
       trim_output_features=False)
   return sum(1 for _ in ds.as_numpy_iterator())
 

@@ -17,7 +17,8 @@ of them contains the relation's own words.
 Files (the formats of any user corpus, read by the ordinary readers and tasks):
   corpus.jsonl   {"title", "text"}: one biography per line, lines shuffled
   kg.tsv         head<TAB>relation<TAB>tail for A and K
-  aliases.tsv    entity<TAB>alias for the KG's people ("F. Surname")
+  aliases.tsv    entity<TAB>alias for every person of A, T and K ("F. Surname"): names
+                 only, so that knowledge masking treats A's and T's names alike
   study.json     the people, their group and facts, the relations and their templates
                  (for the probes; no training task reads it)
 
@@ -132,7 +133,7 @@ _SUFFIXES = ("ov ski berg mann dottir ez ini sson quist ard").split()
 class StudyConfig:
   num_people: int = 240
   phrasings: int = 5  # biographies per A and T person
-  shares: tuple[float, float, float, float] = (0.4, 0.3, 0.15, 0.15)  # A, T, K, N
+  shares: tuple[float, float, float, float] = (0.35, 0.3, 0.2, 0.15)  # A, T, K, N
   seed: int = 0
 
 
@@ -229,8 +230,10 @@ def write_study(out_dir: str, config: StudyConfig = StudyConfig()) -> dict[str, 
   with open(paths["kg"], "w", encoding="utf-8") as f:
     f.writelines("\t".join(t) + "\n" for t in triples)
   with open(paths["aliases"], "w", encoding="utf-8") as f:
+    # Names only, no facts: every trained person's name is an entity to the matcher, so
+    # knowledge masking masks the names of A and T alike (whole, at the entity level).
     for p in everyone:
-      if p.group in ("A", "K"):
+      if p.group != "N":
         given, surname = p.name.split(" ", 1)
         f.write(f"{p.name}\t{given[0]}. {surname}\n")
   with open(paths["study"], "w", encoding="utf-8") as f:

@@ -14,7 +14,9 @@ Tail candidates are every value of the relation's type; relation candidates the 
 of that type (a person's relations of one type take distinct values, so exactly one is
 true). Text probes read the knowledge-masked-LM task embedding, triple probes UKTP's (or
 knowledge-masked LM's for an arm that never trained UKTP's). Group N's items are the leak
-check: nothing trains on N, so N must stay at chance in every probe.
+check: nothing trains on N, so N must stay at chance in every closed-book probe. The
+in-context probe states the fact in its second segment, so on N it measures reading the
+relation off unseen wording alone, and on T that plus what the model remembers.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ ARM_NAMES = {"text": "1 text only", "triples": "2 text + triples",
 KEY_CELLS = (("A", "text_recall"), ("T", "triple_tail"), ("T", "triple_relation"),
              ("K", "text_heldout"), ("T", "in_context_relation"))
 COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"))
+OPEN_BOOK_CELLS = tuple(f"{g}/in_context_relation" for g in "ATKN")
 
 
 def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
@@ -83,8 +84,10 @@ def table(lines: Sequence[dict], chance: dict[str, float]) -> str:
         d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell), item_matrix(lines, y, cell))
         out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
   out.append("")
-  out.append("leak check: group N within two standard errors of chance")
-  for cell in [c for c in cells if c.startswith("N/")]:
+  out.append("leak check: group N within two standard errors of chance on the closed-book "
+             "probes (the in-context probe states the fact in its input, so N there measures "
+             "reading the relation off held-out wording alone)")
+  for cell in [c for c in cells if c.startswith("N/") and c not in OPEN_BOOK_CELLS]:
     for a in arms:
       m = item_matrix(lines, a, cell)
       se = np.sqrt(chance[cell] * (1 - chance[cell]) / m.size)
