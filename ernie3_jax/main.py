@@ -54,10 +54,15 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # Library INFO logs (checkpoint threads, data pipelines) drown the run's own
-    # progress lines; `-v 0` brings them back.
-    logging.set_verbosity(logging.WARNING)
+  if _library_logs_wanted():
+    os.environ["ERNIE3_LIBRARY_LOGS"] = "1"  # tf_runtime shows TensorFlow's import notices
+  else:
+    # Library INFO logs (checkpoint threads, data pipelines) and known-harmless warnings
+    # drown the run's own progress lines; `--verbosity=1` (or -v 0) brings them back.
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    from ernie3_jax import console  # pylint: disable=g-import-not-at-top
+    console.hold_back_harmless_warnings()
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax import host_memory  # pylint: disable=g-import-not-at-top
@@ -107,6 +112,11 @@ def _lock_if_training(model_dir: str):
   return lock
 
 
+def _library_logs_wanted() -> bool:
+  """`--verbosity=1` (or higher): library logs, notices and tracebacks are shown."""
+  return flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
+
+
 def _main_and_exit(argv):
   """Runs main, then leaves without interpreter teardown.
 
@@ -119,9 +129,13 @@ def _main_and_exit(argv):
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, (app.UsageError,)):
       raise
-    import traceback  # pylint: disable=g-import-not-at-top
-    traceback.print_exc()
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+    from ernie3_jax import console  # pylint: disable=g-import-not-at-top
+    if _library_logs_wanted() or not console.is_user_error(e):
+      import traceback  # pylint: disable=g-import-not-at-top
+      traceback.print_exc()
+    print(console.error_line(e), file=sys.stderr)
+    if not _library_logs_wanted() and console.is_user_error(e):
+      print("(--verbosity=1 shows the traceback)", file=sys.stderr)
     code = 1
   sys.stdout.flush()
   sys.stderr.flush()

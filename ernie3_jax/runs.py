@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import gin
@@ -21,9 +22,10 @@ def summarize_training(history: list[dict[str, float]]) -> str:
   first, last = history[0], history[-1]
   lines = [f"{'task':24s} {'step ' + str(int(first['step'])):>12s} "
            f"{'step ' + str(int(last['step'])):>12s}"]
+  number = lambda v: f"{v:12.3f}" if math.isfinite(v) else f"{'-':>12s}"
   for key in sorted(k for k in last if k.endswith("/loss")):
-    lines.append(f"{key.split('/')[0]:24s} {first.get(key, float('nan')):12.3f} "
-                 f"{last[key]:12.3f}")
+    lines.append(f"{key.split('/')[0]:24s} {number(first.get(key, float('nan')))} "
+                 f"{number(last[key])}")
   return "\n".join(lines)
 
 

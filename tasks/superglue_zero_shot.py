@@ -184,8 +184,11 @@ def metric_fn(task: str):
   def fn(targets: Sequence[Mapping[str, Any]], scores: Sequence[float]) -> dict[str, float]:
     decided = decide(targets, scores)
     labelled = _labelled(decided)
+    # A MultiRC decision is one answer option; its question is the key's "p/q" part.
+    questions = ({d.rows[0]["key"].rsplit("/", 1)[0] for d in labelled} if task == "multirc"
+                 else labelled)
     out = {"accuracy": float(np.mean([d.right for d in labelled])),
-           "num_questions": float(len(labelled)),
+           "num_questions": float(len(questions)), "num_decisions": float(len(labelled)),
            "truncated_prompts": float(sum(d.rows[0]["truncated"] for d in decided))}
     if task in _CLASS_OF_CANDIDATE:  # one prediction per question, a class index
       cls = _CLASS_OF_CANDIDATE[task]

@@ -1,5 +1,7 @@
 """Building blocks with their own numerics: hashed dropout masks, the bias-add gradient."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,3 +89,62 @@ def test_out_first_dense_equals_the_training_layout(in_shape, out_features):
   np.testing.assert_allclose(out_first.apply({"params": flipped}, x),
                              dense.apply({"params": params}, x), rtol=1e-5, atol=1e-5)
 
+
+
+# ------------------------------------------------------------ float32 logits under bf16
+
+
+def _bf16(rng, shape, scale=1.0):
+  return jnp.asarray(rng.standard_normal(shape) * scale, jnp.bfloat16)
+
+
+def _f32_product(a, b):
+  """The exact product of bf16 operands, accumulated in float64, as float32."""
+  return (np.asarray(a, np.float64) @ np.asarray(b, np.float64)).astype(np.float32)
+
+
+def _assert_float32_logits(got, a, b):
+  want = _f32_product(a, b)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  # The check can fail: results rounded to bf16 (the old behaviour) miss it by far more.
+  rounded = np.asarray(jnp.asarray(want, jnp.bfloat16), np.float32)
+  assert (np.abs(rounded - want) > 1e-5 + 1e-5 * np.abs(want)).mean() > 0.5
+
+
+def test_tied_untied_and_out_first_logits_are_float32_products_of_bf16_operands():
+  from ernie3_jax.model.config import Ernie3Config
+  from ernie3_jax.model.embeddings import Embeddings
+  from ernie3_jax.model.heads import TokenPredictionHead
+  rng = np.random.default_rng(0)
+  cfg = Ernie3Config(vocab_size=300, d_model=64, num_heads=4, head_dim=16, task_d_model=48,
+                     dtype="bfloat16")
+  query = _bf16(rng, (2, 5, 64), 4.0)
+  emb = Embeddings(cfg)
+  params = emb.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32),
+                    jnp.zeros((1, 3), jnp.int32), jnp.zeros((1,), jnp.int32))
+  table = nn.unbox(params)["params"]["token"]["embedding"].astype(jnp.bfloat16)
+  _assert_float32_logits(emb.apply(params, query, method=Embeddings.attend), query, table.T)
+  # The untied output projection and the decoder's out-first read, inside the head.
+  h = _bf16(rng, (2, 5, 48))
+  for untied_cfg, table_arg in ((dataclasses.replace(cfg, tie_embeddings=False), None),
+                                (cfg, _bf16(rng, (300, 64), 0.05))):
+    head = TokenPredictionHead(untied_cfg)
+    variables = head.init(jax.random.PRNGKey(1), h, lambda t: None, table_arg)
+    logits, state = head.apply(variables, h, lambda t: None, table_arg,
+                               capture_intermediates=True)
+    t = state["intermediates"]["transform_norm"]["__call__"][0]
+    kernel = (nn.unbox(variables)["params"]["output"]["kernel"].astype(jnp.bfloat16)
+              if table_arg is None else table_arg.T)
+    _assert_float32_logits(logits, t, kernel)  # the output bias is zero at init
+
+
+def test_bf16_dropout_scales_kept_values_in_float32():
+  x = jnp.ones((64, 64), jnp.bfloat16)
+  drop = layers.Dropout(0.1)
+  out = drop.apply({}, x, False, rngs={"dropout": jax.random.PRNGKey(0)})
+  kept = np.asarray(out, np.float32)[np.asarray(out) != 0]
+  assert kept.size > 3000
+  want = float(jnp.asarray(np.float32(1.0) / np.float32(0.9), jnp.bfloat16))
+  assert np.all(kept == want)  # 1/0.9 rounded once; bf16 keep (0.8984) would give 1.1133
+  assert want == pytest.approx(1.109375)

@@ -100,3 +100,16 @@ def test_bad_inputs_raise():
     m.copa_metrics([0, 1], [0.1, 0.2])
   with pytest.raises(ValueError, match="no gold answers"):
     m.record_metrics([_t(-1, 0, candidate="x")], [1.0])
+
+
+def test_record_query_without_candidates_scores_zero_not_dropped():
+  from ernie3_jax.evaluation import superglue_formats
+  example = {"idx": 4, "passage": {"text": "A passage naming nobody.", "entities": []},
+             "qas": [{"idx": 9, "query": "@placeholder won.", "answers": ["Sam Hale"]}]}
+  (rows,) = superglue_formats.format_example("record", example)
+  assert [(r.candidate, r.label, r.idx) for r in rows] == [("", 0, (4, 9, -1))]
+  gold = ["Sam Hale"]
+  targets = [_t(1, 0, candidate="Sam Hale", answers=gold),
+             _t(0, 1, candidate=rows[0].candidate, answers=gold)]
+  out = m.record_metrics(targets, [1.0, 0.3])
+  assert out["f1"] == out["exact_match"] == 0.5  # the unanswerable query counts as 0

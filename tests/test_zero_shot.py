@@ -205,6 +205,8 @@ def test_multirc_and_record_metrics():
   out = zs.metric_fn("multirc")(targets, scores)
   assert out["accuracy"] == pytest.approx(2 / 3) and out["exact_match"] == 0.5
   assert out["f1a"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+  # Three answer options (decisions) of two questions.
+  assert out["num_questions"] == 2 and out["num_decisions"] == 3
   rec = [{"group": 0, "candidate": c, "is_correct": c == 1, "labelled": True, "key": "q",
           "choice": name, "gold": ["The Bo"], "truncated": False}
          for c, name in enumerate(["Ada", "Bo"])]

@@ -6,7 +6,9 @@ split (the task's examples or their `postprocess`ed targets: dicts with "idx", "
 `superglue_metrics` (class index or class scores; candidate score for COPA and ReCoRD).
 Lines, sorted by idx:
 
-  BoolQ, WiC, WSC      {"idx": 3, "label": "true"}          ("true"/"false")
+  BoolQ, WiC           {"idx": 3, "label": "true"}          ("true"/"false")
+  WSC                  {"idx": 3, "label": "True"}          ("True"/"False", as jiant,
+                                                             the benchmark's own writer)
   CB, RTE, AX-b, AX-g  {"idx": 3, "label": "entailment"}
   COPA                 {"idx": 3, "label": 1}               (index of the chosen choice)
   ReCoRD               {"idx": 7, "label": "Obama"}         (query idx, chosen entity)
@@ -26,7 +28,9 @@ import numpy as np
 from ernie3_jax.evaluation import superglue_sources as sources
 
 FILE_NAMES = {t: f"{d}.jsonl" for t, d in sources.OFFICIAL_DIRS.items()}
-_BOOL_TASKS = ("boolq", "wic", "wsc")
+# The words jiant (the SuperGLUE authors' toolkit) writes for class 0 and 1.
+_BOOL_LABELS = {"boolq": ("false", "true"), "wic": ("false", "true"),
+                "wsc": ("False", "True")}
 
 
 def _text(value: Any) -> str:
@@ -83,8 +87,8 @@ def submission_lines(task: str, rows: Sequence[Mapping[str, Any]],
   elif task == "record":
     lines = [{"idx": _idx(r)[1], "label": _text(r["candidate"])}
              for r in _best_rows(rows, predictions)]
-  elif task in _BOOL_TASKS:
-    lines = [{"idx": _idx(r)[0], "label": ("false", "true")[_class(p, 2)]}
+  elif task in _BOOL_LABELS:
+    lines = [{"idx": _idx(r)[0], "label": _BOOL_LABELS[task][_class(p, 2)]}
              for r, p in zip(rows, predictions)]
   else:
     names = sources.STRING_LABELS[task]

@@ -180,11 +180,14 @@ def _record(example: dict[str, Any]) -> list[list[FormattedRow]]:
   for qa in example["qas"]:
     answers = tuple(qa.get("answers", ()))
     labeled = "answers" in qa
+    # A passage without entities still answers each query: with the empty candidate, which
+    # scores 0, as the official script scores a query left unanswered (not dropped).
+    entities = example["passage"]["entities"] or [""]
     decisions.append([
         FormattedRow(passage, qa["query"].replace("@placeholder", entity),
                      int(entity in answers) if labeled else NO_LABEL,
                      (example["idx"], qa["idx"], -1), candidate=entity, answers=answers)
-        for entity in example["passage"]["entities"]])
+        for entity in entities])
   return decisions
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ernie3_jax.model import layers
 from ernie3_jax.model.config import Ernie3Config
@@ -43,5 +44,13 @@ class Embeddings(nn.Module):
     return self.dropout(x, deterministic, dropout_multiplier)
 
   def attend(self, query: Array) -> Array:
-    """[..., d_model] -> [..., vocab] logits against the token table (tied output)."""
-    return self.token.attend(query)
+    """[..., d_model] -> [..., vocab] float32 logits against the token table (tied output).
+
+    The operands stay in the compute dtype, the products accumulate and land in float32
+    (flax's `Embed.attend` would return them rounded to bf16 under bf16 compute).
+    """
+    cfg = self.config
+    table = self.token.embedding.astype(cfg.compute_dtype)
+    return jax.lax.dot_general(query.astype(cfg.compute_dtype), table,
+                               (((query.ndim - 1,), (1,)), ((), ())),
+                               preferred_element_type=jnp.float32)

@@ -37,14 +37,16 @@ class TokenPredictionHead(nn.Module):
     t = nn.gelu(t, approximate=True)
     t = layers.LayerNorm("embed", cfg.layer_norm_epsilon, cfg.compute_dtype,
                          cfg.weights_dtype, name="transform_norm")(t)
+    # Logits accumulate and land in float32 on every path, whatever the compute dtype.
     if output_table is not None:
-      logits = layers.matmul_out_first(t, output_table.astype(t.dtype), 1)
+      logits = layers.matmul_out_first(t, output_table.astype(t.dtype), 1, jnp.float32)
     elif cfg.tie_embeddings:
       logits = attend(t)
     else:
       logits = layers.DenseGeneral((cfg.vocab_size,), ("embed",), ("vocab",), use_bias=False,
                                    dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-                                   kernel_init_std=cfg.initializer_range, name="output")(t)
+                                   kernel_init_std=cfg.initializer_range, name="output",
+                                   out_dtype=jnp.float32)(t)
     bias = self.param("output_bias", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                   ("vocab",)),
                       (cfg.vocab_size,), cfg.weights_dtype)

@@ -379,11 +379,16 @@ def _check_checkpoints(model_dir: str, init_from: str | None, abstract: Any) -> 
 
 
 def _format(m: dict[str, float]) -> str:
-  losses = " ".join(f"{k.split('/')[0]}={v:.3f}" for k, v in sorted(m.items())
+  # A task that no row of the logged steps had shows "-" (its loss is undefined).
+  losses = " ".join(f"{k.split('/')[0]}={_number(v)}" for k, v in sorted(m.items())
                     if k.endswith("/loss"))
   return (f"loss={m['loss']:.3f} [{losses}] lr={m['learning_rate']:.2e} "
           f"len={m['sequence_length']} batch={m['batch_size']} "
           f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%}")
+
+
+def _number(value: float) -> str:
+  return f"{value:.3f}" if np.isfinite(value) else "-"
 
 
 def _metric_writer(model_dir: str):
