@@ -223,3 +223,26 @@ def emit(record: dict[str, Any], output: str | None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "a") as f:
       f.write(line + "\n")
+
+
+def bert_train_flops(layers: int, d: int, d_ff: int, vocab: int, rows: int,
+                     length: int) -> float:
+  """Model FLOPs of a BERT-style MLM training step (matmuls x3, as flops.py)."""
+  tokens = rows * length
+  dense = 2 * tokens * layers * (4 * d * d + 2 * d * d_ff)
+  attention = 2 * tokens * layers * d * 2 * length  # scores + value mixing
+  head = 2 * tokens * (d * d + d * vocab)
+  return 3.0 * (dense + attention + head)
+
+
+def jax_weight_bytes_per_step(params) -> int:
+  """Bytes of the weights one NLG decoding step reads: the universal and NLG stacks
+  (without W_R, projected once per generation), the LM head and the tied token table."""
+  import jax  # pylint: disable=g-import-not-at-top
+  read = {"universal": params["universal"], "nlg": params["nlg"],
+          "lm_head": params["lm_head"], "token": params["embedder"]["token"]}
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(read):
+    if "position" not in jax.tree_util.keystr(path):
+      total += leaf.size * leaf.dtype.itemsize
+  return int(total)

@@ -65,19 +65,6 @@ def jax_config():
                       dtype="float32", param_dtype="float32", scan_layers=True)
 
 
-def jax_weight_bytes_per_step(params) -> int:
-  """Bytes of the weights one NLG decoding step reads: the universal and NLG stacks
-  (without W_R, projected once per generation), the LM head and the tied token table."""
-  import jax  # pylint: disable=g-import-not-at-top
-  read = {"universal": params["universal"], "nlg": params["nlg"],
-          "lm_head": params["lm_head"], "token": params["embedder"]["token"]}
-  total = 0
-  for path, leaf in jax.tree_util.tree_leaves_with_path(read):
-    if "position" not in jax.tree_util.keystr(path):
-      total += leaf.size * leaf.dtype.itemsize
-  return int(total)
-
-
 def init_params(cfg):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -103,7 +90,7 @@ class JaxDecoder:
     return timed_generate(self.generator, prompts, new_tokens)
 
   def weight_bytes_per_step(self) -> int:
-    return jax_weight_bytes_per_step(self.params)
+    return bench_common.jax_weight_bytes_per_step(self.params)
 
   def read_bandwidth(self) -> float:
     return bench_common.jax_read_bandwidth()

@@ -205,16 +205,6 @@ class TorchStep:
             "torch_attention": self.attn_implementation}
 
 
-def bert_train_flops(layers: int, d: int, d_ff: int, vocab: int, rows: int,
-                     length: int) -> float:
-  """Model FLOPs of a BERT-style MLM training step (matmuls x3, as flops.py)."""
-  tokens = rows * length
-  dense = 2 * tokens * layers * (4 * d * d + 2 * d * d_ff)
-  attention = 2 * tokens * layers * d * 2 * length  # scores + value mixing
-  head = 2 * tokens * (d * d + d * vocab)
-  return 3.0 * (dense + attention + head)
-
-
 def time_steps(stepper, steps: int) -> float:
   start = time.perf_counter()
   for _ in range(steps):
@@ -278,8 +268,8 @@ def main(argv):
     entry["jax"]["model_flops_per_s"] = entry["jax"]["model_flops_per_step"] / jax_s
     if torch_times:
       torch_s = statistics.median(torch_times)
-      f = bert_train_flops(_UNIVERSAL.value + _NLU.value, _D_MODEL.value, _D_FF.value,
-                           _VOCAB.value, rows, length)
+      f = bench_common.bert_train_flops(_UNIVERSAL.value + _NLU.value, _D_MODEL.value,
+                                        _D_FF.value, _VOCAB.value, rows, length)
       entry["torch"] = {"step_s": torch_s, "tokens_per_s": tokens / torch_s,
                         "model_flops_per_step": f, "model_flops_per_s": f / torch_s,
                         "step_s_all": torch_times}

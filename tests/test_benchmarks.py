@@ -179,3 +179,41 @@ def test_per_device_bytes_matches_jax_shard_shapes():
   # v's 16 rows over 64 shards round up to one row per device.
   bigger = per_device_bytes(arrays, shardings, dict(sizes, fsdp=32))
   assert bigger == (64 * 48 // 64) * 4 + 1 * 10 * 2 + 7 * 4
+
+
+def test_bert_flop_count_equals_a_hand_count():
+  """layers 2, d 4, d_ff 8, vocab 10, one row of 3 tokens. Per token and layer: QKV and the
+  output projection 4·d·d = 64 MACs, the FFN 2·d·d_ff = 64 MACs, attention scores and
+  value mixing 2·length·d = 24 MACs; the head d·d + d·vocab = 56 MACs per token.
+  Forward FLOPs = 2 · 3 tokens · (2 layers · (64 + 64 + 24) + 56) = 2160; training = 3x."""
+  from bench_common import bert_train_flops
+  assert bert_train_flops(layers=2, d=4, d_ff=8, vocab=10, rows=1, length=3) == 6480
+
+
+def test_decode_weight_bytes_count_every_read_weight_once():
+  """The tiny decode model's weights, counted from its shapes by hand (float32)."""
+  import jax
+  import jax.numpy as jnp
+  from bench_common import jax_weight_bytes_per_step
+  from ernie3_jax.model import Ernie3, Ernie3Config, init_memory
+  d, ff, vocab, heads = 32, 64, 97, 4
+  cfg = Ernie3Config(vocab_size=vocab, num_layers=1, d_model=d, num_heads=heads,
+                     head_dim=d // heads, d_ff=ff, nlu_layers=1, nlg_layers=1, task_d_model=d,
+                     task_num_heads=heads, task_head_dim=d // heads, task_d_ff=ff,
+                     memory_len=4, scan_layers=True)
+  tokens = jnp.ones((1, 4), jnp.int32)
+  params = jax.eval_shape(lambda: Ernie3(cfg).init(
+      jax.random.PRNGKey(0), tokens, tokens * 0, jnp.zeros((1,), jnp.int32),
+      init_memory(cfg, 1, 4)))["params"]
+  import flax.linen as nn
+  params = nn.unbox(params)
+  # One Transformer-XL layer: q, k, v, o kernels (4·d·d) and biases (4·d), the content
+  # bias u (d; W_R and the position bias v are applied once per generation, not per
+  # step), two layer norms (4·d), the FFN (2·d·ff kernels, ff + d biases).
+  layer = 4 * d * d + 4 * d + d + 4 * d + 2 * d * ff + ff + d
+  # The NLG stack adds its universal -> task projection (d·d + d) and layer norm (2·d).
+  nlg = layer + d * d + d + 2 * d
+  # The LM head's transform (d·d + d), its layer norm (2·d) and output bias (vocab);
+  # the tied token table (vocab·d).
+  head = d * d + d + 2 * d + vocab + vocab * d
+  assert jax_weight_bytes_per_step(params) == 4 * (layer + nlg + head)

@@ -195,6 +195,48 @@ def test_eval_writes_seqio_metrics_that_match_the_predictions(finetuned):
           for e in read_split("cb", "validation", FIXTURE_DIR)]
   assert metrics["accuracy"] == pytest.approx(np.mean(predicted == np.asarray(gold)))
   assert os.listdir(os.path.join(path, "tensorboard", "eval"))
+  assert saved["complete"] is True and saved["skipped"] == {}
+  # Every row's prediction, at full precision, beside the metrics.
+  with open(os.path.join(path, "eval_predictions", "superglue_cb.validation.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == len(gold)
+  assert np.mean([np.argmax(r["prediction"]) == g for r, g in zip(rows, gold)]) == \
+      pytest.approx(metrics["accuracy"])
+  logp = predictor.log_probs(_cb_rows("validation"), 0, 64)
+  np.testing.assert_allclose([r["prediction"] for r in rows], logp, rtol=1e-6, atol=1e-6)
+
+
+def test_an_empty_split_is_named_before_model_work_and_stale_results_go(finetuned, tmp_path):
+  import shutil
+  from ernie3_jax.evaluation import seqio_eval
+  path, _ = finetuned
+  data = tmp_path / "superglue"
+  shutil.copytree(FIXTURE_DIR, data)
+  (data / "CB" / "val.jsonl").write_text("")
+  run = tmp_path / "run"
+  shutil.copytree(path, run)
+  (run / "eval_metrics.json").write_text('{"from": "another data directory"}')
+  gin_utils.parse_gin([], _bindings(freeze=True, extra=[f"superglue_source.path='{data}'"]))
+  with pytest.raises(ValueError, match=rf"superglue_cb: the 'validation' split is empty "
+                                       rf"\({data}/CB/val.jsonl\)"):
+    seqio_eval.evaluate_checkpoint(str(run))
+  assert not (run / "eval_metrics.json").exists()  # no stale result survives a failed eval
+
+
+def test_a_missing_training_file_is_named_before_model_dir_exists(tmp_path, pretrained):
+  import shutil
+  from ernie3_jax import preflight
+  data = tmp_path / "superglue"
+  shutil.copytree(FIXTURE_DIR, data)
+  os.remove(data / "CB" / "train.jsonl")
+  gin_utils.parse_gin(["gin_configs/experiments/finetune_demo.gin"], [
+      f"MODEL_DIR='{tmp_path / 'run'}'", f"PRETRAINED_DIR='{pretrained[0]}'",
+      f"SUPERGLUE_DATA='{data}'", "TASK='superglue_cb'",
+      "make_mesh.num_devices=1"] + tt.TINY_BINDINGS + VOCAB)
+  with pytest.raises(FileNotFoundError, match=rf"superglue_cb: its training file "
+                                              rf"{data}/CB/train.jsonl does not exist"):
+    preflight.check("train", str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def test_infer_writes_the_cb_submission_file(finetuned, tmp_path):

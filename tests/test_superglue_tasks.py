@@ -217,6 +217,51 @@ def test_postprocessed_targets_score_perfectly_with_gold_predictions(superglue, 
       assert all(v == pytest.approx(1.0) for v in scores.values()), (name, scores)
 
 
+def _expected_with_first_choice(task):
+  """The official metrics, counted by hand from the fixture rows, of a model that predicts
+  class 0 for every row and the first candidate of every COPA/ReCoRD question."""
+  from ernie3_jax.evaluation.superglue_metrics import token_f1
+  examples = list(sources.read_split(task, "validation", FIXTURES))
+  if task == "multirc":
+    questions = [q for e in examples for q in e["passage"]["questions"]]
+    return {"f1a": 0.0,  # no answer predicted true: no true positive
+            "exact_match": np.mean([not any(a["label"] for a in q["answers"])
+                                    for q in questions])}
+  if task == "record":
+    firsts = [(e["passage"]["entities"][0], qa["answers"]) for e in examples for qa in e["qas"]]
+    return {"f1": np.mean([max(token_f1(c, a) for a in answers) for c, answers in firsts]),
+            "exact_match": np.mean([c in answers for c, answers in firsts])}
+  names = sources.STRING_LABELS.get(task)
+  gold = [names.index(e["label"]) if names else int(e["label"]) for e in examples]
+  out = {"accuracy": np.mean([g == 0 for g in gold])}
+  if task == "cb":  # F1 of class 0 (every prediction); classes 1 and 2 have none
+    n, n0 = len(gold), gold.count(0)
+    out["f1_macro"] = (2 * n0 / (n + n0)) / 3
+  return out
+
+
+def test_every_task_is_wired_to_its_official_metrics(superglue, task_rows):
+  """Imperfect predictions, so a task wired to the wrong metric function would show."""
+  seqio, sg = superglue
+  for name in [n for n in sg.TASK_NAMES if not n.endswith(("_axb", "_axg"))]:
+    task = seqio.get_mixture_or_task(name)
+    targets = [task.postprocess_fn(b"", example=r, is_target=True) for r in task_rows[name][0]]
+    if name in ("superglue_copa", "superglue_record"):
+      firsts = {}  # score each question's first row highest
+      predictions = [1.0 if firsts.setdefault(int(t["group"]), i) == i else 0.0
+                     for i, t in enumerate(targets)]
+    else:
+      predictions = [task.postprocess_fn(0) for _ in targets]
+    got = {}
+    for metric_fn in task.metric_fns:
+      got.update(metric_fn(targets, predictions))
+    want = _expected_with_first_choice(name.removeprefix("superglue_"))
+    assert set(got) == set(want), name
+    for key, value in want.items():
+      assert got[key] == pytest.approx(value), (name, key)
+    assert any(v < 1.0 for v in want.values()), f"{name}: the fixture cannot tell metrics apart"
+
+
 # --------------------------------------------------------------------------- submissions
 
 

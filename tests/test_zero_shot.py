@@ -17,7 +17,9 @@ from ernie3_jax.model import Ernie3
 from ernie3_jax.training import task_ids
 from tests import model_testing as mt
 
-SAMPLE_DIR = "/work/shared/superglue_sample"
+# The shared SuperGLUE sample beside the checkout (../shared), wherever it is cloned.
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "shared", "superglue_sample")
 
 
 # -- prompts ----------------------------------------------------------------------
@@ -239,7 +241,7 @@ def _sample_labels(folder):
 
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLE_DIR), reason="no SuperGLUE sample rows")
-def test_seqio_task_rows_and_score_path_on_the_sample(vocab):
+def test_seqio_task_rows_and_score_path_on_the_sample(vocab, tmp_path):
   from tasks import superglue_zero_shot as zs
   gin.bind_parameter("ZeroShotConfig.source", SAMPLE_DIR)
   gin.bind_parameter("ZeroShotConfig.max_length", 64)
@@ -257,8 +259,14 @@ def test_seqio_task_rows_and_score_path_on_the_sample(vocab):
     full = vocab.encode(r["inputs_pretokenized"].decode())
     assert list(r["inputs"]) == full[len(full) - len(r["inputs"]):]
   yes_ids = vocab.encode(" yes")
-  metrics = zero_shot.score_task(zs.task_name("rte"), _PreferScorer(yes_ids), "validation")
+  predictions = tmp_path / "rte.jsonl"
+  metrics = zero_shot.score_task(zs.task_name("rte"), _PreferScorer(yes_ids), "validation",
+                                 predictions_path=str(predictions))
   assert metrics["accuracy"] == pytest.approx(np.mean([lab == "entailment" for lab in labels]))
+  scored = [json.loads(l) for l in predictions.read_text().splitlines()]
+  assert [(r["group"], r["candidate"]) for r in scored] == [
+      (int(r["group"]), int(r["candidate"])) for r in rows]
+  assert {r["score"] for r in scored} == {0.0, 1.0}  # the preferred word scores 1
   assert metrics["truncated_prompts"] == len(truncated)
   assert metrics["num_questions"] == len(labels)
 

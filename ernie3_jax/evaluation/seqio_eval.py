@@ -3,7 +3,11 @@
 `evaluate_checkpoint` runs the latest checkpoint of a fine-tuning MODEL_DIR over the
 validation split of every task of the configured task or mixture (and over the
 labeled AX-b / AX-g files with the RTE head), computes the metric functions
-registered on the tasks through `seqio.Evaluator`, and writes them to TensorBoard (`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json`.
+registered on the tasks through `seqio.Evaluator`, and writes them to TensorBoard
+(`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json` (rewritten after each
+task; "complete" turns true at the end), with every row's prediction in
+`MODEL_DIR/eval_predictions/<task>.<split>.jsonl`. Every split is checked for rows
+before the model is loaded, and an earlier evaluation's files are removed first.
 `infer_checkpoint` predicts the test split and writes one leaderboard file per task
 through `submission.write_submission` (AX-b and AX-g through the RTE head).
 
@@ -21,6 +25,7 @@ rank-1 features; the scalars still pass through to `postprocess_fn`'s `example`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -172,9 +177,14 @@ def _scalar(value: Any) -> float:
   return float(np.asarray(value))
 
 
+PREDICTIONS_DIR = "eval_predictions"  # per-row predictions, beside eval_metrics.json
+
+
 def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tuple[int, int],
-                   candidate: bool, sequence_length: int, step: int) -> dict[str, float]:
-  """The metric functions of `task` on `split`, computed by seqio.Evaluator."""
+                   candidate: bool, sequence_length: int, step: int,
+                   predictions_path: str | None = None) -> dict[str, float]:
+  """The metric functions of `task` on `split`, computed by seqio.Evaluator; with
+  `predictions_path`, every row's idx and prediction (full precision) go there too."""
   index, classes = head
 
   def predict_fn(dataset):
@@ -182,6 +192,11 @@ def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tup
     scores = row_predictions(
         predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
         candidate)
+    if predictions_path is not None and jax.process_index() == 0:
+      with open(predictions_path, "w") as f:
+        for (_, ex), score in zip(pairs, scores):
+          f.write(json.dumps({"idx": np.asarray(ex["idx"]).tolist(),
+                              "prediction": np.asarray(score, np.float64).tolist()}) + "\n")
     return [(int(i), s) for (i, _), s in zip(pairs, scores)]
 
   with evaluation_view(task, split, sequence_length) as view:
@@ -213,31 +228,105 @@ def evaluate_checkpoint(model_dir: str, *, split: str = "validation", batch_size
   Returns {"step", "split", "tasks": {task: {metric: value}}, and "superglue_average"
   when all 8 main SuperGLUE tasks were scored}.
   """
-  setup, predictor, step = load_finetuned(model_dir, batch_size)
-  results: dict[str, dict[str, float]] = {}
+  # A failed evaluation must not leave an earlier run's files looking like this one's.
+  _remove_stale(model_dir)
+  setup = finetune.finetune_setup()
+  plan = _plan(setup, split, sequence_length, diagnostics)  # checked before model work
+  _, predictor, step = load_finetuned(model_dir, batch_size)
+  out: dict[str, Any] = {"step": step, "split": split, "tasks": {}, "complete": False,
+                         "skipped": plan.skipped}
+  directory = os.path.join(model_dir, PREDICTIONS_DIR)
+  if jax.process_index() == 0:
+    os.makedirs(directory, exist_ok=True)
+  for task, task_split, head in plan.runs:
+    path = os.path.join(directory, f"{task.name}.{task_split}.jsonl")
+    out["tasks"][task.name] = _evaluate_task(task, task_split, predictor, head,
+                                             task.name in candidate_tasks, sequence_length,
+                                             step, path)
+    _write_json(model_dir, out)  # each task's metrics are kept as soon as they exist
+  average = _superglue_average(out["tasks"])
+  if average is not None:
+    out["superglue_average"] = average
+  out["complete"] = True
+  _write_metrics(model_dir, out)
+  return out
+
+
+@dataclasses.dataclass
+class _Plan:
+  runs: list  # (task, split, head)
+  skipped: dict[str, str]  # optional task -> why it was not evaluated
+
+
+def _plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
+          diagnostics: Sequence[str]) -> _Plan:
+  """The tasks and splits to evaluate. A task of the mixture whose split is missing or
+  empty is an error naming its file; a diagnostic without labeled rows is skipped and
+  counted."""
+  plan = _Plan([], {})
+  lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
   for task in seqio.get_subtasks(seqio.get_mixture_or_task(setup.name)):
     head = _head_of(setup, task.name)
     if head is None or split not in task.splits or not task.metric_objs:
       continue
-    results[task.name] = _evaluate_task(task, split, predictor, head,
-                                        task.name in candidate_tasks, sequence_length, step)
-  if not results:
+    if not _has_rows(task, split, lengths):
+      raise ValueError(f"{task.name}: the {split!r} split is empty "
+                       f"({_source_file(task.name, split)}); nothing to evaluate")
+    plan.runs.append((task, split, head))
+  if not plan.runs:
     raise ValueError(f"no task of {setup.name!r} has a {split!r} split with metrics")
+  evaluated = {t.name for t, _, _ in plan.runs}
   for name in diagnostics:
     head = _head_of(setup, name)
-    if name in results or head is None or name not in seqio.TaskRegistry.names():
+    if name in evaluated or head is None or name not in seqio.TaskRegistry.names():
       continue
     task = seqio.get_mixture_or_task(name)
-    if "test" in task.splits and task.metric_objs and _all_labeled(task, "test",
-                                                                   sequence_length):
-      results[name] = _evaluate_task(task, "test", predictor, head, False, sequence_length,
-                                     step)
-  out: dict[str, Any] = {"step": step, "split": split, "tasks": results}
-  average = _superglue_average(results)
-  if average is not None:
-    out["superglue_average"] = average
-  _write_metrics(model_dir, out)
-  return out
+    if "test" not in task.splits or not task.metric_objs:
+      continue
+    try:
+      labeled = _has_rows(task, "test", lengths) and _all_labeled(task, "test",
+                                                                  sequence_length)
+    except FileNotFoundError as e:
+      plan.skipped[name] = str(e)
+      continue
+    if labeled:
+      plan.runs.append((task, "test", head))
+    else:
+      plan.skipped[name] = f"its test split ({_source_file(name, 'test')}) has no labeled rows"
+  return plan
+
+
+def _has_rows(task: seqio.Task, split: str, lengths: Mapping[str, int]) -> bool:
+  ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, use_cached=False)
+  return bool(list(ds.take(1).as_numpy_iterator()))
+
+
+def _source_file(task_name: str, split: str) -> str:
+  """Where a SuperGLUE split is read from, for error messages."""
+  from ernie3_jax.evaluation import superglue_sources as sources  # pylint: disable=g-import-not-at-top
+  source = sources.superglue_source()
+  if os.path.isdir(source):
+    return sources.split_path(task_name.removeprefix("superglue_"), split, source)
+  return f"source {source!r}"
+
+
+def _remove_stale(model_dir: str) -> None:
+  if jax.process_index() > 0:
+    return
+  stale = os.path.join(model_dir, "eval_metrics.json")
+  if os.path.exists(stale):
+    os.remove(stale)
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(os.path.join(model_dir, PREDICTIONS_DIR), ignore_errors=True)
+
+
+def _write_json(model_dir: str, out: Mapping[str, Any]) -> None:
+  if jax.process_index() > 0:
+    return
+  path = os.path.join(model_dir, "eval_metrics.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, indent=1)
+  os.replace(path + ".tmp", path)
 
 
 def _superglue_average(results: Mapping[str, Mapping[str, float]]) -> float | None:
@@ -259,8 +348,7 @@ def _write_metrics(model_dir: str, out: Mapping[str, Any]) -> None:
     scalars[f"{out['split']}/superglue_average"] = out["superglue_average"]
   writer.write_scalars(int(out["step"]), scalars)
   writer.flush()
-  with open(os.path.join(model_dir, "eval_metrics.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  _write_json(model_dir, out)
 
 
 def _default_writer():

@@ -17,6 +17,7 @@ Evaluator score path and returns the task's metrics.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -219,9 +220,11 @@ def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16) -> 
 
 
 def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
-               normalization: str = "sum", num_examples: int | None = None
-               ) -> dict[str, float]:
-  """Runs seqio's Evaluator score path on a registered zero-shot task; its metrics."""
+               normalization: str = "sum", num_examples: int | None = None,
+               predictions_path: str | None = None) -> dict[str, float]:
+  """Runs seqio's Evaluator score path on a registered zero-shot task; its metrics. With
+  `predictions_path`, every scored row (its question key, candidate and score) is written
+  there as jsonl."""
   import seqio  # pylint: disable=g-import-not-at-top
   from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   evaluator = seqio.Evaluator(task_name, seqio.PrefixLMFeatureConverter(pack=False),
@@ -230,11 +233,32 @@ def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
                               async_compute_metrics=False)
   if not evaluator.eval_tasks:
     raise ValueError(f"seqio task {task_name!r} has no split {split!r} or no score metric")
-  metrics, _ = evaluator.evaluate(compute_metrics=True,
-                                  score_fn=seqio_score_fn(scorer, normalization))
+  scored: dict[int, float] = {}
+  base = seqio_score_fn(scorer, normalization)
+
+  def score_fn(dataset, model_feature_shapes=None):
+    out = base(dataset, model_feature_shapes)
+    scored.update(out)
+    return out
+
+  metrics, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn)
   result = metrics.result()[task_name]
   evaluator.close()
+  if predictions_path is not None:
+    rows = seqio.get_mixture_or_task(task_name).get_dataset(
+        None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator()
+    with open(predictions_path, "w") as f:
+      for index, row in enumerate(rows):
+        if index in scored:
+          f.write(json.dumps({"row": index, "question": _text(row.get("key", b"")),
+                              "group": int(row.get("group", -1)),
+                              "candidate": int(row.get("candidate", -1)),
+                              "score": scored[index]}) + "\n")
   return {k: float(getattr(v, "value", v)) for k, v in result.items()}
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def accuracy_table(results: Mapping[str, Mapping[str, float]]) -> str:
@@ -270,10 +294,16 @@ def main(argv: Iterable[str] | None = None) -> None:
   parser.add_argument("--shot_split", default="train")
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--output_dir", default=None,
+                      help="metrics.json and per-row <task>.<split>.jsonl go here (default: "
+                      "MODEL_DIR/zero_shot/<split>_<normalization>_<k>shot)")
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
   scorer = load_scorer(args.model_dir, args.max_length, args.batch_size)
   from tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
+  output_dir = args.output_dir or os.path.join(
+      args.model_dir, "zero_shot", f"{args.split}_{args.normalization}_{args.num_shots}shot")
+  os.makedirs(output_dir, exist_ok=True)
   results = {}
   for task in tasks:
     with gin.unlock_config():
@@ -282,9 +312,15 @@ def main(argv: Iterable[str] | None = None) -> None:
       gin.bind_parameter("ZeroShotConfig.shot_seed", args.shot_seed)
       gin.bind_parameter("ZeroShotConfig.shot_split", args.shot_split)
       gin.bind_parameter("ZeroShotConfig.max_length", args.max_length)
-    results[task] = score_task(zs.task_name(task), scorer, args.split, args.normalization)
-    print(f"{task:12s} " + " ".join(f"{k}={v:.3f}" for k, v in sorted(results[task].items())),
+    results[task] = score_task(zs.task_name(task), scorer, args.split, args.normalization,
+                               predictions_path=os.path.join(output_dir,
+                                                             f"{task}.{args.split}.jsonl"))
+    # Full precision on disk, after every task (a later failure keeps the finished ones).
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+      json.dump({"settings": vars(args), "tasks": results}, f, indent=1)
+    print(f"{task:12s} " + " ".join(f"{k}={v:.4f}" for k, v in sorted(results[task].items())),
           flush=True)
+  print(f"written to {output_dir}")
 
 
 if __name__ == "__main__":

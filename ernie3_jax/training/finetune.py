@@ -238,6 +238,8 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   if dry_run:
     if init_from:
       checkpointing.latest_checkpoint_dir(init_from)  # raises when there is none
+    for name in setup.layout.task_names:  # a missing or empty train file, named now
+      _check_training_rows(name, sequence_length)
     return None
   num_processes, process_index = jax.process_count(), jax.process_index()
   data = FinetuneInput(setup.layout.task_names, batch_size=batch_size // num_processes,
@@ -301,6 +303,24 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
     with open(os.path.join(model_dir, "finetune_history.json"), "w") as f:
       json.dump({"tasks": list(setup.layout.task_names), "history": history}, f, indent=1)
   return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _check_training_rows(task_name: str, sequence_length: int) -> None:
+  """Fails, naming the task and the file it reads, when its train split is missing or has
+  no labeled row (before MODEL_DIR is created, rather than at the first batch)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import superglue_sources as sources  # pylint: disable=g-import-not-at-top
+  where = "its source"
+  source = sources.superglue_source()
+  if task_name.removeprefix("superglue_") in sources.TASKS and os.path.isdir(source):
+    where = sources.split_path(task_name.removeprefix("superglue_"), "train", source)
+    if not os.path.isfile(where):
+      raise FileNotFoundError(f"{task_name}: its training file {where} does not exist")
+  length = {"input_ids": sequence_length, "segment_ids": sequence_length}
+  ds = seqio.get_mixture_or_task(task_name).get_dataset(
+      length, split="train", shuffle=False, num_epochs=1, use_cached=False)
+  if not any(int(ex["label"]) >= 0 for ex in ds.take(64).as_numpy_iterator()):
+    raise ValueError(f"{task_name}: no labeled training row in its train split ({where})")
 
 
 def _format(m: dict[str, float]) -> str:
