@@ -443,3 +443,13 @@ def test_preprocessor_runs_inside_a_seqio_task(vocab, matcher):
     seqio.TaskRegistry.remove(name)
   assert len(examples) >= 3
   assert all(ex["tokens"].shape == (32,) and ex["mlm_weights"].sum() > 0 for ex in examples)
+
+
+def test_one_default_for_the_masking_levels():
+  import inspect
+  from ernie3_jax.data import data_config, uktp
+  want = data_config.DEFAULT_LEVEL_WEIGHTS
+  assert data_config.DataConfig().level_weights == want
+  for fn in (km.mask_units, km.KnowledgeMasker, km.knowledge_masked_lm, uktp.UktpBuilder,
+             uktp.uktp):
+    assert inspect.signature(fn).parameters["level_weights"].default == want, fn

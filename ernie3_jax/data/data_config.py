@@ -18,6 +18,11 @@ from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
 import os
 
 
+# Shares of the masking budget for (token, phrase, entity) units: the package's one
+# default (knowledge masking and the UKTP builder take it from here).
+DEFAULT_LEVEL_WEIGHTS = (0.3, 0.3, 0.4)
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -30,7 +35,7 @@ class DataConfig:
   validation_every: int = 20
   mask_ratio: float = 0.15
   # Share of the masking budget for (basic token, phrase, entity) units.
-  level_weights: tuple[float, float, float] = (0.3, 0.3, 0.4)
+  level_weights: tuple[float, float, float] = DEFAULT_LEVEL_WEIGHTS
   max_reorder_segments: int = 3
   uktp_relation_mask_prob: float = 0.5
   # Directory written by `python -m ernie3_jax.tools.preprocess` (Beam alignment);

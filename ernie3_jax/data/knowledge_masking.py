@@ -32,6 +32,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ernie3_jax.data.data_config import DEFAULT_LEVEL_WEIGHTS
 from ernie3_jax.data.sentences import sentence_spans
 from ernie3_jax.tf_runtime import tf
 
@@ -362,7 +363,7 @@ def mask_units(token_ids: Sequence[int] | np.ndarray,
                units: Sequence[Sequence[int]] | np.ndarray,
                rng: np.random.Generator,
                budget_ratio: float = 0.15,
-               level_weights: Sequence[float] = (0.4, 0.3, 0.3),
+               level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS,
                *,
                vocab: Any,
                preferred: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -490,7 +491,7 @@ class KnowledgeMasker:
   """Cuts a document into passages and masks each one; the per-document work of KMLM."""
 
   def __init__(self, vocab: Any, matcher: Any, sequence_length: int,
-               level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15):
+               level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS, mask_ratio: float = 0.15):
     if sequence_length < MIN_SEQUENCE_LENGTH:
       raise ValueError(f"sequence_length={sequence_length} leaves no room for a passage "
                        f"between [CLS] and [SEP]; use at least {MIN_SEQUENCE_LENGTH}")
@@ -589,7 +590,7 @@ def knowledge_masked_lm(dataset: tf.data.Dataset,
                         vocab: Any,
                         matcher: Any,
                         sequence_length: int | Mapping[str, int],
-                        level_weights: Sequence[float] = (0.4, 0.3, 0.3),
+                        level_weights: Sequence[float] = DEFAULT_LEVEL_WEIGHTS,
                         mask_ratio: float = 0.15,
                         task_id: int = 0,
                         stats: PreprocessStats | None = None) -> tf.data.Dataset:

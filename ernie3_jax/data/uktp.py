@@ -266,8 +266,8 @@ class UktpBuilder:
   """Builds one UKTP example from a triple and its sentence (pure numpy)."""
 
   def __init__(self, vocab: Any, sequence_length: int, relation_mask_prob: float = 0.5,
-               level_weights: Sequence[float] = (0.4, 0.3, 0.3), mask_ratio: float = 0.15,
-               tail_mask_prob: float = 0.0):
+               level_weights: Sequence[float] = km.DEFAULT_LEVEL_WEIGHTS,
+               mask_ratio: float = 0.15, tail_mask_prob: float = 0.0):
     if sequence_length < MIN_SEQUENCE_LENGTH:
       raise ValueError(f"sequence_length={sequence_length} cannot hold [CLS] head relation "
                        f"tail [SEP] sentence [SEP]; use at least {MIN_SEQUENCE_LENGTH}")
@@ -423,7 +423,7 @@ def uktp(dataset: tf.data.Dataset,
          sequence_length: int | Mapping[str, int],
          relation_mask_prob: float = 0.5,
          task_id: int = 4,
-         level_weights: Sequence[float] = (0.4, 0.3, 0.3),
+         level_weights: Sequence[float] = km.DEFAULT_LEVEL_WEIGHTS,
          mask_ratio: float = 0.15,
          tail_mask_prob: float = 0.0,
          stats: km.PreprocessStats | None = None) -> tf.data.Dataset:
