@@ -37,8 +37,10 @@ def hold_back_harmless_warnings() -> None:
 def is_user_error(error: BaseException) -> bool:
   """Errors that describe bad input, a bad flag or config, or the environment (a file, a
   lock, a damaged checkpoint), as opposed to a failure of the program itself."""
-  from ernie3_jax.training.checkpointing import CheckpointCorruptError  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training.run_lock import RunLockError  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training.checkpointing import CheckpointCorruptError
+  from ernie3_jax.training.run_lock import RunLockError
+  # pylint: enable=g-import-not-at-top
   if isinstance(error, (ValueError, OSError, KeyError, RunLockError, CheckpointCorruptError,
                         FloatingPointError)):
     return True

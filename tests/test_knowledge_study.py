@@ -183,7 +183,8 @@ def _reference_score(model, params, tokens, segments, task_id, slot_positions, s
   out = model.apply({"params": params}, np.asarray([tokens], np.int32),
                     np.asarray([segments], np.int32), np.asarray([task_id], np.int32),
                     method=Ernie3.nlu_pretrain)
-  logp = jax.nn.log_softmax(np.asarray(out["mlm_logits"][0], np.float64)[:, :model.config.vocab_size])
+  logits = np.asarray(out["mlm_logits"][0], np.float64)[:, :model.config.vocab_size]
+  logp = jax.nn.log_softmax(logits)
   return float(np.mean([logp[p, i] for p, i in zip(slot_positions, slot_ids)]))
 
 

@@ -51,7 +51,8 @@ def test_checksums_equal_an_independent_count_on_any_mesh():
   assert checkpoint_integrity.record(sharded)["arrays"] == want
   # What each process of a multi-process run sums: the shards whose first replica it holds.
   for name, array in sharded.items():
-    pieces = [checkpoint_integrity._shard_terms(np.asarray(s.data), s.index, array.shape)  # pylint: disable=protected-access
+    terms = checkpoint_integrity._shard_terms  # pylint: disable=protected-access
+    pieces = [terms(np.asarray(s.data), s.index, array.shape)
               for s in array.addressable_shards if s.replica_id == 0]
     assert [sum(p[k] for p in pieces) % (1 << 32) for k in (0, 1)] == want[name], name
   flipped = arrays["w"].copy()

@@ -44,6 +44,13 @@ class DataConfig:
   preprocess_seed: int = 0
 
 
+@gin.configurable
+def prepared_file(directory: str = gin.REQUIRED, name: str = gin.REQUIRED) -> str:
+  """`directory/name`: lets gin point DataConfig at the files a tool wrote into one
+  directory (`DataConfig.kg = @kg/prepared_file()` with `kg/prepared_file.name`)."""
+  return os.path.join(directory, name)
+
+
 def split_of(doc: corpus_readers.Document, validation_every: int) -> str:
   key = zlib.crc32((doc.title + "\x00" + doc.text[:200]).encode("utf-8"))
   return "validation" if validation_every and key % validation_every == 0 else "train"

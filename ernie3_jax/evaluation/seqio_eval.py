@@ -303,7 +303,8 @@ def _has_rows(task: seqio.Task, split: str, lengths: Mapping[str, int]) -> bool:
 
 def _source_file(task_name: str, split: str) -> str:
   """Where a SuperGLUE split is read from, for error messages."""
-  from ernie3_jax.evaluation import superglue_sources as sources  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ernie3_jax.evaluation import superglue_sources as sources
   source = sources.superglue_source()
   if os.path.isdir(source):
     return sources.split_path(task_name.removeprefix("superglue_"), split, source)

@@ -225,7 +225,8 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
              num_steps: int = 1000, seed: int = 0, init_from: str | None = None,
              log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
              async_checkpoints: bool = True, allow_fallback: bool = True,
-             progress_bar: bool | None = None, dry_run: bool = False) -> train_lib.TrainResult | None:
+             progress_bar: bool | None = None,
+             dry_run: bool = False) -> train_lib.TrainResult | None:
   """Fine-tunes (or resumes fine-tuning) in `model_dir`; `finetune_setup` (gin)
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
   parameters start the backbone (ignored when resuming). `dry_run`: only check
@@ -263,7 +264,7 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   bar = train_lib._progress_bar(num_steps, step, progress_bar)  # pylint: disable=protected-access
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), step
-  with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):  # pylint: disable=protected-access
+  with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):
     while step < num_steps:
       batch = data.next_batch()
       state, metrics = jitted(state, partitioning.to_global_batch(batch, rows), base_rng)
@@ -309,7 +310,8 @@ def _check_training_rows(task_name: str, sequence_length: int) -> None:
   """Fails, naming the task and the file it reads, when its train split is missing or has
   no labeled row (before MODEL_DIR is created, rather than at the first batch)."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.evaluation import superglue_sources as sources  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from ernie3_jax.evaluation import superglue_sources as sources
   where = "its source"
   source = sources.superglue_source()
   if task_name.removeprefix("superglue_") in sources.TASKS and os.path.isdir(source):

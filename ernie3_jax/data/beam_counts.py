@@ -1,0 +1,47 @@
+"""Counted reports of Beam pipelines: nothing they drop goes unreported.
+
+Stages emit an event per thing kept or dropped: a string ("items kept", "statements
+dropped: deprecated rank") counts 1, a (string, n) pair counts n. `write_report` sums
+them into a JSON report with the first few examples of what was skipped (file:line and
+why).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import apache_beam as beam
+
+MAX_EXAMPLES = 20
+
+
+def _as_pair(event) -> tuple[str, int]:
+  return (event, 1) if isinstance(event, str) else (str(event[0]), int(event[1]))
+
+
+def write_report(events: Sequence[beam.PCollection], examples: beam.PCollection | None,
+                 path: str, label: str) -> None:
+  """Writes {"counts": {event: n}, "skipped_examples": [...]} to `path` (one file)."""
+  pipeline = events[0].pipeline
+  counts = (tuple(events) | f"{label}/events" >> beam.Flatten()
+            | f"{label}/pairs" >> beam.Map(_as_pair).with_output_types(tuple[str, int])
+            | f"{label}/sum" >> beam.CombinePerKey(sum)
+            | f"{label}/table" >> beam.combiners.ToDict())
+  if examples is None:
+    examples = pipeline | f"{label}/no_examples" >> beam.Create([])
+  first = examples | f"{label}/examples" >> beam.combiners.Top.Smallest(MAX_EXAMPLES)
+
+  def render(_, table, sample):
+    return json.dumps({"counts": dict(sorted(table.items())), "skipped_examples": sample},
+                      indent=1)
+
+  _ = (pipeline | f"{label}/one" >> beam.Create([None])
+       | f"{label}/render" >> beam.Map(render, beam.pvalue.AsSingleton(counts),
+                                       beam.pvalue.AsSingleton(first))
+       | f"{label}/write_report" >> beam.io.WriteToText(path, shard_name_template=""))
+
+
+def read_report(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
