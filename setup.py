@@ -28,6 +28,7 @@ INSTALL_REQUIRES = [
     "protobuf==6.33.6",
     "pyarrow==25.0.1",
     "google-crc32c==1.9.0",  # Beam writes TFRecords with it
+    "mwparserfromhell==0.7.2",  # Wikipedia dumps: wikitext -> plain text
 ]
 
 EXTRAS_REQUIRE = {
