@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import seqio
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from ernie3_jax.data import knowledge_masking as km
 from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
@@ -329,6 +329,7 @@ def test_a_sentence_longer_than_a_passage_is_split_at_units(vocab, matcher):
 
 
 @settings(max_examples=50, deadline=None)
+@example("\x800", 0, 5)  # an <unk> inside the only unit: the unit is masked around it
 @given(st.text(max_size=400) | st.lists(st.sampled_from(
     ["[SEP]", "[MASK]", " ", "Isgar", "Cael Helelteth", ".", "\n\n", "é", "x"])).map("".join),
        st.integers(0, 2**32 - 1), st.integers(3, 40))
@@ -345,9 +346,11 @@ def test_arbitrary_text_never_crashes(vocab, matcher, text, seed, length):
     num_maskable = int((~np.isin(inner, vocab.special_ids)).sum())
     if weights[row].sum() > km.mask_budget(num_maskable, 0.15):
       # The one exception: no unit fits the budget, so exactly one unit (the smallest) is
-      # masked, and a unit is one contiguous run of pieces.
+      # masked, and a unit is one contiguous run of pieces. Special pieces inside it (an
+      # <unk> for an unknown character) are never masked, so only they may leave a gap.
       masked = np.flatnonzero(weights[row])
-      assert (np.diff(masked) == 1).all(), (text, masked)
+      gap = np.setdiff1d(np.arange(masked[0], masked[-1] + 1), masked)
+      assert np.isin(restored[row][gap], vocab.special_ids).all(), (text, masked)
     assert ((tokens[row] >= 0) & (tokens[row] < vocab.vocab_size)).all()
 
 
