@@ -139,8 +139,13 @@ def _is_stop(token: jax.Array, stop_ids: jax.Array) -> jax.Array:
 # -- decoding loops --------------------------------------------------------------
 
 
-def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args):
-  """Greedy or sampled decoding; returns (tokens [B, N], lengths [B], log-probs [B])."""
+def _keep(cache):
+  return cache
+
+
+def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args, constrain=_keep):
+  """Greedy or sampled decoding; returns (tokens [B, N], lengths [B], log-probs [B]).
+  `constrain` pins the cache's sharding after every step (identity on one device)."""
   b = logits.shape[0]
 
   def cond(state):
@@ -157,7 +162,7 @@ def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args):
     out = out.at[:, step].set(token)
     done = jnp.logical_or(done, _is_stop(token, args["stop_ids"]))
     logits, cache = decoder.step(dp, cache, token)
-    return step + 1, cache, logits, out, done, lengths, log_probs, rng
+    return step + 1, constrain(cache), logits, out, done, lengths, log_probs, rng
 
   state = (jnp.int32(0), cache, logits, jnp.zeros((b, max_new_tokens), jnp.int32),
            jnp.zeros((b,), jnp.bool_), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.float32),
@@ -166,12 +171,12 @@ def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args):
   return state[3], state[5], state[6]
 
 
-def _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args):
+def _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args, constrain=_keep):
   """Beam search; returns the best beam's (tokens [B, N], lengths [B], log-probs [B])."""
   b, vocab = logits.shape
   k = num_beams
   rows = jnp.repeat(jnp.arange(b), k)
-  cache, logits = reorder_rows(cache, rows), logits[rows]
+  cache, logits = constrain(reorder_rows(cache, rows)), logits[rows]
   # Every beam starts as the same prompt: only beam 0 may be extended at first.
   scores = jnp.tile(jnp.asarray([0.0] + [-jnp.inf] * (k - 1), jnp.float32), (b, 1))
   finished_lp = jnp.full((vocab,), -jnp.inf).at[PAD_ID].set(0.0)
@@ -194,7 +199,7 @@ def _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args):
     lengths = lengths + jnp.logical_not(done)
     done = jnp.logical_or(done, _is_stop(token, args["stop_ids"]))
     logits, cache = decoder.step(dp, cache, token)
-    return step + 1, cache, logits, out, done, lengths, scores
+    return step + 1, constrain(cache), logits, out, done, lengths, scores
 
   state = (jnp.int32(0), cache, logits, jnp.zeros((b * k, max_new_tokens), jnp.int32),
            jnp.zeros((b * k,), jnp.bool_), jnp.zeros((b * k,), jnp.int32), scores)
@@ -207,23 +212,36 @@ def _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_generate(config, segment_length: int, max_new_tokens: int, num_beams: int):
-  """The jitted prefill + token loop, built once per (config, lengths, beams).
+def _compiled_generate(config, segment_length: int, max_new_tokens: int, num_beams: int,
+                       mesh=None, rules=None):
+  """The jitted prefill + token loop, built once per (config, lengths, beams, mesh).
 
-  num_beams 0 is greedy / sampling; the sampling options are traced arguments.
+  num_beams 0 is greedy / sampling; the sampling options are traced arguments. With a
+  mesh, the parameters come in with their named shardings, the cache is pinned to its
+  own (`parallel/inference.py`) and the outputs are replicated.
   """
   decoder = CachedNLGDecoder(Ernie3(config), segment_length, task_ids.DOCUMENT_LM)
+  constrain = _keep
+  if mesh is not None:
+    from ernie3_jax.parallel import inference  # pylint: disable=g-import-not-at-top
+    constrain = functools.partial(inference.constrain_cache, mesh=mesh, rules=rules)
 
-  @jax.jit
   def run(params, prompts, prompt_lengths, rng, args):
     dp = decoder.prepare(params)
-    cache = decoder.init_cache(dp, prompts.shape[0])
+    cache = constrain(decoder.init_cache(dp, prompts.shape[0]))
     logits, cache = decoder.prefill(dp, cache, prompts, prompt_lengths)
+    cache = constrain(cache)
     if num_beams:
-      return _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args)
-    return _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args)
+      return _beam_loop(decoder, dp, cache, logits, max_new_tokens, num_beams, args, constrain)
+    return _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args, constrain)
 
-  return run
+  if mesh is None:
+    return jax.jit(run)
+  from ernie3_jax.parallel import inference  # pylint: disable=g-import-not-at-top
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(run, in_shardings=(inference.param_shardings(Ernie3(config), mesh, rules),
+                                    replicated, replicated, replicated, replicated),
+                 out_shardings=replicated)
 
 
 def pack_prompts(prompts: Sequence[Sequence[int]], segment_length: int,
@@ -248,18 +266,27 @@ def pack_prompts(prompts: Sequence[Sequence[int]], segment_length: int,
 
 def generate(model: Ernie3, params, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              segment_length: int, options: DecodeOptions = DecodeOptions(),
-             seed: int = 0) -> Generation:
+             seed: int = 0, mesh=None, rules=None) -> Generation:
   """Cached decoding of a batch of prompts (lists of ids, any lengths >= 1).
 
   Returns each prompt's generated ids, cut after its first stop token, and
   their total log-probability under the model (temperature 1; for beam search,
-  the chosen beam's score).
+  the chosen beam's score). With a `mesh`, decoding runs sharded over it: the
+  parameters by their logical axis names under `rules` (default: the training rules),
+  the key/value cache and memory by batch and heads.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   packed, lengths = pack_prompts(prompts, segment_length, model.config.vocab_size)
   num_beams = options.num_beams if options.strategy == "beam" else 0
-  run = _compiled_generate(model.config, segment_length, max_new_tokens, num_beams)
+  if mesh is not None:
+    # pylint: disable=g-import-not-at-top
+    from ernie3_jax.parallel import inference, mesh as mesh_lib
+    # pylint: enable=g-import-not-at-top
+    rules = tuple(rules if rules is not None else mesh_lib.logical_axis_rules())
+    params = inference.place_params(params, model, mesh, rules)
+  run = _compiled_generate(model.config, segment_length, max_new_tokens, num_beams, mesh,
+                           rules)
   out, n, log_probs = jax.device_get(run(params, jnp.asarray(packed), jnp.asarray(lengths),
                                          jax.random.PRNGKey(seed), sampling_args(options)))
   return Generation([out[i, :n[i]].tolist() for i in range(len(prompts))],
