@@ -5,8 +5,10 @@ r"""Generates continuations of prompts with a trained checkpoint.
       --strategy=sample --temperature=0.8 --top_p=0.9 --seed=1
 
 Reads MODEL_DIR/config.gin (written by `ernie3_jax.main`) for the model size and
-segment length, restores the latest checkpoint and decodes every `--prompt`
-in one batch with the cached NLG decoder (`ernie3_jax.generation`).
+segment length, restores the latest checkpoint's parameters onto the device mesh
+(`--gin=make_mesh.tensor=8`: heads, MLP and vocabulary split 8 ways; default: the
+run's mesh over all devices) and decodes every `--prompt` in one batch with the
+cached NLG decoder (`ernie3_jax.generation`).
 """
 
 from __future__ import annotations
@@ -40,11 +42,15 @@ def _define_flags() -> flags.FlagValues:
                        "Segment length (default: the run's generate_from_checkpoint binding in "
                        "config.gin, else 128).", flag_values=fv)
   flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+  flags.DEFINE_multi_string("gin", [], "A gin binding applied after MODEL_DIR/config.gin "
+                            "(repeatable), e.g. make_mesh.tensor=8 to shard the model and the "
+                            "decode cache over 8 devices.", flag_values=fv)
   return fv
 
 
-def load_run_config(model_dir: str | None) -> None:
-  """Parses MODEL_DIR/config.gin, failing clearly when the directory is not a run."""
+def load_run_config(model_dir: str | None, bindings: list[str] = ()) -> None:
+  """Parses MODEL_DIR/config.gin and then `bindings`, failing clearly when the directory
+  is not a run."""
   from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
   if not model_dir:
     raise ValueError("--checkpoint is required: the MODEL_DIR of a training run")
@@ -54,16 +60,17 @@ def load_run_config(model_dir: str | None) -> None:
   if not os.path.isfile(config):
     raise FileNotFoundError(f"--checkpoint={model_dir!r} has no config.gin; it is not a "
                             "MODEL_DIR written by `python -m ernie3_jax.main --run_mode=train`")
-  gin_utils.parse_gin([config])
+  gin_utils.parse_gin([config], list(bindings))
 
 
 def run_generation(model_dir: str | None, prompts: list[str], max_new_tokens: int, options,
-                   segment_length: int | None = None, seed: int = 0) -> list[str]:
+                   segment_length: int | None = None, seed: int = 0,
+                   bindings: list[str] = ()) -> list[str]:
   """Loads the run in `model_dir` and returns one continuation per prompt."""
   from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
   if not prompts:
     raise ValueError("give at least one --prompt")
-  load_run_config(model_dir)
+  load_run_config(model_dir, bindings)
   kwargs = {} if segment_length is None else {"segment_length": segment_length}
   return generation.generate_from_checkpoint(model_dir, prompts, max_new_tokens,
                                              options=options, seed=seed, **kwargs)
@@ -88,7 +95,7 @@ def main(argv: list[str]) -> int:
                                        fv.num_beams, fv.length_penalty,
                                        (generation.EOS_ID,) + stop_ids)
     outputs = run_generation(fv.checkpoint, list(fv.prompt), fv.max_new_tokens, options,
-                             fv.segment_length, fv.seed)
+                             fv.segment_length, fv.seed, list(fv.gin))
   except (flags.Error, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -385,15 +385,15 @@ def reference_logits(model: Ernie3, params, ids: Sequence[int],
 def generate_from_checkpoint(model_dir: str, prompts: list[str], max_new_tokens: int,
                              segment_length: int = 128,
                              options: DecodeOptions | None = None, seed: int = 0) -> list[str]:
-  """Decodes continuations of `prompts` with the latest checkpoint (greedy by default)."""
+  """Decodes continuations of `prompts` with the latest checkpoint (greedy by default),
+  sharded over gin's `make_mesh()` (all devices; e.g. `make_mesh.tensor=8`)."""
   from ernie3_jax.data import data_config  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training.evaluate import load_latest  # pylint: disable=g-import-not-at-top
-  _, model, state, _, _, _, _ = load_latest(model_dir)
-  params = jax.device_get(state.params)
+  from ernie3_jax.training.evaluate import load_params  # pylint: disable=g-import-not-at-top
+  model, params, _, mesh, rules = load_params(model_dir)
   # The vocabulary the model was trained with (DataConfig in MODEL_DIR/config.gin).
   vocab = data_config.vocabulary(data_config.current().vocabulary)
   result = generate(model, params, [vocab.encode(p) for p in prompts], max_new_tokens,
-                    segment_length, options or DecodeOptions(), seed)
+                    segment_length, options or DecodeOptions(), seed, mesh=mesh, rules=rules)
   return [vocab.decode(ids) for ids in result.tokens]
 
 

@@ -86,3 +86,63 @@ def test_a_mesh_axis_that_does_not_divide_a_dimension_is_left_out():
   placed = jax.device_put(np.arange(12.0).reshape(3, 4), sharding)
   assert placed.addressable_shards[0].data.shape == (3, 1)
   np.testing.assert_array_equal(np.asarray(placed), np.arange(12.0).reshape(3, 4))
+
+
+@pytest.mark.slow  # writes a checkpoint, restores it twice and compiles on three meshes
+def test_a_checkpoint_serves_from_an_inference_mesh_as_from_one_device(tmp_path, capsys):
+  from ernie3_jax import generate as generate_cli
+  from ernie3_jax import gin_utils
+  from ernie3_jax.data import data_config
+  from ernie3_jax.evaluation import knowledge_probe as kp
+  from ernie3_jax.evaluation import zero_shot
+  from ernie3_jax.training.evaluate import load_params
+  from tests import training_testing
+  # Trained on one device; num_steps=0 saves the initial state (a real, verified
+  # checkpoint). The shipped vocabulary has 4,000 pieces, so the model must too.
+  training_testing.run(tmp_path, 0, nlg_batch_size=8,
+                       extra_bindings=["Ernie3Config.vocab_size=4000"])
+  (tmp_path / "config.gin").write_text(gin_utils.effective_config() +
+                                       "\ntrain.nlg_batch_size = 8\n")
+  model, one, step, _, _ = load_params(str(tmp_path), mesh_lib.make_mesh(1, 1, 1, num_devices=1))
+  model, sharded, _, mesh, rules = load_params(str(tmp_path), mesh_lib.make_mesh(2, 1, 4))
+  assert step == 0 and set(sharded) == set(one)  # parameters only: no optimizer state
+  kernel = next(leaf for path, leaf in jax.tree_util.tree_flatten_with_path(sharded)[0]
+                if "query" in jax.tree_util.keystr(path) and path[0].key == "universal")
+  assert "tensor" in tuple(kernel.sharding.spec) and len(kernel.addressable_shards) == 8
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(sharded),
+                         jax.device_get(one))
+
+  # Decoding, NLG scoring and NLU slot scoring: the same on the mesh as on one device.
+  options = generation.DecodeOptions("greedy", stop_ids=())
+  want = generation.generate(model, jax.device_get(one), PROMPTS, 6, SEGMENT, options)
+  got = generation.generate(model, sharded, PROMPTS, 6, SEGMENT, options, mesh=mesh, rules=rules)
+  assert got.tokens == want.tokens
+  rows, masks = [[1, 5, 6, 7, 8], [1, 9, 10]], [[0, 0, 1, 1, 1], [0, 1, 1]]
+  np.testing.assert_allclose(
+      zero_shot.NlgScorer(model, sharded, 16, 4, mesh).score_rows(rows, masks)[0],
+      zero_shot.NlgScorer(model, jax.device_get(one), 16, 4).score_rows(rows, masks)[0],
+      rtol=1e-5, atol=1e-5)
+  vocab = data_config.vocabulary(data_config.current().vocabulary)
+  item = kp.SlotItem("tail", ("Cael Helelteth was born in {}.",), ("Port Lysdrow", "Isgar"), 0)
+  np.testing.assert_allclose(
+      kp.MaskedSlotScorer(model, sharded, vocab, 24, 4, mesh=mesh)([item])[0],
+      kp.MaskedSlotScorer(model, jax.device_get(one), vocab, 24, 4)([item])[0],
+      rtol=1e-5, atol=1e-5)
+
+  # The command line takes the mesh as a gin binding.
+  argv = ["generate", f"--checkpoint={tmp_path}", "--prompt=The river", "--max_new_tokens=4",
+          "--segment_length=4", "--gin=make_mesh.data=1", "--gin=make_mesh.tensor=4",
+          "--gin=make_mesh.fsdp=2"]
+  assert generate_cli.main(argv) == 0
+  assert "continuation:" in capsys.readouterr().out
+  assert tuple(mesh_lib.make_mesh().shape.values()) == (1, 2, 4)
+  # Parameters that differ from the checksums saved with them are refused, not served.
+  import json
+  from ernie3_jax.training.checkpointing import CheckpointCorruptError
+  record_file = tmp_path / "checkpoints" / "0" / "integrity" / "metadata"
+  record = json.loads(record_file.read_text())
+  name = next(n for n in record["arrays"] if n.startswith("params"))
+  record["arrays"][name][0] ^= 1
+  record_file.write_text(json.dumps(record))
+  with pytest.raises(CheckpointCorruptError, match="differ from the checksums"):
+    load_params(str(tmp_path), mesh)

@@ -177,7 +177,7 @@ class MaskedSlotScorer:
   embedding. Takes `SlotItem`s, or `ProbeItem`s (scored in the triple layout)."""
 
   def __init__(self, model, params, vocab, max_length: int = 48, batch_size: int = 64,
-               normalization: str = "mean", task_id: int | None = None):
+               normalization: str = "mean", task_id: int | None = None, mesh=None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
@@ -195,7 +195,8 @@ class MaskedSlotScorer:
       logits = jnp.take_along_axis(out["mlm_logits"], positions[..., None], axis=1)
       return jax.nn.log_softmax(logits[..., :vocab_size].astype(jnp.float32))
 
-    self._fn = jax.jit(log_probs)
+    # With a mesh, `params` are placed on it: the pass runs sharded, outputs replicated.
+    self._fn = jax.jit(log_probs, out_shardings=zero_shot.replicated_outputs(mesh))
     self._params = params
     self._encode_cache: dict[str, list[int]] = {}
 
@@ -377,12 +378,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                       "compares a model trained without UKTP on an embedding it has learnt")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
+                      help="gin binding applied after MODEL_DIR/config.gin (repeatable), "
+                      "e.g. make_mesh.tensor=8 to shard the model over 8 devices")
   parser.add_argument("--output", help="also write the metrics to this JSON file")
   args = parser.parse_args(argv)
 
   from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
-  nlg = zero_shot.load_scorer(args.model_dir, 64, args.batch_size)  # parses config.gin
+  nlg = zero_shot.load_scorer(args.model_dir, 64, args.batch_size, args.gin)  # parses gin
   cfg = dc.current()
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   vocab = dc.vocabulary(cfg.vocabulary)
@@ -391,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     task_id = {"uktp": task_ids.UKTP, "knowledge_masked_lm": task_ids.KNOWLEDGE_MASKED_LM}
     scorer = MaskedSlotScorer(nlg.model, nlg.params, vocab, batch_size=args.batch_size,
                               normalization=args.normalization,
-                              task_id=task_id[args.nlu_task])
+                              task_id=task_id[args.nlu_task], mesh=nlg.mesh)
   else:
     scorer = VerbalisedTripleScorer(nlg, vocab, args.normalization)
   triples = select_triples(args.triples, kg, args.max_triples, args.seed)
@@ -402,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   for kind in (RELATION, TAIL):
     print(f"  {kind:9s} accuracy {metrics[f'{kind}_accuracy']:.3f}  chance "
           f"{metrics[f'{kind}_chance']:.3f}  items {int(metrics[f'{kind}_items'])}")
-  if args.output:
+  import jax  # pylint: disable=g-import-not-at-top
+  if args.output and jax.process_index() == 0:
     with open(args.output, "w") as f:
       json.dump(dict(metrics, **{k: str(v) for k, v in vars(args).items()}), f, indent=1)
   sys.stdout.flush()

@@ -66,6 +66,13 @@ def choose_shots(pool: Sequence[prompts_lib.Question], k: int, seed: int, positi
   return [eligible[i] for i in rng.choice(len(eligible), size=k, replace=False)]
 
 
+def replicated_outputs(mesh: jax.sharding.Mesh | None):
+  """Outputs every process can read whole (None: wherever jit puts them)."""
+  if mesh is None:
+    return None
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 class NlgScorer:
   """Log-likelihoods of target pieces under the NLG stack (no memory, one segment).
 
@@ -74,8 +81,11 @@ class NlgScorer:
   real positions.
   """
 
-  def __init__(self, model: Ernie3, params: Any, max_length: int = 128, batch_size: int = 16):
-    self.model, self.params = model, params
+  def __init__(self, model: Ernie3, params: Any, max_length: int = 128, batch_size: int = 16,
+               mesh: jax.sharding.Mesh | None = None):
+    # With a mesh, `params` are placed on it (training.evaluate.load_params): the forward
+    # pass runs sharded as they are, and the scores come back replicated to every process.
+    self.model, self.params, self.mesh = model, params, mesh
     self.max_length, self.batch_size = int(max_length), int(batch_size)
     vocab_size = model.config.vocab_size
 
@@ -88,7 +98,7 @@ class NlgScorer:
       mask = target_mask[:, 1:].astype(jnp.float32)
       return (picked * mask).sum(-1), mask.sum(-1)
 
-    self._batch_scores = jax.jit(batch_scores)
+    self._batch_scores = jax.jit(batch_scores, out_shardings=replicated_outputs(mesh))
 
   def score_rows(self, tokens: Sequence[Sequence[int]], target_masks: Sequence[Sequence[int]]
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -206,17 +216,19 @@ def seqio_score_fn(scorer: NlgScorer, normalization: str = "sum"
   return score_fn
 
 
-def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16) -> NlgScorer:
-  """An NlgScorer over the latest checkpoint in `model_dir` (its config.gin is parsed)."""
+def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16,
+                gin_bindings: Sequence[str] = ()) -> NlgScorer:
+  """An NlgScorer over the latest checkpoint in `model_dir` (its config.gin is parsed, then
+  `gin_bindings`, e.g. "make_mesh.tensor = 8"), its parameters sharded over that mesh."""
   from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training.evaluate import load_latest  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training.evaluate import load_params  # pylint: disable=g-import-not-at-top
   config = os.path.join(model_dir, "config.gin")
   if not os.path.isfile(config):
     raise FileNotFoundError(f"{config} does not exist: --model_dir must be a training run's "
                             "MODEL_DIR (it holds config.gin and checkpoints/)")
-  gin_utils.parse_gin([config])
-  _, model, state, _, _, _, _ = load_latest(model_dir)
-  return NlgScorer(model, jax.device_get(state.params), max_length, batch_size)
+  gin_utils.parse_gin([config], list(gin_bindings))
+  model, params, _, mesh, _ = load_params(model_dir)
+  return NlgScorer(model, params, max_length, batch_size, mesh)
 
 
 def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
@@ -294,16 +306,22 @@ def main(argv: Iterable[str] | None = None) -> None:
   parser.add_argument("--shot_split", default="train")
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
+                      help="gin binding applied after MODEL_DIR/config.gin (repeatable), "
+                      "e.g. make_mesh.tensor=8 to shard the model over 8 devices")
   parser.add_argument("--output_dir", default=None,
                       help="metrics.json and per-row <task>.<split>.jsonl go here (default: "
                       "MODEL_DIR/zero_shot/<split>_<normalization>_<k>shot)")
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
-  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size)
+  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
   from tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
   output_dir = args.output_dir or os.path.join(
       args.model_dir, "zero_shot", f"{args.split}_{args.normalization}_{args.num_shots}shot")
-  os.makedirs(output_dir, exist_ok=True)
+  # Every process scores (the model is sharded over all of them); process 0 writes.
+  writer = jax.process_index() == 0
+  if writer:
+    os.makedirs(output_dir, exist_ok=True)
   results = {}
   for task in tasks:
     with gin.unlock_config():
@@ -313,14 +331,17 @@ def main(argv: Iterable[str] | None = None) -> None:
       gin.bind_parameter("ZeroShotConfig.shot_split", args.shot_split)
       gin.bind_parameter("ZeroShotConfig.max_length", args.max_length)
     results[task] = score_task(zs.task_name(task), scorer, args.split, args.normalization,
-                               predictions_path=os.path.join(output_dir,
-                                                             f"{task}.{args.split}.jsonl"))
+                               predictions_path=os.path.join(
+                                   output_dir, f"{task}.{args.split}.jsonl") if writer else None)
+    if not writer:
+      continue
     # Full precision on disk, after every task (a later failure keeps the finished ones).
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
       json.dump({"settings": vars(args), "tasks": results}, f, indent=1)
     print(f"{task:12s} " + " ".join(f"{k}={v:.4f}" for k, v in sorted(results[task].items())),
           flush=True)
-  print(f"written to {output_dir}")
+  if writer:
+    print(f"written to {output_dir}")
 
 
 if __name__ == "__main__":

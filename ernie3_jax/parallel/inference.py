@@ -47,13 +47,22 @@ def named_sharding(names: tuple, shape: tuple[int, ...], mesh: Mesh, rules) -> N
   return NamedSharding(mesh, _fit(spec, shape, mesh))
 
 
+def _boxed_params(model: Ernie3) -> Any:
+  """The model's parameters as abstract, logically named (boxed) leaves; no compute."""
+  tokens = jnp.ones((1, 8), jnp.int32)
+  return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens * 0,
+                                           jnp.zeros((1,), jnp.int32),
+                                           init_memory(model.config, 1, 4)))["params"]
+
+
+def abstract_params(model: Ernie3) -> Any:
+  """ShapeDtypeStructs of the model's (unboxed) parameters."""
+  return nn.unbox(_boxed_params(model))
+
+
 def param_shardings(model: Ernie3, mesh: Mesh, rules) -> Any:
   """NamedShardings of the model's parameters (a tree like the unboxed params)."""
-  cfg = model.config
-  tokens = jnp.ones((1, 8), jnp.int32)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, tokens * 0,
-                                            jnp.zeros((1,), jnp.int32),
-                                            init_memory(cfg, 1, 4)))["params"]
+  boxed = _boxed_params(model)
   specs = nn.get_partition_spec(boxed)
   abstract = nn.unbox(boxed)
   return jax.tree_util.tree_map(

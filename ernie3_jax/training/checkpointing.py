@@ -255,6 +255,54 @@ class Checkpointer:
         data]  # written before data states were gathered: process 0's alone
     return state, per_process
 
+  def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
+    """Only the parameters of `step`, onto `shardings` (any mesh): what inference needs.
+
+    The optimizer state (twice the parameters' bytes under Adam) and the recurrence memory
+    are never read. The same checks as `restore`, on the parameters: shapes against the
+    model, checksums, finiteness.
+    """
+    step_dir = os.path.join(self.directory, str(step))
+    item_dir = os.path.join(step_dir, "state")
+    problems = shape_mismatches(saved_shapes(item_dir, step), {"params": abstract_params},
+                                prefix="params")
+    if problems:
+      raise CheckpointMismatchError(
+          f"the parameters of step {step} in {self.directory!r} do not fit this model: "
+          f"{summarize_mismatches(problems)}. Use the config the run was trained with "
+          "(MODEL_DIR/config.gin).")
+    verified = os.path.isdir(os.path.join(step_dir, "integrity"))
+    try:
+      # A partial restore: the arrays outside `item` (optimizer state, memory) are not read.
+      item = {"params": jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+          shardings)}
+      with ocp.PyTreeCheckpointer() as reader:
+        restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+      if verified:
+        items = dict(integrity=ocp.args.JsonRestore())
+        record = self.manager.restore(step, args=ocp.args.Composite(**items))["integrity"]
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointCorruptError(step, step_dir,
+                                   f"it cannot be read ({type(e).__name__}: {first_line(e)})"
+                                   ) from e
+    params = restored["params"]
+    now = checkpoint_integrity.record({"params": params})
+    if verified:
+      saved = dict(record)
+      saved["arrays"] = {k: v for k, v in saved.get("arrays", {}).items()
+                         if k.startswith("params")}
+      bad = checkpoint_integrity.differences(saved, now)
+      if bad:
+        raise CheckpointCorruptError(step, step_dir, "its parameters differ from the "
+                                     f"checksums saved with them: {summarize_mismatches(bad, 5)}")
+    if now["nonfinite"]:
+      raise CheckpointCorruptError(step, step_dir, "it holds non-finite parameters in "
+                                   f"{summarize_mismatches(now['nonfinite'], 5)}")
+    return params
+
   def restore_latest(self, abstract_state: Any, shardings: Any, allow_fallback: bool = True
                      ) -> tuple[Any, list[dict], int] | None:
     """(state, data states, step) of the newest checkpoint that verifies, or None if

@@ -50,6 +50,32 @@ def load_latest(model_dir: str, mesh=None):
   return cfg, model, state, step, mesh, rules, data_state
 
 
+def load_params(model_dir: str, mesh=None, rules=None):
+  """(model, parameters of the latest checkpoint placed on `mesh`, step, mesh, rules).
+
+  For inference: only the parameters are read (no optimizer state), straight onto their
+  shardings on `mesh` (default: gin's `make_mesh()`, e.g. `make_mesh.tensor=8`) under
+  `rules` (default: gin's `logical_axis_rules()`), so a model too large for one device
+  is never gathered on one.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.parallel import inference  # pylint: disable=g-import-not-at-top
+  model = Ernie3(Ernie3Config())
+  mesh = mesh or mesh_lib.make_mesh()
+  rules = tuple(rules if rules is not None else mesh_lib.logical_axis_rules())
+  ckpt = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"), 0, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}; train first "
+                              "(--run_mode=train with the same MODEL_DIR)")
+    shardings = inference.param_shardings(model, mesh, rules)
+    params = ckpt.restore_params(step, inference.abstract_params(model), shardings)
+  finally:
+    ckpt.close()
+  return model, params, step, mesh, rules
+
+
 @gin.configurable(denylist=["model_dir"])
 def evaluate(model_dir: str, *, input_builder: Callable = gin.REQUIRED, num_batches: int = 10,
              nlu_batch_size: int = 32, nlg_batch_size: int = 8, sequence_length: int = 128,
