@@ -54,6 +54,8 @@ bench: $(STAMP)
 	$(HOST_MEMORY) $(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
 	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl
 	$(PY) benchmarks/restore_verification.py --output=$(BENCH_DIR)/restore_verification.jsonl
+	$(PY) benchmarks/decode_memory_plan_10b.py --output=$(BENCH_DIR)/decode_memory_plan_10b.jsonl
+	$(HOST_MEMORY) $(PY) benchmarks/sharded_decode.py --output=$(BENCH_DIR)/sharded_decode.jsonl
 
 # The knowledge study (README, "Knowledge study"): 4 arms x 3 seeds, about 2 hours on 2 CPU
 # cores. Resumable: finished arm x seed lines in STUDY_RESULTS are skipped on a rerun.

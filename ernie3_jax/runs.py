@@ -7,6 +7,7 @@ import math
 import os
 
 import gin
+import jax
 
 
 @gin.configurable
@@ -64,14 +65,18 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
   if run_mode == "eval":
     from ernie3_jax.training import evaluate  # pylint: disable=g-import-not-at-top
     metrics = evaluate.evaluate(directory)
-    with open(os.path.join(directory, "eval_metrics.json"), "w") as f:
-      json.dump(metrics, f, indent=1)
-    print("evaluation: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
+    # Every process evaluated its share (the metrics are global sums); process 0 writes.
+    if jax.process_index() == 0:
+      with open(os.path.join(directory, "eval_metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+      print("evaluation: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
   if run_mode == "infer":
     from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    # Decoded on the run's mesh (make_mesh) by every process; process 0 prints.
     outputs = generation.generate_from_checkpoint(directory, list(prompts), max_new_tokens)
-    for prompt, text in zip(prompts, outputs):
-      print(f"prompt: {prompt}\ncontinuation: {text}")
+    if jax.process_index() == 0:
+      for prompt, text in zip(prompts, outputs):
+        print(f"prompt: {prompt}\ncontinuation: {text}")
     return {"generations": outputs}
   raise ValueError(f"--run_mode={run_mode!r}; expected train, eval or infer")

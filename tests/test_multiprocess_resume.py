@@ -1,5 +1,6 @@
 """Multi-process runs on the demo's real input: killed and restarted, stopped by SIGTERM
-to one process, resumed on another process count, started with differing configs.
+to one process, resumed on another process count, started with differing configs; and a
+checkpoint decoded and evaluated by two processes.
 
 Every run here trains the demo config for NUM_STEPS steps on 4 devices in all (one
 process with 4, or two processes with 2 each, over localhost jax.distributed with gloo
@@ -218,3 +219,21 @@ def test_processes_with_different_configs_are_refused_before_anything_is_written
     assert "were started with different gin configs" in out, cluster.tails()
     assert "process 0 has 'SEED = 0'; process 1 has 'SEED = 7'" in out, cluster.tails()
   assert not model_dir.exists()
+
+
+def test_two_processes_decode_and_evaluate_a_checkpoint(tmp_path, reference):
+  """Inference on the cluster: both processes decode on one mesh (tensor-parallel here)
+  and give one process's tokens; evaluation runs on both; process 0 alone prints and
+  writes."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(reference, model_dir)
+  one = _run(model_dir, 1, ["--run_mode=infer"]).output(0)
+  two = _run(model_dir, 2, ["--run_mode=infer", "--gin.make_mesh.tensor=2"])
+  continuation = [line for line in one.splitlines() if line.startswith("continuation:")]
+  assert len(continuation) == 1, one
+  assert continuation[0] in two.output(0).splitlines(), two.tails()
+  assert "continuation:" not in two.output(1)
+  evaluation = _run(model_dir, 2, ["--run_mode=eval", "--gin.make_mesh.tensor=2"])
+  assert "evaluation:" in evaluation.output(0) and "evaluation:" not in evaluation.output(1)
+  metrics = json.loads((model_dir / "eval_metrics.json").read_text())
+  assert metrics and all(np.isfinite(v) for v in metrics.values())

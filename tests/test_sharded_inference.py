@@ -146,3 +146,14 @@ def test_a_checkpoint_serves_from_an_inference_mesh_as_from_one_device(tmp_path,
   record_file.write_text(json.dumps(record))
   with pytest.raises(CheckpointCorruptError, match="differ from the checksums"):
     load_params(str(tmp_path), mesh)
+  record["arrays"][name][0] ^= 1  # restored
+  record_file.write_text(json.dumps(record))
+
+  # Served in bfloat16 from a float32 checkpoint: verified as saved, then cast.
+  gin_utils.parse_gin([str(tmp_path / "config.gin")], ["Ernie3Config.param_dtype='bfloat16'"])
+  model, half, _, _, _ = load_params(str(tmp_path), mesh)
+  assert {str(x.dtype) for x in jax.tree_util.tree_leaves(half)} == {"bfloat16"}
+  jax.tree_util.tree_map(
+      lambda h, f: np.testing.assert_array_equal(np.asarray(h, np.float32),
+                                                 np.asarray(f.astype(jax.numpy.bfloat16),
+                                                            np.float32)), half, one)

@@ -274,9 +274,19 @@ class Checkpointer:
     verified = os.path.isdir(os.path.join(step_dir, "integrity"))
     try:
       # A partial restore: the arrays outside `item` (optimizer state, memory) are not read.
-      item = {"params": jax.tree_util.tree_map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
-          shardings)}
+      # Arrays come back in the dtype they were saved in (their checksums are of those
+      # bytes), then are cast to the model's (e.g. float32 training -> bfloat16 serving).
+      meta = ocp.PyTreeCheckpointer().metadata(item_dir)
+      meta = getattr(getattr(meta, "item_metadata", meta), "tree", meta)
+      saved_dtypes = {array_name(k): getattr(v, "dtype", None)
+                      for k, v in jax.tree_util.tree_flatten_with_path(meta)[0]}
+      item = {"params": abstract_params}
+      item = jax.tree_util.tree_map_with_path(
+          lambda k, a: jax.ShapeDtypeStruct(a.shape, saved_dtypes.get(array_name(k)) or a.dtype),
+          item)
+      item["params"] = jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), item["params"],
+          shardings)
       with ocp.PyTreeCheckpointer() as reader:
         restored = reader.restore(item_dir, args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
@@ -301,7 +311,8 @@ class Checkpointer:
     if now["nonfinite"]:
       raise CheckpointCorruptError(step, step_dir, "it holds non-finite parameters in "
                                    f"{summarize_mismatches(now['nonfinite'], 5)}")
-    return params
+    return jax.tree_util.tree_map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype),
+                                  params, abstract_params)
 
   def restore_latest(self, abstract_state: Any, shardings: Any, allow_fallback: bool = True
                      ) -> tuple[Any, list[dict], int] | None:

@@ -81,7 +81,13 @@ def evaluate(model_dir: str, *, input_builder: Callable = gin.REQUIRED, num_batc
              nlu_batch_size: int = 32, nlg_batch_size: int = 8, sequence_length: int = 128,
              nlg_segment_length: int = 128, seed: int = 0) -> dict[str, float]:
   cfg, model, state, step, mesh, rules, _ = load_latest(model_dir)
-  data = input_builder(nlu_batch_size=nlu_batch_size, nlg_batch_size=nlg_batch_size,
+  processes = jax.process_count()
+  for name, size in (("nlu_batch_size", nlu_batch_size), ("nlg_batch_size", nlg_batch_size)):
+    if size % processes:
+      raise ValueError(f"evaluate.{name}={size} does not split over {processes} processes")
+  # Each process reads its share of every global batch, as in training.
+  data = input_builder(nlu_batch_size=nlu_batch_size // processes,
+                       nlg_batch_size=nlg_batch_size // processes,
                        sequence_length=sequence_length, nlg_segment_length=nlg_segment_length,
                        seed=seed, shard_index=jax.process_index(),
                        num_shards=jax.process_count(), split="validation")
