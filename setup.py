@@ -53,8 +53,15 @@ setuptools.setup(
     name="ernie3-jax",
     version="0.1.0",
     description="ERNIE 3.0 (knowledge-enhanced pre-training) in JAX/Flax",
-    packages=setuptools.find_packages(include=["ernie3_jax", "ernie3_jax.*", "tasks", "tasks.*"]),
-    package_data={"ernie3_jax": ["data/embedded/*"]},
+    # The repository keeps the seqio registrations (tasks/) and the gin files (gin_configs/)
+    # at its top; installed, they live inside the package as ernie3_jax.tasks and
+    # ernie3_jax/gin_configs, so nothing generic lands in site-packages and the configs
+    # travel with the code.
+    packages=(setuptools.find_packages(include=["ernie3_jax", "ernie3_jax.*"])
+              + ["ernie3_jax.tasks", "ernie3_jax.gin_configs"]),
+    package_dir={"ernie3_jax.tasks": "tasks", "ernie3_jax.gin_configs": "gin_configs"},
+    package_data={"ernie3_jax": ["data/embedded/*"],
+                  "ernie3_jax.gin_configs": ["models/*.gin", "runs/*.gin", "experiments/*.gin"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -52,7 +52,7 @@ def measure(name: str, length: int, examples: int, warmup: int, batch: int) -> f
 
 def main(argv):
   del argv
-  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import ernie3_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   import bench_common  # pylint: disable=g-import-not-at-top
   results = {n: round(measure(n, _LENGTH.value, _EXAMPLES.value, _WARMUP.value, _BATCH.value),
                       1) for n in _TASKS.value}

@@ -27,7 +27,7 @@ def _import_configurables() -> None:
   import ernie3_jax.training.evaluate  # noqa: F401
   import ernie3_jax.training.pretrain_input  # noqa: F401
   import ernie3_jax.training.train  # noqa: F401
-  import tasks  # noqa: F401
+  import ernie3_jax.tasks  # noqa: F401
 
 
 def rows_per_step(nlu_batch: int, nlg_batch: int, rates: dict[str, float]) -> dict[str, float]:

@@ -83,7 +83,7 @@ def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
 
 
 def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> list[str]:
-  from tasks import knowledge_study  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tasks import knowledge_study  # pylint: disable=g-import-not-at-top
   # The mixture's rates are the rows per step, so every arm's text rows are the same.
   rates = {knowledge_study.TEXT_TASK: float(settings["text_rows"])}
   if arm != "text":
@@ -184,7 +184,7 @@ def _text_rows_per_pass(corpus: str, kg: str, aliases: str, vocabulary: str,
   """Knowledge-masked-LM rows that one pass over the corpus makes."""
   import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import ernie3_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin(["gin_configs/experiments/knowledge_study.gin"], [
       "MODEL_DIR='/unused'", f"DataConfig.corpus='{corpus}'", f"DataConfig.kg='{kg}'",

@@ -8,6 +8,7 @@ are looked up in the given search paths, then the repository root.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import inspect
 import os
 import re
@@ -20,23 +21,37 @@ from ernie3_jax.model import config as _model_config  # noqa: F401
 from ernie3_jax.parallel import mesh as _mesh  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GIN_CONFIG_DIR = os.path.join(REPO_ROOT, "gin_configs")
+
+
+def _gin_config_dir() -> str:
+  """The shipped gin files: the checkout's gin_configs/, which an install puts inside the
+  package (ernie3_jax/gin_configs, see setup.py)."""
+  spec = importlib.util.find_spec("ernie3_jax.gin_configs")
+  if spec is not None and spec.submodule_search_locations:
+    return list(spec.submodule_search_locations)[0]
+  return os.path.join(REPO_ROOT, "gin_configs")
+
+
+GIN_CONFIG_DIR = _gin_config_dir()
+# Paths written as in the checkout ("gin_configs/models/tiny.gin") resolve from here.
+GIN_CONFIG_PARENT = os.path.dirname(GIN_CONFIG_DIR)
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
   """Parses files then bindings into the global gin config (cleared first)."""
   gin.clear_config()
-  for path in list(search_paths) + [REPO_ROOT, GIN_CONFIG_DIR]:
+  paths = list(search_paths) + [REPO_ROOT, GIN_CONFIG_PARENT, GIN_CONFIG_DIR]
+  for path in paths:
     gin.add_config_file_search_path(path)
   resolved = []
   for f in gin_files:
-    candidates = [f] + [os.path.join(p, f) for p in list(search_paths) + [REPO_ROOT, GIN_CONFIG_DIR]]
+    candidates = [f] + [os.path.join(p, f) for p in paths]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None:
       raise FileNotFoundError(
-          f"--gin_file={f!r} not found (looked in the working directory and in "
-          f"{list(search_paths) + [REPO_ROOT, GIN_CONFIG_DIR]})")
+          f"--gin_file={f!r} not found (looked in the working directory and in {paths}; "
+          "add a directory with --gin_search_paths)")
     resolved.append(found)
   try:
     gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)

@@ -25,7 +25,7 @@ from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import uktp
 from ernie3_jax.tf_runtime import tf
 from ernie3_jax.training import task_ids
-from tasks import pretraining
+from ernie3_jax.tasks import pretraining
 
 TEXT_TASK = "knowledge_masked_lm"
 KNOWLEDGE_TASKS = {"triples": "study_triples", "uktp": "study_uktp",

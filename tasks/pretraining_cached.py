@@ -22,7 +22,7 @@ import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.tf_runtime import tf
-from tasks import pretraining
+from ernie3_jax.tasks import pretraining
 
 SUFFIX = "_cached"
 

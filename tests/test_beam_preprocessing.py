@@ -14,7 +14,7 @@ from ernie3_jax import tf_runtime  # noqa: F401
 from ernie3_jax.data import beam_alignment, corpus_readers, uktp
 from ernie3_jax.data import data_config as dc
 import seqio
-import tasks  # noqa: F401  (registers the tasks and `cache_settings`)
+import ernie3_jax.tasks  # noqa: F401  (registers the tasks and `cache_settings`)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DOCS = 120

@@ -172,8 +172,8 @@ def test_the_prepared_files_align_and_train(prepared, tmp_path):
   from ernie3_jax.data import data_config as dc
   from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
   from ernie3_jax.training import train as train_lib
-  import tasks  # noqa: F401
-  from tasks import pretraining
+  import ernie3_jax.tasks  # noqa: F401
+  from ernie3_jax.tasks import pretraining
   gin_utils.parse_gin(["gin_configs/experiments/wikipedia_wikidata.gin",
                        "gin_configs/models/tiny.gin"], [
       f"MODEL_DIR = '{tmp_path}'", f"DUMPS_DIR = '{prepared}'",

@@ -24,7 +24,7 @@ VOCAB = ["Ernie3Config.vocab_size=4000"]  # the embedded SentencePiece vocabular
 
 def _bindings(task="superglue_cb", freeze=False, extra=()):
   return tt.TINY_BINDINGS + VOCAB + [
-      "import tasks", "import ernie3_jax.evaluation.seqio_eval",
+      "import ernie3_jax.tasks", "import ernie3_jax.evaluation.seqio_eval",
       f"superglue_source.path='{FIXTURE_DIR}'",
       f"finetune_setup.mixture_or_task='{task}'",
       f"finetune_setup.freeze_universal={freeze}", "make_mesh.num_devices=1",

@@ -107,7 +107,7 @@ def _study_gin(study_dir, vocab_path):
 def test_the_arms_pair_the_same_triples_with_nothing_their_sentence_or_another(study_dir):
   from ernie3_jax.data import data_config as dc
   from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
-  from tasks import knowledge_study
+  from ernie3_jax.tasks import knowledge_study
   _study_gin(study_dir, EMBEDDED_VOCAB)
   cfg = dc.current()
   rows = {p: knowledge_study.knowledge_rows(cfg, "train", p)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401  (registers everything)
+import ernie3_jax.tasks  # noqa: F401  (registers everything)
 from ernie3_jax.training import task_ids
 from ernie3_jax.training.pretrain_input import PretrainInput, mixture_rates
 

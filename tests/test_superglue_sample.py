@@ -50,8 +50,8 @@ def sample_rows():
   """Every sample task through its seqio task (tokenised at LENGTH), read once."""
   import seqio
 
-  import tasks  # noqa: F401  (registers the tasks)
-  from tasks import superglue as sg
+  import ernie3_jax.tasks  # noqa: F401  (registers the tasks)
+  from ernie3_jax.tasks import superglue as sg
   gin.bind_parameter("superglue_source.path", str(SAMPLE))
   try:
     rows = {}

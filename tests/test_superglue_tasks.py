@@ -83,8 +83,8 @@ def test_record_rows_per_candidate_entity():
 def superglue():
   import seqio
 
-  import tasks  # noqa: F401  (registers the tasks)
-  from tasks import superglue as sg
+  import ernie3_jax.tasks  # noqa: F401  (registers the tasks)
+  from ernie3_jax.tasks import superglue as sg
   return seqio, sg
 
 

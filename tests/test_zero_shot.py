@@ -186,7 +186,7 @@ def _rows(golds, num_candidates, key=lambda g: str(g)):
 
 
 def test_score_metrics_pick_the_argmax_of_each_group():
-  from tasks import superglue_zero_shot as zs
+  from ernie3_jax.tasks import superglue_zero_shot as zs
   golds = [0, 2, 1, 1]
   targets = _rows(golds, 3)
   picks = [0, 2, 2, 0]  # right, right, wrong, wrong
@@ -200,7 +200,7 @@ def test_score_metrics_pick_the_argmax_of_each_group():
 
 
 def test_multirc_and_record_metrics():
-  from tasks import superglue_zero_shot as zs
+  from ernie3_jax.tasks import superglue_zero_shot as zs
   # Two questions of one paragraph: answers 0,1 (question a) and 2 (question b).
   targets = _rows([0, 1, 0], 2, key=lambda g: ["p/a/0", "p/a/1", "p/b/2"][g])
   scores = [1, 0, 0, 1, 0, 1]  # picks true, false, false -> right, right, wrong
@@ -242,7 +242,7 @@ def _sample_labels(folder):
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLE_DIR), reason="no SuperGLUE sample rows")
 def test_seqio_task_rows_and_score_path_on_the_sample(vocab, tmp_path):
-  from tasks import superglue_zero_shot as zs
+  from ernie3_jax.tasks import superglue_zero_shot as zs
   gin.bind_parameter("ZeroShotConfig.source", SAMPLE_DIR)
   gin.bind_parameter("ZeroShotConfig.max_length", 64)
   import seqio
@@ -273,7 +273,7 @@ def test_seqio_task_rows_and_score_path_on_the_sample(vocab, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(SAMPLE_DIR), reason="no SuperGLUE sample rows")
 def test_few_shot_rows_prepend_seeded_demonstrations():
-  from tasks import superglue_zero_shot as zs
+  from ernie3_jax.tasks import superglue_zero_shot as zs
   import seqio
   gin.bind_parameter("ZeroShotConfig.source", SAMPLE_DIR)
   gin.bind_parameter("ZeroShotConfig.num_shots", 2)

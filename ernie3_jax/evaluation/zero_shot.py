@@ -315,7 +315,7 @@ def main(argv: Iterable[str] | None = None) -> None:
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
   scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
-  from tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
   output_dir = args.output_dir or os.path.join(
       args.model_dir, "zero_shot", f"{args.split}_{args.normalization}_{args.num_shots}shot")
   # Every process scores (the model is sharded over all of them); process 0 writes.

@@ -46,7 +46,7 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 0, "Output files per split (0: 
 def configure_worker(gin_files: Sequence[str], bindings: Sequence[str],
                      search_paths: Sequence[str]) -> None:
   """Gives a Beam worker the driver's gin configuration and task registry."""
-  import tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import ernie3_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   gin_utils.parse_gin(gin_files, bindings, search_paths)
 
 
@@ -70,7 +70,7 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from seqio import beam_utils  # pylint: disable=g-import-not-at-top
-  from tasks import pretraining_cached  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tasks import pretraining_cached  # pylint: disable=g-import-not-at-top
   known = sorted(pretraining_cached.pretraining.NLU_PREPROCESSORS)
   unknown = [n for n in task_names if n not in known]
   if unknown:

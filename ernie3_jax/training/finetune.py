@@ -46,7 +46,7 @@ UNIVERSAL_MODULES = ("embedder", "universal")
 def default_num_classes() -> dict[str, int]:
   """Class counts of the registered SuperGLUE tasks (tasks.superglue.NUM_CLASSES)."""
   try:
-    from tasks import superglue  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.tasks import superglue  # pylint: disable=g-import-not-at-top
   except ImportError:
     return {}
   return dict(superglue.NUM_CLASSES)

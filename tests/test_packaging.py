@@ -1,0 +1,50 @@
+"""The installed package: a wheel built from the checkout runs from any directory."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CHECK = """
+import os, sys
+import ernie3_jax
+assert ernie3_jax.__file__.startswith(sys.argv[1]), ernie3_jax.__file__
+from ernie3_jax import gin_utils
+import gin
+for name in ("gin_configs/experiments/demo.gin", "experiments/finetune_demo.gin"):
+  gin_utils.parse_gin([name])  # the checkout's spelling and the short one
+  assert gin.query_parameter("Ernie3Config.d_model") > 0
+import seqio
+import ernie3_jax.tasks  # registers every task and mixture
+assert "knowledge_study_uktp" in seqio.MixtureRegistry.names()
+print("installed ok")
+"""
+
+
+@pytest.mark.slow  # builds a wheel (about half a minute)
+def test_a_wheel_carries_its_gin_files_and_tasks_inside_the_package(tmp_path):
+  dist = tmp_path / "dist"
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--no-build-isolation", "-w", str(dist), REPO], check=True, cwd=tmp_path)
+  (wheel,) = dist.glob("ernie3_jax-*.whl")
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+    z.extractall(tmp_path / "site")
+  assert not [n for n in names if n.split("/")[0] in ("tasks", "gin_configs")], names
+  for name in ("ernie3_jax/tasks/__init__.py", "ernie3_jax/gin_configs/models/tiny.gin",
+               "ernie3_jax/gin_configs/experiments/demo.gin",
+               "ernie3_jax/gin_configs/runs/pretrain.gin"):
+    assert name in names
+  # From another directory, with the unpacked wheel first on the path (before the
+  # editable install of the checkout).
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  site = str(tmp_path / "site")
+  env = dict(os.environ, PYTHONPATH=site)
+  out = subprocess.run([sys.executable, "-c", CHECK, site], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 0 and "installed ok" in out.stdout, out.stderr[-3000:]
