@@ -25,7 +25,7 @@ import numpy as np
 
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, flops, optimizer, partitioning
+from ernie3_jax.training import checkpointing, flops, optimizer, partitioning, profiling
 from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.progressive import ProgressiveSchedule
 from ernie3_jax.training.train_step import make_train_step
@@ -86,13 +86,16 @@ def train(model_dir: str, *,
           mesh_fn: Callable = mesh_lib.make_mesh,
           init_from: str | None = None,
           progress_bar: bool | None = None,
+          profile_steps: tuple[int, int] | None = None,
           dry_run: bool = False) -> TrainResult:
   """Pre-trains (or resumes pre-training of) an ERNIE 3.0 model in `model_dir`.
 
   Every configuration check (model, mesh, batch sizes, lengths, tasks, data files,
   checkpoint shapes) runs before anything is written. `dry_run` stops right after them, so a
-  launcher can validate a config without touching `model_dir`.
+  launcher can validate a config without touching `model_dir`. `profile_steps=(a, b)`
+  traces steps a..b into MODEL_DIR/profile (training/profiling.py).
   """
+  profiling.check_profile_steps(profile_steps, num_steps)
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
   if on_save_error not in ("stop", "continue"):
@@ -192,16 +195,20 @@ def train(model_dir: str, *,
         raise
       print(f"warning: {e} Training continues (train.on_save_error='continue').", flush=True)
 
+  profiler = profiling.StepProfiler(model_dir, profile_steps)
+  data_wait = profiling.DataWait()
   with StopRequest() as stop, mesh, nn.logical_axis_rules(rules):
     while step < num_steps:
       length, batch, dropout = progressive.settings(
           step, sequence_length, nlu_batch_size, 8, batch_multiple)
-      nlu, nlg = data.next_batch(batch // num_processes, length)
+      profiler.before_step(step + 1)
+      nlu, nlg = data_wait.timed(data.next_batch, batch // num_processes, length)
       state, metrics = jitted(state, partitioning.to_global_batch(nlu, rows),
                               partitioning.to_global_batch(nlg, rows),
                               jnp.float32(dropout), base_rng)
       pending.append(metrics)
       step += 1
+      profiler.after_step(step, metrics)
       # 'stop' needs the verdict now (one host sync per step); 'skip' never waits.
       if on_nonfinite == "stop" and not bool(jax.device_get(metrics["finite"])):
         # The step kept the last good parameters; save them and stop.
@@ -224,7 +231,9 @@ def train(model_dir: str, *,
         m.update(step=step, learning_rate=float(schedule(step - 1)), sequence_length=length,
                  batch_size=batch, dropout_multiplier=dropout,
                  tokens_per_second=tokens_since / max(now - last_time, 1e-9),
-                 mfu=step_flops / seconds / peak,
+                 mfu=step_flops / seconds / peak, step_seconds=seconds,
+                 # The host's wait for batches: a slow input pipeline shows here, not in MFU.
+                 data_wait_fraction=data_wait.take() / max(now - last_time, 1e-9),
                  nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
         history.append(m)
         writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
@@ -238,6 +247,7 @@ def train(model_dir: str, *,
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
         break
+  profiler.stop()  # a run that ended inside the window still writes its trace
   if stopped_by == "num_steps":
     save(force=True)
   ckpt.close()
@@ -384,7 +394,8 @@ def _format(m: dict[str, float]) -> str:
                     if k.endswith("/loss"))
   return (f"loss={m['loss']:.3f} [{losses}] lr={m['learning_rate']:.2e} "
           f"len={m['sequence_length']} batch={m['batch_size']} "
-          f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%}")
+          f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%} "
+          f"step={m['step_seconds']:.3f}s data_wait={m['data_wait_fraction']:.0%}")
 
 
 def _number(value: float) -> str:
