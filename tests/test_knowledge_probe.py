@@ -190,5 +190,6 @@ def test_probe_and_zero_shot_commands_on_a_trained_checkpoint(tmp_path, capsys):
   sample = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "shared", "superglue_sample")
   if os.path.isdir(sample):
-    zero_shot.main([f"--model_dir={tmp_path}", f"--source={sample}", "--tasks=copa"])
+    from ernie3_jax.evaluation import zero_shot_command
+    zero_shot_command.main([f"--model_dir={tmp_path}", f"--source={sample}", "--tasks=copa"])
     assert "copa" in capsys.readouterr().out

@@ -15,12 +15,8 @@ import gin
 
 from ernie3_jax.data import corpus_readers
 from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
+from ernie3_jax.data.masking_levels import DEFAULT_LEVEL_WEIGHTS
 import os
-
-
-# Shares of the masking budget for (token, phrase, entity) units: the package's one
-# default (knowledge masking and the UKTP builder take it from here).
-DEFAULT_LEVEL_WEIGHTS = (0.3, 0.3, 0.4)
 
 
 @gin.configurable

@@ -32,7 +32,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ernie3_jax.data.data_config import DEFAULT_LEVEL_WEIGHTS
+from ernie3_jax.data.masking_levels import DEFAULT_LEVEL_WEIGHTS
 from ernie3_jax.data.sentences import sentence_spans
 from ernie3_jax.tf_runtime import tf
 

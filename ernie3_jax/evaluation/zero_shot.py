@@ -281,68 +281,8 @@ def accuracy_table(results: Mapping[str, Mapping[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def _parse_tasks(value: str) -> list[str]:
-  tasks = [t.strip() for t in value.split(",") if t.strip()]
-  bad = [t for t in tasks if t not in prompts_lib.TASKS]
-  if bad:
-    raise ValueError(f"--tasks: unknown {bad}; expected a comma-separated subset of "
-                     f"{list(prompts_lib.TASKS)}")
-  return tasks
-
-
-def main(argv: Iterable[str] | None = None) -> None:
-  """`python -m ernie3_jax.evaluation.zero_shot --model_dir=... --source=DIR`."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  import gin  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model_dir", required=True)
-  parser.add_argument("--source", default="tfds",
-                      help='"tfds" or a directory in the official SuperGLUE layout')
-  parser.add_argument("--tasks", default="boolq,cb,copa,multirc,rte,wic,wsc")
-  parser.add_argument("--split", default="validation")
-  parser.add_argument("--normalization", default="sum", choices=NORMALIZATIONS)
-  parser.add_argument("--num_shots", type=int, default=0)
-  parser.add_argument("--shot_seed", type=int, default=0)
-  parser.add_argument("--shot_split", default="train")
-  parser.add_argument("--max_length", type=int, default=128)
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--gin", action="append", default=[], metavar="NAME=VALUE",
-                      help="gin binding applied after MODEL_DIR/config.gin (repeatable), "
-                      "e.g. make_mesh.tensor=8 to shard the model over 8 devices")
-  parser.add_argument("--output_dir", default=None,
-                      help="metrics.json and per-row <task>.<split>.jsonl go here (default: "
-                      "MODEL_DIR/zero_shot/<split>_<normalization>_<k>shot)")
-  args = parser.parse_args(argv)
-  tasks = _parse_tasks(args.tasks)
-  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
-  from ernie3_jax.tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
-  output_dir = args.output_dir or os.path.join(
-      args.model_dir, "zero_shot", f"{args.split}_{args.normalization}_{args.num_shots}shot")
-  # Every process scores (the model is sharded over all of them); process 0 writes.
-  writer = jax.process_index() == 0
-  if writer:
-    os.makedirs(output_dir, exist_ok=True)
-  results = {}
-  for task in tasks:
-    with gin.unlock_config():
-      gin.bind_parameter("ZeroShotConfig.source", args.source)
-      gin.bind_parameter("ZeroShotConfig.num_shots", args.num_shots)
-      gin.bind_parameter("ZeroShotConfig.shot_seed", args.shot_seed)
-      gin.bind_parameter("ZeroShotConfig.shot_split", args.shot_split)
-      gin.bind_parameter("ZeroShotConfig.max_length", args.max_length)
-    results[task] = score_task(zs.task_name(task), scorer, args.split, args.normalization,
-                               predictions_path=os.path.join(
-                                   output_dir, f"{task}.{args.split}.jsonl") if writer else None)
-    if not writer:
-      continue
-    # Full precision on disk, after every task (a later failure keeps the finished ones).
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-      json.dump({"settings": vars(args), "tasks": results}, f, indent=1)
-    print(f"{task:12s} " + " ".join(f"{k}={v:.4f}" for k, v in sorted(results[task].items())),
-          flush=True)
-  if writer:
-    print(f"written to {output_dir}")
-
-
 if __name__ == "__main__":
-  main()
+  # The command lives in zero_shot_command.py: it reads the task registry, which imports
+  # this library (running it from here keeps `python -m ernie3_jax.evaluation.zero_shot`).
+  import runpy  # pylint: disable=g-import-not-at-top
+  runpy.run_module("ernie3_jax.evaluation.zero_shot_command", run_name="__main__")
