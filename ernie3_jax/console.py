@@ -14,6 +14,8 @@ HARMLESS_WARNINGS = re.compile(
     r"Using an uncached FunctionDataset for training is not recommended"
     # orbax, opening a checkpoint written before it kept per-step metadata files.
     r"|Metadata file does not exist"
+    # orbax, when evaluation and inference open the checkpoints to read only (as asked).
+    r"|CheckpointManagerOptions.read_only=True|Given directory is read only"
     r"|Missing metrics for step")
 
 
