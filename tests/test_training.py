@@ -200,9 +200,10 @@ def test_log_lines_and_the_summary_show_an_absent_task_as_a_dash():
   from ernie3_jax.training import train as train_lib
   m = {"loss": 1.0, "uktp/loss": float("nan"), "knowledge_masked_lm/loss": 2.5,
        "learning_rate": 1e-3, "sequence_length": 64, "batch_size": 8,
-       "tokens_per_second": 10.0, "mfu": 0.1}
+       "tokens_per_second": 10.0, "mfu": 0.1, "step_seconds": 0.25, "data_wait_fraction": 0.1}
   line = train_lib._format(m)  # pylint: disable=protected-access
   assert "uktp=-]" in line and "knowledge_masked_lm=2.500" in line and "nan" not in line
+  assert "step=0.250s data_wait=10%" in line
   table = runs.summarize_training([dict(m, step=1), dict(m, step=2, **{"uktp/loss": 0.5})])
   assert "nan" not in table
   assert table.splitlines()[-1].split() == ["uktp", "-", "0.500"]
