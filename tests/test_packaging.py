@@ -1,6 +1,8 @@
-"""The installed package: a wheel built from the checkout runs from any directory."""
+"""The installed package: a wheel built from the checkout, installed into a fresh virtual
+environment, trains from any directory."""
 
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -48,3 +50,38 @@ def test_a_wheel_carries_its_gin_files_and_tasks_inside_the_package(tmp_path):
   out = subprocess.run([sys.executable, "-c", CHECK, site], cwd=elsewhere, env=env,
                        capture_output=True, text=True, check=False)
   assert out.returncode == 0 and "installed ok" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.slow  # a fresh venv, a wheel install and two demo steps: about two minutes
+def test_the_installed_wheel_trains_two_demo_steps_from_another_directory(tmp_path):
+  dist = tmp_path / "dist"
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--no-build-isolation", "-w", str(dist), REPO], check=True, cwd=tmp_path)
+  (wheel,) = dist.glob("ernie3_jax-*.whl")
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  python = str(venv / "bin" / "python")
+  # The dependencies come from this environment's site-packages (no download here); the
+  # package itself only from the wheel (a .pth line adds a directory but runs none of its
+  # .pth files, so the checkout's editable install stays out).
+  venv_site = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+  with open(os.path.join(venv_site, "dependencies.pth"), "w") as f:
+    f.write("\n".join(site.getsitepackages()) + "\n")
+  subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                  str(wheel)], check=True)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  out = subprocess.run(
+      [python, "-m", "ernie3_jax.main", "--gin_file=gin_configs/experiments/demo.gin",
+       f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.train.num_steps=2",
+       "--gin.train.log_every=1", "--gin.train.progress_bar=False"],
+      cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900, check=False)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "step 2:" in out.stdout
+  located = subprocess.run([python, "-c", "import ernie3_jax; print(ernie3_jax.__file__)"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+  assert located.stdout.strip().startswith(venv_site)
+  assert (tmp_path / "run" / "config.gin").read_text().count("import ernie3_jax.tasks") == 1
