@@ -57,8 +57,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/decode_memory_plan_10b.py --output=$(BENCH_DIR)/decode_memory_plan_10b.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/sharded_decode.py --output=$(BENCH_DIR)/sharded_decode.jsonl
 
-# The knowledge study (README, "Knowledge study"): 4 arms x 3 seeds, about 2 hours on 2 CPU
-# cores. Resumable: finished arm x seed lines in STUDY_RESULTS are skipped on a rerun.
+# The knowledge study (README, "Knowledge study"): 4 arms x 3 seeds, about 2.5 hours on 2
+# CPU cores (STUDY_ARGS=--seeds=0 for one seed). Resumable: finished arm x seed lines in
+# STUDY_RESULTS are skipped on a rerun.
 STUDY_DIR ?= runs/knowledge_study
 STUDY_RESULTS ?= benchmarks/results/knowledge_study.jsonl
 STUDY_FIGURE ?= benchmarks/results/knowledge_study.png

@@ -258,7 +258,10 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
          "--vocab_pieces=256", "--steps=20", "--probe_every=10", "--text_rows=8",
          "--knowledge_rows=4",
          "--arms=text,uktp", "--seeds=0"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # One device, as the study runs on a CPU machine (the suite's 8 simulated devices would
+  # need every arm's rows per step to split 8 ways).
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
   first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=1500)
   text = first.stdout.decode()
   assert first.returncode == 0, text[-3000:] + first.stderr.decode()[-3000:]
