@@ -246,3 +246,15 @@ def jax_weight_bytes_per_step(params) -> int:
     if "position" not in jax.tree_util.keystr(path):
       total += leaf.size * leaf.dtype.itemsize
   return int(total)
+
+
+def simulate_cpu_devices(count: int, fast_compile: bool = False) -> None:
+  """Sets XLA_FLAGS for `count` simulated CPU devices (before JAX is imported), keeping
+  the caller's other flags. `fast_compile` skips LLVM optimisation: the HLO passes and
+  buffer assignment, which set memory figures, are unchanged; compiles run ~2x faster."""
+  flags_env = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                       if not f.startswith("--xla_force_host_platform_device_count"))
+  flags_env += f" --xla_force_host_platform_device_count={count}"
+  if fast_compile:
+    flags_env += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  os.environ["XLA_FLAGS"] = flags_env.strip()

@@ -103,12 +103,7 @@ def main(argv):
   del argv
   tensors = [int(t) for t in _TENSOR.value]
   devices = max(tensors)
-  flags_env = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
-  flags_env += f" --xla_force_host_platform_device_count={devices}"
-  if _FAST_COMPILE.value:
-    flags_env += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  os.environ["XLA_FLAGS"] = flags_env.strip()
+  bench_common.simulate_cpu_devices(devices, _FAST_COMPILE.value)
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3Config  # pylint: disable=g-import-not-at-top

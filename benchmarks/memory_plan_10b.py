@@ -207,16 +207,9 @@ def main(argv):
   del argv
   targets = [parse_target(t) for t in _TARGETS.value]
   devices = _DEVICES.value
-  # Before JAX starts: the simulated devices. Keep any other flags the caller set.
-  flags_env = os.environ.get("XLA_FLAGS", "")
-  flags_env = " ".join(f for f in flags_env.split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
-  flags_env += f" --xla_force_host_platform_device_count={devices}"
-  if _FAST_COMPILE.value:
-    # LLVM code generation only: the HLO passes and buffer assignment, which set
-    # the memory figures, are the same (checked on a small config), compiles ~2x faster.
-    flags_env += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  os.environ["XLA_FLAGS"] = flags_env.strip()
+  # Before JAX starts: the simulated devices (checked on a small config: fast compiles give
+  # the same memory figures).
+  bench_common.simulate_cpu_devices(devices, _FAST_COMPILE.value)
   import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top

@@ -38,10 +38,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file
 
 def main(argv):
   del argv
-  flags_env = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                       if not f.startswith("--xla_force_host_platform_device_count"))
-  os.environ["XLA_FLAGS"] = (flags_env +
-                             f" --xla_force_host_platform_device_count={_DEVICES.value}").strip()
+  bench_common.simulate_cpu_devices(_DEVICES.value)
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -217,3 +217,31 @@ def test_decode_weight_bytes_count_every_read_weight_once():
   # the tied token table (vocab·d).
   head = d * d + d + 2 * d + vocab + vocab * d
   assert jax_weight_bytes_per_step(params) == 4 * (layer + nlg + head)
+
+
+def test_decode_memory_plan_counts_sharded_weights_and_cache():
+  r = run_benchmark("decode_memory_plan_10b.py", "--model_gin=gin_configs/models/tiny.gin",
+                    "--tensor=1,2", "--batch=2", "--segment_length=16", "--new_tokens=2",
+                    "--param_dtype=float32")
+  one, two = r["plans"]
+  assert (one["mesh"], two["mesh"]) == ("1x1x1", "1x1x2")
+  # One device holds every parameter; two split the head and MLP kernels, not the rest.
+  assert one["weights_bytes_from_specs"] == one["weights_bytes_unsharded"]
+  assert one["weights_bytes_unsharded"] / 2 < two["weights_bytes_from_specs"] < \
+      one["weights_bytes_unsharded"]
+  assert two["cache_bytes_from_specs"] < one["cache_bytes_from_specs"]
+  for p in (one, two):
+    assert_positive(p["measured"]["temp_bytes"], "temp_bytes")
+    assert p["per_device_gb"] * 1e9 >= p["weights_bytes_from_specs"]
+
+
+def test_sharded_decode_reports_each_mesh_against_one_device():
+  r = run_benchmark("sharded_decode.py", "--meshes=1x1x8,2x1x4", "--new_tokens=3",
+                    "--repeats=1", "--universal_layers=1", "--d_model=32", "--num_heads=8",
+                    "--vocab_size=97", "--batch_size=2", "--prompt_length=5")
+  assert_positive(r["results"]["1 device"]["tokens_per_s"], "one device")
+  for mesh in ("mesh 1x1x8", "mesh 2x1x4"):
+    entry = r["results"][mesh]
+    assert entry["same_tokens_as_one_device"] is True
+    assert entry["ratio_to_one_device"] == pytest.approx(
+        entry["tokens_per_s"] / r["results"]["1 device"]["tokens_per_s"], rel=0.01)
