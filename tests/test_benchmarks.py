@@ -244,4 +244,5 @@ def test_sharded_decode_reports_each_mesh_against_one_device():
     entry = r["results"][mesh]
     assert entry["same_tokens_as_one_device"] is True
     assert entry["ratio_to_one_device"] == pytest.approx(
-        entry["tokens_per_s"] / r["results"]["1 device"]["tokens_per_s"], rel=0.01)
+        entry["tokens_per_s"] / r["results"]["1 device"]["tokens_per_s"], rel=0.01,
+        abs=1e-3)  # the benchmark rounds the ratio to 3 decimals
