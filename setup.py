@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.1",
     "absl-py==2.5.1",
     "gin-config==0.5.0",
+    "jmp==0.0.4",  # dynamic loss scaling for float16 compute
     "clu==0.0.12",
     "tensorboard==2.21.0",
     "numpy==2.4.6",

@@ -91,7 +91,7 @@ def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) 
   batch = int(sum(rates.values()))
   bindings = [f"MODEL_DIR='{model_dir}'", f"STUDY_MIXTURE='{knowledge_study.ARMS[arm]}'",
               f"PretrainInput.stages=[(0, {rates!r})]",
-              f"SEED={seed}", f"NLU_BATCH={batch}", f"train.num_steps={settings['steps']}",
+              f"SEED={seed}", f"NLU_BATCH={batch}", f"NUM_STEPS={settings['steps']}",
               f"train.checkpoint_every={settings['probe_every']}",
               f"Ernie3Config.vocab_size={settings['vocab_size']}"]
   bindings += [f"DataConfig.{k}='{paths[k]}'" for k in ("corpus", "kg", "aliases", "vocabulary")]

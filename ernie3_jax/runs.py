@@ -56,7 +56,8 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
     result = train_lib.train(directory)
     if result.resumed_from is not None and result.resumed_from == result.final_step:
       print(f"{directory} already holds a checkpoint of step {result.final_step}, the "
-            "configured train.num_steps: nothing to train. Raise train.num_steps to continue, "
+            "configured train.num_steps: nothing to train. Raise NUM_STEPS (train.num_steps and "
+            "train.schedule_steps) to continue, "
             "or use a new MODEL_DIR (or delete this one) to start fresh.")
       return {"final_step": result.final_step, "stopped_by": "already_done"}
     print(f"training stopped at step {result.final_step} ({result.stopped_by})")

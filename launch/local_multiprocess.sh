@@ -11,7 +11,7 @@
 # Another process count resumes too, if it divides the run's data shards (set
 # --gin.PretrainInput.num_data_shards=2 at the first start to move between 1 and 2):
 #   launch/local_multiprocess.sh 1 gin_configs/experiments/demo.gin /tmp/ernie3_mp \
-#       --gin.train.num_steps=600
+#       --gin.NUM_STEPS=600
 # Each process's output goes to MODEL_DIR.processN.log beside MODEL_DIR.
 set -euo pipefail
 NUM_PROCESSES=${1:?number of processes}

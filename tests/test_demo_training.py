@@ -9,7 +9,7 @@ from ernie3_jax.training import train as train_lib
 def test_demo_config_losses_fall(tmp_path):
   gin_utils.parse_gin(["gin_configs/experiments/demo.gin"], [
       f"MODEL_DIR = '{tmp_path}'", "NLU_BATCH = 16", "NLG_BATCH = 4",
-      "SEQUENCE_LENGTH = 64", "NLG_SEGMENT_LENGTH = 32", "train.num_steps = 80",
+      "SEQUENCE_LENGTH = 64", "NLG_SEGMENT_LENGTH = 32", "NUM_STEPS = 80",
       "train.log_every = 20", "train.checkpoint_every = 0", "train.progress_bar = False",
       "ProgressiveSchedule.steps = 0", "learning_rate_schedule.warmup_steps = 20",
       "learning_rate_schedule.peak = 2e-3", "make_mesh.num_devices = 1"])

@@ -239,6 +239,18 @@ def test_a_missing_training_file_is_named_before_model_dir_exists(tmp_path, pret
   assert not (tmp_path / "run").exists()
 
 
+def test_float16_finetuning_is_refused_before_model_dir_exists(tmp_path, pretrained):
+  from ernie3_jax import preflight
+  gin_utils.parse_gin(["gin_configs/experiments/finetune_demo.gin"], [
+      f"MODEL_DIR='{tmp_path / 'run'}'", f"PRETRAINED_DIR='{pretrained[0]}'",
+      f"SUPERGLUE_DATA='{FIXTURE_DIR}'", "make_mesh.num_devices=1"] + tt.TINY_BINDINGS +
+      VOCAB + ["Ernie3Config.dtype='float16'"])
+  with pytest.raises(ValueError, match=r"Ernie3Config.dtype='float16': fine-tuning has no "
+                                       r"loss scaling"):
+    preflight.check("train", str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
 def test_infer_writes_the_cb_submission_file(finetuned, tmp_path):
   from ernie3_jax.evaluation import seqio_eval
   from ernie3_jax.evaluation.superglue_sources import read_split
@@ -293,7 +305,7 @@ def test_entrypoint_trains_evaluates_and_infers(tmp_path, pretrained):
   common = [sys.executable, "-m", "ernie3_jax.main",
             "--gin_file=gin_configs/experiments/finetune_demo.gin",
             f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.PRETRAINED_DIR='{pretrained[0]}'",
-            "--gin.NUM_STEPS=4", "--gin.BATCH=4", "--gin.SEQUENCE_LENGTH=64",
+            "--gin.finetune.num_steps=4", "--gin.BATCH=4", "--gin.SEQUENCE_LENGTH=64",
             f"--gin.SUPERGLUE_DATA='{FIXTURE_DIR}'"] + [f"--gin.{b}" for b in
                                                         tt.TINY_BINDINGS + VOCAB]
   for mode in ("train", "eval", "infer"):

@@ -103,6 +103,50 @@ def test_labels_the_model_heads_cannot_take_are_refused(model_dir):
     _check(model_dir, ["Ernie3Config.num_distance_classes = 2"])
 
 
+# ------------------------------------------------------------------------ schedule
+
+
+def test_a_warmup_not_shorter_than_the_schedule_is_refused_naming_both(model_dir):
+  # runs/pretrain.gin's old recipe: 1,000 steps of a 10,000-step warm-up, so the rate
+  # peaked at a tenth of its value and never decayed.
+  with pytest.raises(ValueError, match=r"(?s)learning_rate_schedule.warmup_steps=10000 is not "
+                     r"shorter than the schedule's 1000 steps.*train.schedule_steps=1000"):
+    _check(model_dir, ["learning_rate_schedule.warmup_steps = 10000"])
+  with pytest.raises(ValueError, match=r"(?s)warmup_steps=40 .* 40 steps.*train.num_steps=40"):
+    _check(model_dir, ["learning_rate_schedule.warmup_steps = 40", "train.num_steps = 40",
+                       "train.schedule_steps = None"])
+
+
+def test_a_run_longer_than_its_schedule_is_refused(model_dir):
+  with pytest.raises(ValueError, match=r"train.num_steps=1500 runs past the end of its "
+                     r"learning-rate schedule \(train.schedule_steps=1000\): its last 500 steps"):
+    _check(model_dir, ["train.num_steps = 1500"])
+
+
+def test_a_short_run_of_a_long_schedule_and_num_steps_for_both_pass(tmp_path):
+  _check(tmp_path / "a", ["train.num_steps = 3"])  # a smoke test: stops during warm-up
+  _check(tmp_path / "b", ["NUM_STEPS = 5000"])  # both lengths move together
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_schedule_length_cannot_be_bound_on_the_schedule_itself(model_dir):
+  # The run sets it; a binding there would be silently overridden.
+  with pytest.raises(Exception, match=r"total_steps"):
+    _check(model_dir, ["learning_rate_schedule.total_steps = 10"])
+
+
+def test_finetuning_checks_its_schedule_too(tmp_path):
+  from ernie3_jax.training import optimizer
+  gin_utils.parse_gin([], ["learning_rate_schedule.warmup_steps = 500"])
+  with pytest.raises(ValueError, match=r"(?s)warmup_steps=500 .*finetune.schedule_steps=100"):
+    optimizer.run_schedule("finetune", 50, 100)
+  with pytest.raises(ValueError, match=r"finetune.num_steps=2000 runs past"):
+    optimizer.run_schedule("finetune", 2000, 1000)
+  length, schedule = optimizer.run_schedule("finetune", 10, 1000)
+  assert length == 1000 and float(schedule(250)) == pytest.approx(0.5e-4)
+  assert optimizer.run_schedule("finetune", 0, None)[0] == 0  # saves the initial state
+
+
 # ------------------------------------------------------------------------ tasks, mesh
 
 

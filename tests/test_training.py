@@ -127,6 +127,41 @@ def test_bf16_compute_keeps_fp32_master_weights(tmp_path):
   assert np.isfinite(result.history[-1]["loss"])
 
 
+FP16 = ["Ernie3Config.dtype='float16'"]
+
+
+def test_fp16_overflowing_steps_are_skipped_counted_and_lower_the_scale(tmp_path, monkeypatch):
+  from ernie3_jax.training import train_step
+  init = tt.params_of(tt.run(tmp_path / "init", 0, extra_bindings=FP16))
+  # A scale of 2**40 overflows float16 gradients: every step is skipped and halves it.
+  monkeypatch.setattr(train_step, "INITIAL_LOSS_SCALE", 2.0**40)
+  skipped = tt.run(tmp_path / "overflow", 3, extra_bindings=FP16, log_every=1,
+                   checkpoint_every=0, on_nonfinite="stop")
+  assert skipped.stopped_by == "num_steps"  # an overflow is not a failure of the run
+  _assert_same_params(init, tt.params_of(skipped))  # no update was applied
+  scale = jax.device_get(skipped.state.loss_scale)
+  assert (int(scale["overflows"]), float(scale["scale"])) == (3, 2.0**37)
+  assert int(skipped.state.nonfinite_skipped) == 3
+  assert [h["overflow_skipped"] for h in skipped.history] == [1, 2, 3]
+  assert all(np.isfinite(h["loss"]) for h in skipped.history)
+  # Resumed from its checkpoint (the scale travels with it), the run walks the scale
+  # down to where the gradients fit, then trains: the same as one straight run.
+  straight = tt.run(tmp_path / "straight", 40, extra_bindings=FP16, log_every=10)
+  tt.run(tmp_path / "resumed", 20, extra_bindings=FP16, log_every=10, checkpoint_every=20)
+  resumed = tt.run(tmp_path / "resumed", 40, extra_bindings=FP16, log_every=10)
+  assert resumed.resumed_from == 20
+  _assert_same_params(tt.params_of(straight), tt.params_of(resumed))
+  final = jax.device_get(straight.state.loss_scale)
+  assert 20 <= int(final["overflows"]) < 40 and float(final["scale"]) < 2.0**16
+  assert straight.history[-1]["loss"] < straight.history[0]["loss"]
+  assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(straight.state.params))
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tt.params_of(straight)))
+
+
+def test_float32_and_bfloat16_runs_carry_no_loss_scale(tmp_path):
+  assert tt.run(tmp_path / "f32", 1, log_every=1, checkpoint_every=0).state.loss_scale is None
+
+
 def _mlm_batch(rows, length, masked_per_row, vocab, seed=0):
   """Knowledge-masked-LM and UKTP rows with `masked_per_row[i]` masked positions."""
   import jax.numpy as jnp

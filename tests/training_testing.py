@@ -27,7 +27,10 @@ def run(model_dir, num_steps, *, devices=1, data=-1, fsdp=1, tensor=1, extra_bin
                               devices=jax.devices()[:devices])
   defaults = dict(input_builder=SyntheticInput, nlu_batch_size=8, nlg_batch_size=4,
                   sequence_length=16, nlg_segment_length=8, log_every=5, checkpoint_every=5,
-                  async_checkpoints=True, progress_bar=False)
+                  async_checkpoints=True, progress_bar=False,
+                  # The 5-step warm-up must be shorter than the schedule; runs of up to
+                  # 5 steps only warm up, as they did when the schedule was the run.
+                  schedule_steps=max(num_steps, 6))
   defaults.update(kwargs)
   return train_lib.train(str(model_dir), num_steps=num_steps, mesh_fn=mesh_fn, **defaults)
 

@@ -176,7 +176,7 @@ class FinetuneSetup:
 @gin.configurable
 def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
                    num_classes: Mapping[str, int] | None = None,
-                   freeze_universal: bool = False, num_steps: int = 1000,
+                   freeze_universal: bool = False, num_steps: int | None = None,
                    mesh_fn: Callable = mesh_lib.make_mesh) -> FinetuneSetup:
   """Model, head layout, optimizer and mesh of the fine-tuning config in gin.
 
@@ -185,12 +185,14 @@ def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
       'superglue').
     num_classes: class counts by task, added to tasks.superglue.NUM_CLASSES.
     freeze_universal: train only the NLU module, pooler and heads.
-    num_steps: length of the learning-rate schedule (the training length).
+    num_steps: length of the learning-rate schedule when training (`finetune` checks
+      it); None (evaluation, inference) builds any valid schedule, as none is used.
   """
   layout, rates = head_layout(mixture_or_task, num_classes)
   cfg = model_config(layout)
   frozen = UNIVERSAL_MODULES if freeze_universal else ()
-  schedule = optimizer.learning_rate_schedule(total_steps=num_steps)
+  schedule = (optimizer.learning_rate_schedule() if not num_steps else
+              optimizer.learning_rate_schedule(total_steps=num_steps))
   return FinetuneSetup(mixture_or_task, cfg, Ernie3(cfg), layout, rates,
                        make_finetune_optimizer(schedule, frozen), schedule, frozen, mesh_fn(),
                        mesh_lib.logical_axis_rules())
@@ -222,7 +224,8 @@ def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data
 
 @gin.configurable(denylist=["model_dir"])
 def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128,
-             num_steps: int = 1000, seed: int = 0, init_from: str | None = None,
+             num_steps: int = 1000, schedule_steps: int | None = None, seed: int = 0,
+             init_from: str | None = None,
              log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
              async_checkpoints: bool = True, allow_fallback: bool = True,
              progress_bar: bool | None = None,
@@ -231,7 +234,12 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
   parameters start the backbone (ignored when resuming). `dry_run`: only check
   the configuration (tasks, class counts, mesh, batch, init_from), touching nothing."""
-  setup = finetune_setup(num_steps=num_steps)
+  schedule_length, _ = optimizer.run_schedule("finetune", num_steps, schedule_steps)
+  setup = finetune_setup(num_steps=schedule_length)
+  if setup.config.compute_dtype == jnp.float16:
+    # Pre-training scales the loss (train_step.py); this loop does not yet.
+    raise ValueError("Ernie3Config.dtype='float16': fine-tuning has no loss scaling, so small "
+                     "gradients would flush to zero; fine-tune in 'bfloat16' or 'float32'")
   row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
   if batch_size % (row_shards * jax.process_count()):
     raise ValueError(f"finetune.batch_size={batch_size} must be divisible by data x fsdp = "

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import optax
 
 from ernie3_jax.model import Ernie3, init_memory
-from ernie3_jax.training.train_step import TrainState
+from ernie3_jax.training.train_step import TrainState, initial_loss_scale
 
 MEMORY_NAMES = {"universal": ("layers", "batch", "kv_length", "embed"),
                 "nlg": ("layers", "batch", "kv_length", "task_embed"),
@@ -43,7 +43,8 @@ def _init_fn(model: Ernie3, tx: optax.GradientTransformation, nlg_batch_size: in
     memory = init_memory(cfg, nlg_batch_size) if nlg_batch_size else None
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        memory=_boxed_memory(memory),
-                       nonfinite_skipped=jnp.zeros((), jnp.int32))
+                       nonfinite_skipped=jnp.zeros((), jnp.int32),
+                       loss_scale=initial_loss_scale(cfg.compute_dtype))
     return state if boxed else nn.unbox(state)
 
   return init

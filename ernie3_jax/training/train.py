@@ -47,6 +47,8 @@ def _window_average(pending: list[dict]) -> dict[str, float]:
   out = {"loss": float(np.mean([m["loss"] for m in steps])),
          "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
          "finite": float(all(m["finite"] for m in steps))}
+  if "loss_scale" in steps[-1]:
+    out["loss_scale"] = steps[-1]["loss_scale"]  # float16 runs: the scale now
   if "mlm_full_head_batches" in steps[-1]:
     # Batches whose masked-token logits took every position (losses.masked_lm_sums).
     out["mlm_full_head_batches"] = sum(m.get("mlm_full_head_batches", 0.0) for m in steps)
@@ -67,6 +69,7 @@ DEFAULT_NLG_BATCH_SIZE = 8
 def train(model_dir: str, *,
           input_builder: Callable = gin.REQUIRED,
           num_steps: int = 100,
+          schedule_steps: int | None = None,
           nlu_batch_size: int = 32,
           nlg_batch_size: int = DEFAULT_NLG_BATCH_SIZE,
           sequence_length: int = 128,
@@ -93,9 +96,11 @@ def train(model_dir: str, *,
   Every configuration check (model, mesh, batch sizes, lengths, tasks, data files,
   checkpoint shapes) runs before anything is written. `dry_run` stops right after them, so a
   launcher can validate a config without touching `model_dir`. `profile_steps=(a, b)`
-  traces steps a..b into MODEL_DIR/profile (training/profiling.py).
+  traces steps a..b into MODEL_DIR/profile (training/profiling.py). The run stops at
+  `num_steps`; the learning-rate schedule lasts `schedule_steps` (default: `num_steps`).
   """
   profiling.check_profile_steps(profile_steps, num_steps)
+  _, schedule = optimizer.run_schedule("train", num_steps, schedule_steps)
   if on_nonfinite not in ("skip", "stop"):
     raise ValueError(f"train.on_nonfinite={on_nonfinite!r}; expected 'skip' or 'stop'")
   if on_save_error not in ("stop", "continue"):
@@ -115,7 +120,6 @@ def train(model_dir: str, *,
       raise ValueError(
           f"train.{name}={size} must be divisible by data x fsdp = {row_shards} times "
           f"num_microbatches = {num_microbatches}")
-  schedule = optimizer.learning_rate_schedule(total_steps=num_steps)
   tx = optimizer.make_optimizer(schedule)
   num_processes, process_index = jax.process_count(), jax.process_index()
   # The input is built (tasks resolved, data files opened) before the checkpoint
@@ -235,6 +239,8 @@ def train(model_dir: str, *,
                  # The host's wait for batches: a slow input pipeline shows here, not in MFU.
                  data_wait_fraction=data_wait.take() / max(now - last_time, 1e-9),
                  nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
+        if state.loss_scale is not None:
+          m["overflow_skipped"] = float(jax.device_get(state.loss_scale["overflows"]))
         history.append(m)
         writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
         logging.info("step %d %s", step, _format(m))
@@ -395,7 +401,9 @@ def _format(m: dict[str, float]) -> str:
   return (f"loss={m['loss']:.3f} [{losses}] lr={m['learning_rate']:.2e} "
           f"len={m['sequence_length']} batch={m['batch_size']} "
           f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%} "
-          f"step={m['step_seconds']:.3f}s data_wait={m['data_wait_fraction']:.0%}")
+          f"step={m['step_seconds']:.3f}s data_wait={m['data_wait_fraction']:.0%}" +
+          (f" loss_scale={m['loss_scale']:g} overflow_skipped={m['overflow_skipped']:.0f}"
+           if "overflow_skipped" in m else ""))
 
 
 def _number(value: float) -> str:

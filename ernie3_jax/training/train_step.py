@@ -14,6 +14,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import jmp
 import optax
 
 from ernie3_jax.model import Ernie3
@@ -30,6 +31,24 @@ class TrainState:
   opt_state: Any
   memory: Any  # NLG recurrence memory (see model/recurrence_memory.py), or None
   nonfinite_skipped: jax.Array  # updates skipped because the loss/grads were not finite
+  # float16 compute only (see `initial_loss_scale`): {"scale", "good_steps", "overflows"}.
+  loss_scale: Any = None
+
+
+# Dynamic loss scaling (jmp's): the loss is multiplied by `scale` before the backward
+# pass so small float16 gradients do not flush to zero; a step whose scaled gradients
+# overflow is skipped and halves the scale, and every LOSS_SCALE_PERIOD finite steps
+# double it. float32 and bfloat16 (float32's exponent range) need none.
+INITIAL_LOSS_SCALE = 2.0**15
+LOSS_SCALE_PERIOD = 2000
+
+
+def initial_loss_scale(compute_dtype: jnp.dtype) -> dict[str, jax.Array] | None:
+  """The loss-scale state a run in `compute_dtype` starts with (None: no scaling)."""
+  if jnp.dtype(compute_dtype) != jnp.float16:
+    return None
+  return {"scale": jnp.asarray(INITIAL_LOSS_SCALE, jnp.float32),
+          "good_steps": jnp.zeros((), jnp.int32), "overflows": jnp.zeros((), jnp.int32)}
 
 
 def _split(tree, n: int, axis: int = 0):
@@ -72,7 +91,7 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
   row (None: at every position); see `losses.masked_lm_sums`.
   """
 
-  def micro_loss(params, nlu, nlg, memory, denominators, dropout_multiplier, rng):
+  def micro_loss(params, nlu, nlg, memory, denominators, dropout_multiplier, rng, scale):
     sums = {}
     r_nlu, r_pool, r_nlg = jax.random.split(rng, 3)
     variables = {"params": params}
@@ -92,7 +111,8 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
                                 dropout_multiplier, method=Ernie3.nlg_pretrain,
                                 rngs={"dropout": r_nlg})
       sums.update(losses.nlg_loss_sums(out, nlg))
-    return losses.total_loss(sums, denominators, task_weights), (sums, memory)
+    total = losses.total_loss(sums, denominators, task_weights)
+    return (total if scale is None else total * scale), (sums, memory)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
@@ -101,9 +121,10 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
     rng = jax.random.fold_in(rng, state.step)
     denominators = losses.weight_sums(nlu, nlg)
     memory = state.memory if nlg is not None else None
+    scale = None if state.loss_scale is None else state.loss_scale["scale"]
     if num_microbatches == 1:
       (loss, (sums, memory)), grads = grad_fn(state.params, nlu, nlg, memory, denominators,
-                                              dropout_multiplier, rng)
+                                              dropout_multiplier, rng, scale)
     else:
       n = num_microbatches
       xs = (None if nlu is None else _split(nlu, n), None if nlg is None else _split(nlg, n),
@@ -113,23 +134,36 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
         grads_acc, loss_acc, sums_acc = carry
         nlu_i, nlg_i, mem_i, i = x
         (l, (s, m)), g = grad_fn(state.params, nlu_i, nlg_i, mem_i, denominators,
-                                 dropout_multiplier, jax.random.fold_in(rng, i))
+                                 dropout_multiplier, jax.random.fold_in(rng, i), scale)
         add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
         return (add(grads_acc, g), loss_acc + l, add(sums_acc, s)), m
 
       zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
       sum_shapes = jax.eval_shape(
           lambda: grad_fn(state.params, *(jax.tree_util.tree_map(lambda a: a[0], xs[:3])),
-                          denominators, dropout_multiplier, rng)[0][1][0])
+                          denominators, dropout_multiplier, rng, scale)[0][1][0])
       zero_sums = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes)
       (grads, loss, sums), mems = jax.lax.scan(body, (zeros, jnp.zeros(()), zero_sums), xs)
       memory = None if memory is None else _merge_memory(mems)
 
+    loss_scale = state.loss_scale
+    if loss_scale is not None:
+      scaler = jmp.DynamicLossScale(loss_scale["scale"], loss_scale["good_steps"],
+                                    period=LOSS_SCALE_PERIOD)
+      loss, grads = loss / scale, scaler.unscale(grads)
     grad_norm = optax.global_norm(grads)
     finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(grad_norm))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if skip_nonfinite:
+    if loss_scale is not None:
+      # An overflow of the scaled gradients is expected now and then: the step is
+      # skipped (whatever train.on_nonfinite says) and the scale lowered. Only a
+      # non-finite loss counts as a failure for on_nonfinite='stop'.
+      overflow = jnp.logical_and(jnp.isfinite(loss), jnp.logical_not(finite))
+      scaler = scaler.adjust(finite)
+      loss_scale = {"scale": scaler.loss_scale, "good_steps": scaler.counter,
+                    "overflows": loss_scale["overflows"] + overflow.astype(jnp.int32)}
+    if skip_nonfinite or loss_scale is not None:
       keep = lambda new, old: jax.tree_util.tree_map(
           lambda a, b: jnp.where(finite, a, b), new, old)
       params = keep(params, state.params)
@@ -139,8 +173,12 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         memory=state.memory if nlg is None else memory,
-        nonfinite_skipped=state.nonfinite_skipped + jnp.logical_not(finite).astype(jnp.int32))
+        nonfinite_skipped=state.nonfinite_skipped + jnp.logical_not(finite).astype(jnp.int32),
+        loss_scale=loss_scale)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    if loss_scale is not None:
+      metrics["finite"] = jnp.isfinite(loss)
+      metrics["loss_scale"] = loss_scale["scale"]
     if "mlm_full_head_batches" in sums:
       metrics["mlm_full_head_batches"] = sums["mlm_full_head_batches"]
     metrics.update(losses.task_metrics(sums, denominators))
