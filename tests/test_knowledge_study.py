@@ -256,7 +256,7 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
   cmd = [sys.executable, "benchmarks/knowledge_study.py", f"--out_dir={out}",
          f"--results={results}", f"--figure={figure}", "--num_people=40", "--phrasings=2",
          "--vocab_pieces=256", "--steps=20", "--probe_every=10", "--text_rows=8",
-         "--knowledge_rows=4",
+         "--knowledge_rows=4", "--gin=learning_rate_schedule.warmup_steps=5",
          "--arms=text,uktp", "--seeds=0"]
   # One device, as the study runs on a CPU machine (the suite's 8 simulated devices would
   # need every arm's rows per step to split 8 ways).
