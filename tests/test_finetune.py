@@ -284,13 +284,16 @@ def test_mixture_resume_equals_straight_run(tmp_path, pretrained):
   ft.register()
   bindings = _bindings(task=ft.MIXTURE, extra=[f"finetune_setup.num_classes={ft.NUM_CLASSES}",
                                                "Ernie3Config.dropout_rate=0.0",
-                                               "Ernie3Config.attention_dropout_rate=0.0"])
+                                               "Ernie3Config.attention_dropout_rate=0.0",
+                                               "learning_rate_schedule.warmup_steps=2"])
+  # One 8-step schedule for all three runs: the first stops halfway through it.
   gin_utils.parse_gin([], bindings)
-  straight = _run(tmp_path / "straight", 8, pretrained[0], sequence_length=16)
+  straight = _run(tmp_path / "straight", 8, pretrained[0], sequence_length=16, schedule_steps=8)
   gin_utils.parse_gin([], bindings)
-  first = _run(tmp_path / "resumed", 4, pretrained[0], sequence_length=16, checkpoint_every=4)
+  first = _run(tmp_path / "resumed", 4, pretrained[0], sequence_length=16, checkpoint_every=4,
+               schedule_steps=8)
   gin_utils.parse_gin([], bindings)
-  second = _run(tmp_path / "resumed", 8, pretrained[0], sequence_length=16)
+  second = _run(tmp_path / "resumed", 8, pretrained[0], sequence_length=16, schedule_steps=8)
   assert first.final_step == 4 and second.resumed_from == 4
   a, b = _flat(straight.state.params), _flat(second.state.params)
   for key in a:
