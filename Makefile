@@ -27,9 +27,9 @@ test-slow: $(STAMP)
 # objectives), evaluates it and generates a continuation. Re-running resumes;
 # `make demo DEMO_DIR=/tmp/elsewhere` (or deleting runs/demo) starts fresh.
 DEMO_DIR ?= runs/demo
-# glibc settings that keep XLA:CPU's per-step buffers mapped (ernie3_jax/host_memory.py).
-HOST_MEMORY = GLIBC_TUNABLES="$$($(PY) -m ernie3_jax.host_memory)"
-DEMO = $(HOST_MEMORY) $(PY) -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
+# glibc settings that keep XLA:CPU's per-step buffers mapped (ernie3_jax/runtime/host_memory.py).
+HOST_MEMORY = GLIBC_TUNABLES="$$($(PY) -m ernie3_jax.runtime.host_memory)"
+DEMO = $(HOST_MEMORY) $(PY) -m ernie3_jax.cli.main --gin_file=gin_configs/experiments/demo.gin \
 	--gin.MODEL_DIR="'$(DEMO_DIR)'"
 demo: $(STAMP)
 	$(DEMO) --run_mode=train

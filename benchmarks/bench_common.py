@@ -22,10 +22,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
-from ernie3_jax import host_memory  # noqa: E402  pylint: disable=g-import-not-at-top
+from ernie3_jax.runtime import host_memory  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _HOST_MEMORY = flags.DEFINE_boolean(
-    "host_memory_tunables", True, "Start worker processes with ernie3_jax.host_memory's glibc "
+    "host_memory_tunables", True, "Start worker processes with ernie3_jax.runtime.host_memory's glibc "
     "settings (freed memory stays mapped), as `make demo` and launch/ start the trainer.")
 
 

@@ -50,12 +50,13 @@ def plan(cfg, tensor: int, batch: int) -> dict:
   """Compiles the decoding program for one (tensor, batch); bytes per device."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model.decode_cache import CachedNLGDecoder  # pylint: disable=g-import-not-at-top
   from ernie3_jax.parallel import inference  # pylint: disable=g-import-not-at-top
   from ernie3_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training import partitioning, task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import partitioning  # pylint: disable=g-import-not-at-top
 
   mesh = mesh_lib.make_mesh(1, 1, tensor, num_devices=tensor)
   rules = tuple(mesh_lib.logical_axis_rules())
@@ -108,7 +109,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3Config  # pylint: disable=g-import-not-at-top
   # Every gin-configurable module is imported before the config is parsed (and locked).
-  from ernie3_jax import generation  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ernie3_jax.inference import generation  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.parallel import mesh  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.training import partitioning  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   if len(jax.devices()) < devices:

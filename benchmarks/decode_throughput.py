@@ -6,7 +6,7 @@ r"""Greedy decoding tokens/s: the NLG path (JAX) vs GPT2LMHeadModel.generate (Py
 Both sides decode greedily from random prompts, on the CPU, fp32, with the same
 threads, the same total depth (10 universal + 2 NLG layers vs 12 GPT-2 layers),
 width, heads and vocabulary, for exactly --new_tokens tokens (no stop token).
-JAX decodes with `ernie3_jax.generation.generate` (key/value cache, segments of
+JAX decodes with `ernie3_jax.inference.generation.generate` (key/value cache, segments of
 --segment_length and the recurrence memory as in training, prefill and token
 loop compiled as one call); --jax_path=rerun instead re-runs the open segment
 every token, batched (no key/value cache); the JSON says which ran. GPT-2
@@ -107,7 +107,7 @@ class CachedGreedy:
   name = "cached"
 
   def __init__(self, model, params, segment_length: int):
-    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
     self._generation = generation
     self.model, self.params, self.segment_length = model, params, segment_length
     self.options = generation.DecodeOptions("greedy", stop_ids=())
@@ -130,7 +130,7 @@ class RerunGreedy:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from ernie3_jax.model import Ernie3, init_memory  # pylint: disable=g-import-not-at-top
-    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
     self.s = segment_length
     self.cfg = model.config
     self._init_memory = init_memory

@@ -21,9 +21,9 @@ MIXTURE_RATES_TASK = "ernie3_pretrain"
 def _import_configurables() -> None:
   """Every module a run config names, before gin parses (and locks) it."""
   # pylint: disable=g-import-not-at-top,unused-import
-  from ernie3_jax import tf_runtime  # noqa: F401
-  import ernie3_jax.generation  # noqa: F401
-  import ernie3_jax.runs  # noqa: F401
+  from ernie3_jax.runtime import tf_runtime  # noqa: F401
+  import ernie3_jax.inference.generation  # noqa: F401
+  import ernie3_jax.cli.runs  # noqa: F401
   import ernie3_jax.training.evaluate  # noqa: F401
   import ernie3_jax.training.pretrain_input  # noqa: F401
   import ernie3_jax.training.train  # noqa: F401
@@ -43,7 +43,7 @@ def rows_per_step(nlu_batch: int, nlg_batch: int, rates: dict[str, float]) -> di
 def _synthetic_batches(cfg, nlu_batch: int, nlg_batch: int, length: int, segment: int,
                        rates: dict[str, float]):
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   by_name = {v: k for k, v in task_ids.NAMES.items()}
   names = sorted(k for k in rates if k != "document_lm")

@@ -101,12 +101,12 @@ def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) 
 
 def train(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> float:
   """Trains (or resumes) one run in a subprocess; returns its wall-clock seconds."""
-  from ernie3_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   env = host_memory.environment(dict(os.environ))
   os.makedirs(os.path.dirname(model_dir), exist_ok=True)
   start = time.perf_counter()
   with open(model_dir + ".log", "a") as log:
-    code = subprocess.call([sys.executable, "-m", "ernie3_jax.main",
+    code = subprocess.call([sys.executable, "-m", "ernie3_jax.cli.main",
                             *gin_flags(arm, seed, model_dir, paths, settings)],
                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
   if code:
@@ -119,11 +119,12 @@ def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
   from ernie3_jax.evaluation import knowledge_probe, study_probes  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training import checkpointing, task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin([os.path.join(model_dir, "config.gin")])
   cfg = Ernie3Config()
   model = Ernie3(cfg)
@@ -185,7 +186,7 @@ def _text_rows_per_pass(corpus: str, kg: str, aliases: str, vocabulary: str,
   import gin  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   import ernie3_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin(["gin_configs/experiments/knowledge_study.gin"], [
       "MODEL_DIR='/unused'", f"DataConfig.corpus='{corpus}'", f"DataConfig.kg='{kg}'",
       f"DataConfig.aliases='{aliases}'", f"DataConfig.vocabulary='{vocabulary}'",

@@ -34,7 +34,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   import bench_common  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config  # pylint: disable=g-import-not-at-top
   from ernie3_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from ernie3_jax.training import (checkpoint_integrity, checkpointing,  # pylint: disable=g-import-not-at-top

@@ -43,7 +43,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top
   from ernie3_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
 

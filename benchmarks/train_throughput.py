@@ -69,7 +69,7 @@ MASK_ID = 3  # any id > 0 that is not padding; the value does not change the cos
 def synthetic_batch(rows: int, length: int, vocab: int, seed: int = 0) -> dict:
   """Knowledge-masked-LM rows: tokens, masked positions and their targets (numpy)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(seed)
   tokens = rng.randint(5, vocab, size=(rows, length)).astype(np.int32)
   masked = rng.rand(rows, length) < MASK_RATE

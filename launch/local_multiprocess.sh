@@ -21,14 +21,14 @@ shift 3
 DEVICES_PER_PROCESS=${DEVICES_PER_PROCESS:-2}
 PORT=${PORT:-12355}
 PYTHON=${PYTHON:-.venv/bin/python}
-# glibc settings that keep XLA:CPU's per-step buffers mapped (ernie3_jax/host_memory.py).
-HOST_MEMORY_TUNABLES="$("$PYTHON" -m ernie3_jax.host_memory)"
+# glibc settings that keep XLA:CPU's per-step buffers mapped (ernie3_jax/runtime/host_memory.py).
+HOST_MEMORY_TUNABLES="$("$PYTHON" -m ernie3_jax.runtime.host_memory)"
 pids=()
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   XLA_FLAGS="--xla_force_host_platform_device_count=${DEVICES_PER_PROCESS}" \
   GLIBC_TUNABLES="$HOST_MEMORY_TUNABLES" \
   JAX_PLATFORMS=cpu JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo \
-    "$PYTHON" -m ernie3_jax.main --gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" \
+    "$PYTHON" -m ernie3_jax.cli.main --gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" \
       --coordinator_address="localhost:${PORT}" --num_processes="$NUM_PROCESSES" \
       --process_id="$i" "$@" > "${MODEL_DIR%/}.process${i}.log" 2>&1 &
   pids+=($!)

@@ -11,5 +11,5 @@ MODEL_DIR=${4:?model dir (a gs:// path every worker can reach)}
 shift 4
 REPO_DIR=${REPO_DIR:-~/ernie3-jax}
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command="
-  cd $REPO_DIR && .venv/bin/python -m ernie3_jax.main --gin_file=$GIN_FILE \
+  cd $REPO_DIR && .venv/bin/python -m ernie3_jax.cli.main --gin_file=$GIN_FILE \
     --gin.MODEL_DIR=\"'$MODEL_DIR'\" --auto_distributed $*"

@@ -17,14 +17,14 @@ so all arms see the same triples equally often. See benchmarks/knowledge_study.p
 
 from __future__ import annotations
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import numpy as np
 import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import uktp
-from ernie3_jax.tf_runtime import tf
-from ernie3_jax.training import task_ids
+from ernie3_jax.runtime.tf_runtime import tf
+from ernie3_jax.model import task_ids
 from ernie3_jax.tasks import pretraining
 
 TEXT_TASK = "knowledge_masked_lm"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import document_streams, knowledge_masking, sentence_distance
 from ernie3_jax.data import sentence_reordering, uktp  # noqa: I001
-from ernie3_jax.tf_runtime import tf
-from ernie3_jax.training import task_ids
+from ernie3_jax.runtime.tf_runtime import tf
+from ernie3_jax.model import task_ids
 
 SPLITS = ("train", "validation")
 NLU_TASK_NAMES = ("knowledge_masked_lm", "sentence_reordering", "sentence_distance", "uktp")

@@ -17,11 +17,11 @@ from typing import Callable, Iterator, Sequence
 
 import gin
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio
 
 from ernie3_jax.data import data_config as dc
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.tasks import pretraining
 
 SUFFIX = "_cached"

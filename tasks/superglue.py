@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import gin
 import numpy as np
 import seqio
@@ -43,7 +43,7 @@ from ernie3_jax.data.vocabulary import UNK_ID
 from ernie3_jax.evaluation import superglue_formats as formats
 from ernie3_jax.evaluation import superglue_metrics as metrics
 from ernie3_jax.evaluation import superglue_sources as sources
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 TASK_NAMES = tuple(f"superglue_{t}" for t in sources.TASKS)
 MIXTURE_NAME = "superglue"

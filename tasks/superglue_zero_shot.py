@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import gin
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import numpy as np
 import seqio
 
@@ -28,7 +28,7 @@ from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
 from ernie3_jax.evaluation import prompts as prompts_lib
 from ernie3_jax.evaluation import superglue_metrics
 from ernie3_jax.evaluation import zero_shot
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 SPLITS = ("train", "validation", "test")
 # AX-b and AX-g ship one labelled split, which TFDS and the official files call test.

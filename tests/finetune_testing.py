@@ -7,11 +7,11 @@ learn it. The test split is unlabeled (label −1), as in SuperGLUE.
 
 from __future__ import annotations
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import numpy as np
 import seqio
 
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 TASK = "finetune_fixture_cls"
 TASK_B = "finetune_fixture_pair"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 
 
 @gin.configurable

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from ernie3_jax import gin_utils
-from ernie3_jax import tf_runtime  # noqa: F401
+from ernie3_jax.config import gin_utils
+from ernie3_jax.runtime import tf_runtime  # noqa: F401
 from ernie3_jax.data import beam_alignment, corpus_readers, uktp
 from ernie3_jax.data import data_config as dc
 import seqio

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from ernie3_jax import console, tf_runtime
+from ernie3_jax.cli import console
+from ernie3_jax.runtime import tf_runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +28,7 @@ def _env():
 
 
 def _main(*flags):
-  return subprocess.run([sys.executable, "-m", "ernie3_jax.main", *flags], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "ernie3_jax.cli.main", *flags], cwd=REPO,
                         env=_env(), capture_output=True, timeout=900)
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.training import train as train_lib
 
 

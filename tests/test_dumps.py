@@ -168,7 +168,7 @@ def test_the_pipeline_writes_kg_aliases_corpus_and_counted_reports(prepared):
 
 @pytest.mark.slow  # UKTP alignment and two training steps on what the pipeline wrote
 def test_the_prepared_files_align_and_train(prepared, tmp_path):
-  from ernie3_jax import gin_utils
+  from ernie3_jax.config import gin_utils
   from ernie3_jax.data import data_config as dc
   from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
   from ernie3_jax.training import train as train_lib

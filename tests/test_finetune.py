@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.training import finetune
 from ernie3_jax.training.finetune_heads import HeadLayout
 from tests import finetune_testing as ft
@@ -225,7 +225,7 @@ def test_an_empty_split_is_named_before_model_work_and_stale_results_go(finetune
 
 def test_a_missing_training_file_is_named_before_model_dir_exists(tmp_path, pretrained):
   import shutil
-  from ernie3_jax import preflight
+  from ernie3_jax.cli import preflight
   data = tmp_path / "superglue"
   shutil.copytree(FIXTURE_DIR, data)
   os.remove(data / "CB" / "train.jsonl")
@@ -240,7 +240,7 @@ def test_a_missing_training_file_is_named_before_model_dir_exists(tmp_path, pret
 
 
 def test_float16_finetuning_is_refused_before_model_dir_exists(tmp_path, pretrained):
-  from ernie3_jax import preflight
+  from ernie3_jax.cli import preflight
   gin_utils.parse_gin(["gin_configs/experiments/finetune_demo.gin"], [
       f"MODEL_DIR='{tmp_path / 'run'}'", f"PRETRAINED_DIR='{pretrained[0]}'",
       f"SUPERGLUE_DATA='{FIXTURE_DIR}'", "make_mesh.num_devices=1"] + tt.TINY_BINDINGS +
@@ -305,7 +305,7 @@ def test_mixture_resume_equals_straight_run(tmp_path, pretrained):
 @pytest.mark.slow
 def test_entrypoint_trains_evaluates_and_infers(tmp_path, pretrained):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  common = [sys.executable, "-m", "ernie3_jax.main",
+  common = [sys.executable, "-m", "ernie3_jax.cli.main",
             "--gin_file=gin_configs/experiments/finetune_demo.gin",
             f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.PRETRAINED_DIR='{pretrained[0]}'",
             "--gin.finetune.num_steps=4", "--gin.BATCH=4", "--gin.SEQUENCE_LENGTH=64",

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ernie3_jax import generation
-from ernie3_jax.generation import DecodeOptions
+from ernie3_jax.inference import generation
+from ernie3_jax.inference.generation import DecodeOptions
 from ernie3_jax.model import Ernie3, init_memory
 from ernie3_jax.model.decode_cache import CachedNLGDecoder
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 from tests import model_testing
 
 # Segment 4 and memory 8: generations of 12 cross several segment boundaries and
@@ -161,7 +161,8 @@ def test_decode_throughput_reports_both_paths():
 
 @pytest.mark.slow  # builds and restores a checkpoint: about a minute on 2 CPU cores
 def test_cli_generates_from_a_tiny_checkpoint(tmp_path, capsys):
-  from ernie3_jax import gin_utils, generate
+  from ernie3_jax.config import gin_utils
+  from ernie3_jax.inference import generate
   from tests import training_testing
   model_dir = tmp_path / "run"
   # num_steps=0 saves the freshly initialised state: a real checkpoint, no train step
@@ -181,7 +182,7 @@ def test_cli_generates_from_a_tiny_checkpoint(tmp_path, capsys):
 
 
 def test_cli_names_a_missing_or_empty_model_dir(tmp_path, capsys):
-  from ernie3_jax import generate
+  from ernie3_jax.inference import generate
   assert generate.main(["generate", f"--checkpoint={tmp_path / 'absent'}", "--prompt=x"]) == 1
   assert "no such directory" in capsys.readouterr().err
   assert generate.main(["generate", f"--checkpoint={tmp_path}", "--prompt=x"]) == 1

@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import flags
 
-from ernie3_jax import host_memory
+from ernie3_jax.runtime import host_memory
 from tests.conftest import REPO_ROOT
 
 if os.path.join(REPO_ROOT, "benchmarks") not in sys.path:

@@ -13,7 +13,7 @@ from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
 from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import load_knowledge_graph
 from ernie3_jax.data.vocabulary import Vocabulary
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 TEXT = ("Cael Helelteth was a figure of ornate temperament whose life is recorded in "
         "surviving letters. Helelteth settled in Port Lysdrow and came to know its streets "

@@ -4,7 +4,7 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from ernie3_jax import tf_runtime  # noqa: F401
+from ernie3_jax.runtime import tf_runtime  # noqa: F401
 from ernie3_jax.data import knowledge_graph as kg_lib
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
 from ernie3_jax.evaluation import knowledge_probe as kp
@@ -158,9 +158,9 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
 
 @pytest.mark.slow
 def test_probe_and_zero_shot_commands_on_a_trained_checkpoint(tmp_path, capsys):
-  """The two commands end to end on a checkpoint written the way ernie3_jax.main does."""
+  """The two commands end to end on a checkpoint written the way ernie3_jax.cli.main does."""
   import os
-  from ernie3_jax import gin_utils
+  from ernie3_jax.config import gin_utils
   from ernie3_jax.evaluation import zero_shot
   from ernie3_jax.training import train as train_lib
   gin_utils.parse_gin(["gin_configs/experiments/demo.gin"], [

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.data import knowledge_study_corpus as ksc
 from ernie3_jax.data import uktp
 from ernie3_jax.data.vocabulary import Vocabulary

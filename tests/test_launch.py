@@ -25,7 +25,7 @@ def _bindings(model_dir, num_steps, checkpoint_every=4):
 
 
 def _command(model_dir, num_steps, extra=(), checkpoint_every=4):
-  cmd = [sys.executable, "-m", "ernie3_jax.main", "--gin_file=gin_configs/runs/pretrain.gin"]
+  cmd = [sys.executable, "-m", "ernie3_jax.cli.main", "--gin_file=gin_configs/runs/pretrain.gin"]
   cmd += [f"--gin_bindings={b}" for b in _bindings(model_dir, num_steps, checkpoint_every)]
   return cmd + list(extra)
 

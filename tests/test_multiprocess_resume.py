@@ -55,7 +55,7 @@ class Cluster:
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     self.procs = []
     for i in range(num_processes):
-      cmd = [sys.executable, "-m", "ernie3_jax.main", *_flags(model_dir, extra)]
+      cmd = [sys.executable, "-m", "ernie3_jax.cli.main", *_flags(model_dir, extra)]
       cmd += list((extra_for or {}).get(i, ()))
       if num_processes > 1:
         cmd += [f"--coordinator_address=localhost:{port}",

@@ -15,7 +15,7 @@ CHECK = """
 import os, sys
 import ernie3_jax
 assert ernie3_jax.__file__.startswith(sys.argv[1]), ernie3_jax.__file__
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 import gin
 for name in ("gin_configs/experiments/demo.gin", "experiments/finetune_demo.gin"):
   gin_utils.parse_gin([name])  # the checkout's spelling and the short one
@@ -75,7 +75,7 @@ def test_the_installed_wheel_trains_two_demo_steps_from_another_directory(tmp_pa
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   out = subprocess.run(
-      [python, "-m", "ernie3_jax.main", "--gin_file=gin_configs/experiments/demo.gin",
+      [python, "-m", "ernie3_jax.cli.main", "--gin_file=gin_configs/experiments/demo.gin",
        f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.train.num_steps=2",
        "--gin.train.log_every=1", "--gin.train.progress_bar=False"],
       cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900, check=False)

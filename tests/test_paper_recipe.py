@@ -7,7 +7,7 @@ import gin
 import jax
 import pytest
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import inference
 from ernie3_jax.training import optimizer

@@ -5,7 +5,7 @@ import pytest
 import seqio
 
 import ernie3_jax.tasks  # noqa: F401  (registers everything)
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 from ernie3_jax.training.pretrain_input import PretrainInput, mixture_rates
 
 

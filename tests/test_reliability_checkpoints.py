@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from ernie3_jax import gin_utils, preflight
+from ernie3_jax.cli import preflight
+from ernie3_jax.config import gin_utils
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
 from ernie3_jax.training import checkpointing, optimizer, partitioning
@@ -278,8 +279,8 @@ async def finalize(self, *args, **kwargs):
   return await original(self, *args, **kwargs)
 
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
-from ernie3_jax import main
-sys.argv = ["ernie3_jax.main"] + sys.argv[1:]
+from ernie3_jax.cli import main
+sys.argv = ["ernie3_jax.cli.main"] + sys.argv[1:]
 main.cli()
 """
 
@@ -313,7 +314,7 @@ def test_trainer_killed_mid_save_resumes_from_the_last_complete_checkpoint(tmp_p
   entries = os.listdir(model_dir / "checkpoints")
   assert "2" in entries and "4" not in entries
   assert any(e.startswith("4.") for e in entries), entries  # the partial save
-  out = subprocess.run([sys.executable, "-m", "ernie3_jax.main", *_train_flags(model_dir, 5)],
+  out = subprocess.run([sys.executable, "-m", "ernie3_jax.cli.main", *_train_flags(model_dir, 5)],
                        cwd=REPO, env=_env(), capture_output=True, timeout=600)
   text = out.stdout.decode()
   assert out.returncode == 0, text[-3000:] + out.stderr.decode()[-3000:]

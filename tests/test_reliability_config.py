@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from ernie3_jax import gin_utils, preflight
+from ernie3_jax.cli import preflight
+from ernie3_jax.config import gin_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -189,7 +190,7 @@ def test_vocabulary_larger_than_the_embedding_is_refused(model_dir):
 def _cli(model_dir, *flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  cmd = [sys.executable, "-m", "ernie3_jax.main", "--gin_file=gin_configs/runs/pretrain.gin",
+  cmd = [sys.executable, "-m", "ernie3_jax.cli.main", "--gin_file=gin_configs/runs/pretrain.gin",
          *[f"--gin_bindings={b}" for b in TINY if not b.startswith("make_mesh")],
          f"--gin.MODEL_DIR='{model_dir}'", *flags]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ernie3_jax import gin_utils, preflight
+from ernie3_jax.cli import preflight
+from ernie3_jax.config import gin_utils
 from ernie3_jax.training import checkpoint_integrity, checkpointing, run_lock
 from tests import training_testing as tt
 
@@ -189,7 +190,7 @@ def _train_command(model_dir, num_steps):
       f"train.num_steps = {num_steps}", "train.nlu_batch_size = 8", "train.nlg_batch_size = 4",
       "train.sequence_length = 16", "train.nlg_segment_length = 8", "train.log_every = 1",
       "train.checkpoint_every = 2", "train.progress_bar = False"]
-  return ([sys.executable, "-m", "ernie3_jax.main", "--gin_file=gin_configs/runs/pretrain.gin"]
+  return ([sys.executable, "-m", "ernie3_jax.cli.main", "--gin_file=gin_configs/runs/pretrain.gin"]
           + [f"--gin_bindings={b}" for b in bindings])
 
 

@@ -12,7 +12,7 @@ from ernie3_jax.data import sentence_reordering as R
 from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
 from ernie3_jax.data.sentences import encode_document
 from ernie3_jax.data.vocabulary import Vocabulary
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 L = 128
 

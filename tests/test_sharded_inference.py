@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from ernie3_jax import generation
+from ernie3_jax.inference import generation
 from ernie3_jax.model import Ernie3
 from ernie3_jax.model.decode_cache import CachedNLGDecoder
 from ernie3_jax.parallel import inference
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 from tests import model_testing as mt
 
 # Eight heads in both stacks, so tensor=8 splits them; scanned layers as in training.
@@ -90,8 +90,8 @@ def test_a_mesh_axis_that_does_not_divide_a_dimension_is_left_out():
 
 @pytest.mark.slow  # writes a checkpoint, restores it twice and compiles on three meshes
 def test_a_checkpoint_serves_from_an_inference_mesh_as_from_one_device(tmp_path, capsys):
-  from ernie3_jax import generate as generate_cli
-  from ernie3_jax import gin_utils
+  from ernie3_jax.inference import generate as generate_cli
+  from ernie3_jax.config import gin_utils
   from ernie3_jax.data import data_config
   from ernie3_jax.evaluation import knowledge_probe as kp
   from ernie3_jax.evaluation import zero_shot

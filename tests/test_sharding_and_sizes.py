@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.model import Ernie3, init_memory
 from ernie3_jax.parallel import mesh as mesh_lib
 from tests import model_testing as mt

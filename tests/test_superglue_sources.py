@@ -164,7 +164,7 @@ def _official_rows(task, split):
 def test_tfds_source_gives_the_same_dicts_as_the_official_files():
   import tensorflow_datasets as tfds
 
-  from ernie3_jax.tf_runtime import tf
+  from ernie3_jax.runtime.tf_runtime import tf
   loaded = []
 
   def as_dataset(builder, split, **kwargs):

@@ -90,7 +90,8 @@ def test_nonfinite_step_is_skipped_or_stops(tmp_path):
 
 def test_rows_of_other_tasks_never_poison_a_loss():
   import jax.numpy as jnp
-  from ernie3_jax.training import losses, task_ids
+  from ernie3_jax.model import task_ids
+  from ernie3_jax.training import losses
   outputs = {"mlm_logits": jnp.zeros((2, 3, 5)), "reorder_logits": jnp.zeros((2, 9)),
              "distance_logits": jnp.zeros((2, 3))}
   batch = {"task_id": jnp.asarray([task_ids.SENTENCE_REORDERING, task_ids.SENTENCE_DISTANCE]),
@@ -165,7 +166,7 @@ def test_float32_and_bfloat16_runs_carry_no_loss_scale(tmp_path):
 def _mlm_batch(rows, length, masked_per_row, vocab, seed=0):
   """Knowledge-masked-LM and UKTP rows with `masked_per_row[i]` masked positions."""
   import jax.numpy as jnp
-  from ernie3_jax.training import task_ids
+  from ernie3_jax.model import task_ids
   rng = np.random.RandomState(seed)
   weights = np.zeros((rows, length), np.float32)
   for i, n in enumerate(masked_per_row):
@@ -231,7 +232,7 @@ def test_trainer_counts_batches_that_take_every_position(tmp_path):
 
 
 def test_log_lines_and_the_summary_show_an_absent_task_as_a_dash():
-  from ernie3_jax import runs
+  from ernie3_jax.cli import runs
   from ernie3_jax.training import train as train_lib
   m = {"loss": 1.0, "uktp/loss": float("nan"), "knowledge_masked_lm/loss": 2.5,
        "learning_rate": 1e-3, "sequence_length": 64, "batch_size": 8,

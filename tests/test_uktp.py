@@ -10,7 +10,7 @@ from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import (EMBEDDED_HELDOUT_KG, KnowledgeGraph, Triple,
                                              load_knowledge_graph, load_triples)
 from ernie3_jax.data.vocabulary import Vocabulary
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 
 @pytest.fixture(scope="module", name="vocab")

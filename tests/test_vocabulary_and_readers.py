@@ -67,7 +67,7 @@ def test_plain_text_documents_split_on_blank_lines(tmp_path):
 
 
 def test_tfrecord_corpus(tmp_path):
-  from ernie3_jax.tf_runtime import tf
+  from ernie3_jax.runtime.tf_runtime import tf
   path = tmp_path / "docs.tfrecord"
   with tf.io.TFRecordWriter(str(path)) as writer:
     for title, text in (("A", "first text"), ("B", "second text")):
@@ -93,6 +93,6 @@ def test_tfds_corpus_reads_prepared_data():
 
 
 def _mock_text():
-  from ernie3_jax.tf_runtime import tf
+  from ernie3_jax.runtime.tf_runtime import tf
   return tf.data.Dataset.from_tensor_slices(
       {"title": [f"t{i}" for i in range(3)], "text": [f"doc {i}" for i in range(3)]})

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ernie3_jax import tf_runtime  # noqa: F401
+from ernie3_jax.runtime import tf_runtime  # noqa: F401
 from ernie3_jax.evaluation import prompts
 from ernie3_jax.evaluation import zero_shot
 from ernie3_jax.model import Ernie3
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 from tests import model_testing as mt
 
 # The shared SuperGLUE sample beside the checkout (../shared), wherever it is cloned.

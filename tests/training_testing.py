@@ -6,7 +6,7 @@ import functools
 
 import jax
 
-from ernie3_jax import gin_utils
+from ernie3_jax.config import gin_utils
 from ernie3_jax.parallel import mesh as mesh_lib
 from ernie3_jax.training import train as train_lib
 from tests.synthetic_input import SyntheticInput

@@ -27,12 +27,12 @@ from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 from ernie3_jax.data import corpus_readers
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import uktp
 from ernie3_jax.data.knowledge_graph import Triple
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 EXAMPLES = "examples"
 REPORT = "report.json"

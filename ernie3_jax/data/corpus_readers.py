@@ -92,7 +92,7 @@ def read_text(path: str) -> Iterator[Document]:
 
 def read_tfrecord(path: str) -> Iterator[Document]:
   """tf.train.Example records with a "text" (and optional "title") bytes feature."""
-  from ernie3_jax.tf_runtime import tf  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.runtime.tf_runtime import tf  # pylint: disable=g-import-not-at-top
   for index, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
     example = tf.train.Example.FromString(raw)
     features = example.features.feature

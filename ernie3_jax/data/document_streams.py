@@ -41,7 +41,7 @@ import numpy as np
 
 from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
 from ernie3_jax.data.vocabulary import EOS_ID
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 STATE_VERSION = 1
 DOCUMENT_LM_TASK_ID = 1

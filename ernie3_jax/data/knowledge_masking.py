@@ -34,7 +34,7 @@ import numpy as np
 
 from ernie3_jax.data.masking_levels import DEFAULT_LEVEL_WEIGHTS
 from ernie3_jax.data.sentences import sentence_spans
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 TOKEN, PHRASE, ENTITY = 0, 1, 2
 LEVEL_NAMES = ("token", "phrase", "entity")

@@ -32,7 +32,7 @@ from ernie3_jax.data.sentence_reordering import (example_rng, fit_pieces, genera
                                                  texts_of)
 from ernie3_jax.data.sentences import encode_document
 from ernie3_jax.data.vocabulary import UNK_ID
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 ADJACENT, SAME_DOCUMENT, OTHER_DOCUMENT = 0, 1, 2
 NUM_CLASSES = 3

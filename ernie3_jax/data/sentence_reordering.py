@@ -26,7 +26,7 @@ import numpy as np
 
 from ernie3_jax.data.sentences import encode_document
 from ernie3_jax.data.vocabulary import UNK_ID
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 MAX_SUPPORTED_SEGMENTS = 8  # 8 segments already mean 46,233 classes
 NUM_SEGMENT_EMBEDDINGS = 4  # segment ids are capped at this minus one

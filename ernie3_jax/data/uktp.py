@@ -29,7 +29,7 @@ from ernie3_jax.data import knowledge_masking as km
 from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
 from ernie3_jax.data.sentences import sentence_spans
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 
 # [CLS], one piece each of head, relation and tail, [SEP], one sentence piece, [SEP].
 MIN_SEQUENCE_LENGTH = 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 
 import seqio
 

@@ -181,7 +181,7 @@ class MaskedSlotScorer:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from ernie3_jax.model import Ernie3  # pylint: disable=g-import-not-at-top
-    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
     self.vocab, self.max_length, self.batch_size = vocab, max_length, batch_size
     self.normalization = zero_shot.check_normalization(normalization)
     vocab_size = model.config.vocab_size
@@ -384,14 +384,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   parser.add_argument("--output", help="also write the metrics to this JSON file")
   args = parser.parse_args(argv)
 
-  from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
   nlg = zero_shot.load_scorer(args.model_dir, 64, args.batch_size, args.gin)  # parses gin
   cfg = dc.current()
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   vocab = dc.vocabulary(cfg.vocabulary)
   if args.scorer == "nlu":
-    from ernie3_jax.training import task_ids  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
     task_id = {"uktp": task_ids.UKTP, "knowledge_masked_lm": task_ids.KNOWLEDGE_MASKED_LM}
     scorer = MaskedSlotScorer(nlg.model, nlg.params, vocab, batch_size=args.batch_size,
                               normalization=args.normalization,

@@ -37,10 +37,10 @@ import gin
 import jax
 import numpy as np
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio
 
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.training import checkpointing, finetune, partitioning
 from ernie3_jax.training.finetune_input import pad_or_truncate
 

@@ -383,7 +383,7 @@ def _tfds_record(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _read_tfds(task: str, split: str, data_dir: str | None) -> Iterator[dict[str, Any]]:
   # tf_runtime first: it hides GPUs from TensorFlow before tfds imports it.
-  from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top
+  from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = f"super_glue/{TFDS_CONFIGS[task]}"
   try:

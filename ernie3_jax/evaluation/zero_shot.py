@@ -27,7 +27,7 @@ import numpy as np
 
 from ernie3_jax.evaluation import prompts as prompts_lib
 from ernie3_jax.model import Ernie3
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 
 NORMALIZATIONS = ("sum", "mean")
 
@@ -220,7 +220,7 @@ def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16,
                 gin_bindings: Sequence[str] = ()) -> NlgScorer:
   """An NlgScorer over the latest checkpoint in `model_dir` (its config.gin is parsed, then
   `gin_bindings`, e.g. "make_mesh.tensor = 8"), its parameters sharded over that mesh."""
-  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.training.evaluate import load_params  # pylint: disable=g-import-not-at-top
   config = os.path.join(model_dir, "config.gin")
   if not os.path.isfile(config):
@@ -238,7 +238,7 @@ def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
   `predictions_path`, every scored row (its question key, candidate and score) is written
   there as jsonl."""
   import seqio  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   evaluator = seqio.Evaluator(task_name, seqio.PrefixLMFeatureConverter(pack=False),
                               eval_split=split, use_cached=False, seed=None,
                               sequence_length=None, num_examples=num_examples,

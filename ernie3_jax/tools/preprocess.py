@@ -25,8 +25,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from ernie3_jax import gin_utils
-from ernie3_jax.gin_utils import rewrite_gin_args
+from ernie3_jax.config import gin_utils
+from ernie3_jax.config.gin_utils import rewrite_gin_args
 
 ALIGNMENT_DIR = "uktp_alignment"
 

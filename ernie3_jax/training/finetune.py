@@ -33,7 +33,8 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, optimizer, partitioning, task_ids
+from ernie3_jax.model import task_ids
+from ernie3_jax.training import checkpointing, optimizer, partitioning
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
 from ernie3_jax.training.preemption import StopRequest

@@ -13,11 +13,11 @@ from __future__ import annotations
 import gc
 from typing import Sequence
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import numpy as np
 import seqio
 
-from ernie3_jax.tf_runtime import tf
+from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.training.pretrain_input import mixture_rates
 
 ROW_KEYS = ("input_ids", "segment_ids", "label", "task_index")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 
 Array = jax.Array
 _MASKED_LM_TASKS = (task_ids.KNOWLEDGE_MASKED_LM, task_ids.UKTP)

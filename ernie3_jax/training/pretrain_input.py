@@ -19,14 +19,14 @@ from typing import Sequence
 
 import gin
 
-from ernie3_jax import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
+from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import numpy as np
 import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import document_streams
-from ernie3_jax.tf_runtime import tf
-from ernie3_jax.training import task_ids
+from ernie3_jax.runtime.tf_runtime import tf
+from ernie3_jax.model import task_ids
 
 _CHUNK = 64
 NLU_KEYS = ("tokens", "segment_ids", "mlm_targets", "mlm_weights", "label", "label_weight",

@@ -44,10 +44,10 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
   """Dispatches on run_mode; returns what it measured (also printed).
 
   `job` selects what the run modes act on: 'pretrain' (below) or 'finetune'
-  (ernie3_jax/finetune_runs.py).
+  (ernie3_jax/cli/finetune_runs.py).
   """
   if job == "finetune":
-    from ernie3_jax import finetune_runs  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.cli import finetune_runs  # pylint: disable=g-import-not-at-top
     return finetune_runs.run(run_mode, directory)
   if job != "pretrain":
     raise ValueError(f"run.job={job!r}; expected 'pretrain' or 'finetune'")
@@ -73,7 +73,7 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
       print("evaluation: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
   if run_mode == "infer":
-    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
     # Decoded on the run's mesh (make_mesh) by every process; process 0 prints.
     outputs = generation.generate_from_checkpoint(directory, list(prompts), max_new_tokens)
     if jax.process_index() == 0:

@@ -63,10 +63,10 @@ def warn_if_unset(backend: str) -> bool:
   logging.warning(
       "XLA:CPU re-maps each step's temporaries unless glibc keeps freed memory: start "
       "the process with %s=%s (launch/ scripts and `make demo` do) for a faster step; "
-      "see ernie3_jax/host_memory.py.", ENV_VAR, TUNABLES)
+      "see ernie3_jax/runtime/host_memory.py.", ENV_VAR, TUNABLES)
   return True
 
 
 if __name__ == "__main__":
-  # `GLIBC_TUNABLES="$(python -m ernie3_jax.host_memory)" python ...` (Makefile, launch/).
+  # `GLIBC_TUNABLES="$(python -m ernie3_jax.runtime.host_memory)" python ...` (Makefile, launch/).
   print(environment()[ENV_VAR])

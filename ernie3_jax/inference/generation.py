@@ -29,7 +29,7 @@ import numpy as np
 from ernie3_jax.model import Ernie3, init_memory
 from ernie3_jax.model.decode_cache import CachedNLGDecoder, reorder_rows
 from ernie3_jax.model.ernie3 import PAD_ID
-from ernie3_jax.training import task_ids
+from ernie3_jax.model import task_ids
 
 EOS_ID = 1
 STRATEGIES = ("greedy", "sample", "beam")

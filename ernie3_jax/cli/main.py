@@ -1,6 +1,6 @@
 r"""The entrypoint: train, evaluate or generate, configured by gin.
 
-  python -m ernie3_jax.main --gin_file=gin_configs/experiments/demo.gin \
+  python -m ernie3_jax.cli.main --gin_file=gin_configs/experiments/demo.gin \
       --gin.MODEL_DIR="'/tmp/run'" --run_mode=train
 
 `--gin_file` repeats; `--gin.NAME=VALUE` is a gin binding (rewritten to
@@ -19,8 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from ernie3_jax import gin_utils
-from ernie3_jax.gin_utils import rewrite_gin_args
+from ernie3_jax.config import gin_utils
+from ernie3_jax.config.gin_utils import rewrite_gin_args
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings NAME=VALUE.")
@@ -61,18 +61,18 @@ def main(argv):
     # drown the run's own progress lines; `--verbosity=1` (or -v 0) brings them back.
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
-    from ernie3_jax import console  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.cli import console  # pylint: disable=g-import-not-at-top
     console.hold_back_harmless_warnings()
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import host_memory  # pylint: disable=g-import-not-at-top
-  from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.cli import runs  # pylint: disable=g-import-not-at-top
   host_memory.warn_if_unset(jax.default_backend())
   gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
   multihost.check_same_config(gin_utils.effective_config())
   model_dir = runs.model_dir()
-  from ernie3_jax import preflight  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.cli import preflight  # pylint: disable=g-import-not-at-top
   preflight.check(_RUN_MODE.value, model_dir)  # fails before MODEL_DIR is touched
   lock = _lock_if_training(model_dir)
   try:
@@ -129,7 +129,7 @@ def _main_and_exit(argv):
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, (app.UsageError,)):
       raise
-    from ernie3_jax import console  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.cli import console  # pylint: disable=g-import-not-at-top
     if _library_logs_wanted() or not console.is_user_error(e):
       import traceback  # pylint: disable=g-import-not-at-top
       traceback.print_exc()

@@ -1,14 +1,14 @@
 r"""Generates continuations of prompts with a trained checkpoint.
 
-  python -m ernie3_jax.generate --checkpoint=runs/demo \
+  python -m ernie3_jax.inference.generate --checkpoint=runs/demo \
       --prompt="Cael Helelteth was born in" --max_new_tokens=24 \
       --strategy=sample --temperature=0.8 --top_p=0.9 --seed=1
 
-Reads MODEL_DIR/config.gin (written by `ernie3_jax.main`) for the model size and
+Reads MODEL_DIR/config.gin (written by `ernie3_jax.cli.main`) for the model size and
 segment length, restores the latest checkpoint's parameters onto the device mesh
 (`--gin=make_mesh.tensor=8`: heads, MLP and vocabulary split 8 ways; default: the
 run's mesh over all devices) and decodes every `--prompt` in one batch with the
-cached NLG decoder (`ernie3_jax.generation`).
+cached NLG decoder (`ernie3_jax.inference.generation`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _define_flags() -> flags.FlagValues:
 def load_run_config(model_dir: str | None, bindings: list[str] = ()) -> None:
   """Parses MODEL_DIR/config.gin and then `bindings`, failing clearly when the directory
   is not a run."""
-  from ernie3_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   if not model_dir:
     raise ValueError("--checkpoint is required: the MODEL_DIR of a training run")
   if not os.path.isdir(model_dir):
@@ -59,7 +59,7 @@ def load_run_config(model_dir: str | None, bindings: list[str] = ()) -> None:
   config = os.path.join(model_dir, "config.gin")
   if not os.path.isfile(config):
     raise FileNotFoundError(f"--checkpoint={model_dir!r} has no config.gin; it is not a "
-                            "MODEL_DIR written by `python -m ernie3_jax.main --run_mode=train`")
+                            "MODEL_DIR written by `python -m ernie3_jax.cli.main --run_mode=train`")
   gin_utils.parse_gin([config], list(bindings))
 
 
@@ -67,7 +67,7 @@ def run_generation(model_dir: str | None, prompts: list[str], max_new_tokens: in
                    segment_length: int | None = None, seed: int = 0,
                    bindings: list[str] = ()) -> list[str]:
   """Loads the run in `model_dir` and returns one continuation per prompt."""
-  from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
   if not prompts:
     raise ValueError("give at least one --prompt")
   load_run_config(model_dir, bindings)
@@ -86,7 +86,7 @@ def main(argv: list[str]) -> int:
     rest = fv(argv)
     if len(rest) > 1:
       raise ValueError(f"unexpected arguments: {rest[1:]}")
-    from ernie3_jax import generation  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
     try:
       stop_ids = tuple(int(s) for s in fv.stop_ids)
     except ValueError as e:
@@ -108,6 +108,6 @@ if __name__ == "__main__":
   code = main(sys.argv)
   sys.stdout.flush()
   sys.stderr.flush()
-  # Leave without interpreter teardown, as ernie3_jax.main does: TensorFlow's
+  # Leave without interpreter teardown, as ernie3_jax.cli.main does: TensorFlow's
   # threads (seqio tasks imported by config.gin) can hang it.
   os._exit(code)  # pylint: disable=protected-access

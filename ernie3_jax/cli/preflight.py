@@ -12,7 +12,7 @@ import os
 
 def check(run_mode: str, model_dir: str) -> None:
   """Raises the first configuration error of `run_mode`, writing nothing to `model_dir`."""
-  from ernie3_jax import runs  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.cli import runs  # pylint: disable=g-import-not-at-top
   if run_mode == "train" and runs.configured_job() == "finetune":
     from ernie3_jax.training import finetune  # pylint: disable=g-import-not-at-top
     finetune.finetune(model_dir, dry_run=True)

@@ -1,0 +1,2 @@
+"""Decoding and serving: cached generation on the device mesh and its command line
+(`python -m ernie3_jax.inference.generate`)."""

@@ -1,0 +1,2 @@
+"""The process environment: host allocator settings for XLA:CPU and TensorFlow kept
+off the accelerators."""
