@@ -2,7 +2,7 @@
 # TPU pod slice: run the same command on every worker over `gcloud ... tpu-vm ssh`;
 # jax.distributed.initialize() discovers the pod topology itself.
 #
-#   launch/tpu_pod.sh my-tpu us-central2-b gin_configs/experiments/ernie3_10b_pretrain.gin gs://bucket/run
+#   launch/tpu_pod.sh my-tpu us-central2-b gin_configs/experiments/ernie3_10b_paper.gin gs://bucket/run
 set -euo pipefail
 TPU_NAME=${1:?TPU name}
 ZONE=${2:?zone}
