@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from ernie3_jax.cli import preflight
@@ -67,6 +68,19 @@ def test_missing_gin_file_names_it_and_the_search_paths(model_dir, tmp_path):
   broken.write_text("include 'models/tniy.gin'\n")
   with pytest.raises(OSError, match=r"(?s)models/tniy.gin.*Searched config paths.*gin_configs"):
     _check(model_dir, [], gin_files=[str(broken)])
+
+
+def test_a_config_gin_written_before_modules_moved_still_parses(tmp_path):
+  # MODEL_DIR/config.gin of a run made before the package's top modules moved to folders.
+  old = tmp_path / "config.gin"
+  old.write_text("import ernie3_jax.runs\nimport ernie3_jax.generation as ernie3_jax2\n"
+                 "import ernie3_jax.training.train as ernie3_jax3\n"
+                 "Ernie3Config.d_model = 48\ngenerate_from_checkpoint.segment_length = 16\n")
+  gin_utils.parse_gin([str(old)])
+  assert gin.query_parameter("Ernie3Config.d_model") == 48
+  assert gin.query_parameter("generate_from_checkpoint.segment_length") == 16
+  assert "import ernie3_jax.runs" in old.read_text()  # the run's own file is left as it was
+  assert os.path.isfile(os.path.join(gin_utils.REPO_ROOT, "setup.py"))
 
 
 # ------------------------------------------------------------------------ lengths

@@ -12,6 +12,7 @@ import importlib.util
 import inspect
 import os
 import re
+import tempfile
 from typing import Sequence
 
 import gin
@@ -20,7 +21,39 @@ import gin
 from ernie3_jax.model import config as _model_config  # noqa: F401
 from ernie3_jax.parallel import mesh as _mesh  # noqa: F401
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout this module sits in (ernie3_jax/config/gin_utils.py).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Modules that moved, old name -> new. A MODEL_DIR/config.gin written before a move
+# imports them by the old name; parse_gin reads such a file with the names of today.
+MOVED_MODULES = {
+    "ernie3_jax.main": "ernie3_jax.cli.main",
+    "ernie3_jax.runs": "ernie3_jax.cli.runs",
+    "ernie3_jax.finetune_runs": "ernie3_jax.cli.finetune_runs",
+    "ernie3_jax.preflight": "ernie3_jax.cli.preflight",
+    "ernie3_jax.console": "ernie3_jax.cli.console",
+    "ernie3_jax.gin_utils": "ernie3_jax.config.gin_utils",
+    "ernie3_jax.generation": "ernie3_jax.inference.generation",
+    "ernie3_jax.generate": "ernie3_jax.inference.generate",
+    "ernie3_jax.host_memory": "ernie3_jax.runtime.host_memory",
+    "ernie3_jax.tf_runtime": "ernie3_jax.runtime.tf_runtime",
+    "ernie3_jax.training.task_ids": "ernie3_jax.model.task_ids",
+}
+_OLD_IMPORT = re.compile(r"^(\s*import\s+)(" + "|".join(re.escape(m) for m in MOVED_MODULES) +
+                         r")(?![\w.])", flags=re.M)
+
+
+def _with_current_module_names(path: str) -> str:
+  """`path`, or a copy of it whose import lines name moved modules by their new names."""
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  new = _OLD_IMPORT.sub(lambda m: m.group(1) + MOVED_MODULES[m.group(2)], text)
+  if new == text:
+    return path
+  copy = os.path.join(tempfile.mkdtemp(prefix="gin_moved_"), os.path.basename(path))
+  with open(copy, "w", encoding="utf-8") as f:
+    f.write(new)
+  return copy
 
 
 def _gin_config_dir() -> str:
@@ -52,7 +85,7 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
       raise FileNotFoundError(
           f"--gin_file={f!r} not found (looked in the working directory and in {paths}; "
           "add a directory with --gin_search_paths)")
-    resolved.append(found)
+    resolved.append(_with_current_module_names(found))
   try:
     gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
   except ValueError as e:
