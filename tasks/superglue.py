@@ -13,7 +13,7 @@ Tasks also pass through `candidate` (string: COPA choice, ReCoRD entity, MultiRC
 WiC word, WSC noun phrase), `candidate_index` (int32: the row's position in its group, so
 COPA's choice index) and `answers` (string [n], ReCoRD's gold answers) for `postprocess`,
 metrics and submissions; the mixture drops them (seqio keeps only the output features).
-Input formats: `ernie3_jax/evaluation/superglue_formats.py`.
+Input formats: `ernie3_jax/superglue/formats.py`.
 
 Data comes from `superglue_sources.read_split` with the gin-configurable default source
 `superglue_source.path` ("tfds" or an official-layout directory), read when a dataset is
@@ -40,9 +40,9 @@ import seqio
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data.knowledge_masking import PreprocessStats
 from ernie3_jax.data.vocabulary import UNK_ID
-from ernie3_jax.evaluation import superglue_formats as formats
-from ernie3_jax.evaluation import superglue_metrics as metrics
-from ernie3_jax.evaluation import superglue_sources as sources
+from ernie3_jax.superglue import formats
+from ernie3_jax.superglue import metrics
+from ernie3_jax.superglue import sources
 from ernie3_jax.runtime.tf_runtime import tf
 
 TASK_NAMES = tuple(f"superglue_{t}" for t in sources.TASKS)

@@ -7,7 +7,7 @@ question. The score metric functions take one log-likelihood per row (seqio's
 Prompts longer than `ZeroShotConfig.max_length` minus the candidate lose their
 beginning; `truncated_prompts` counts the questions that did.
 
-Raw rows come from `ernie3_jax.evaluation.superglue_sources.read_split`
+Raw rows come from `ernie3_jax.superglue.sources.read_split`
 (`ZeroShotConfig.source`: "tfds" or a directory in the official layout).
 """
 
@@ -25,9 +25,8 @@ import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
-from ernie3_jax.evaluation import prompts as prompts_lib
-from ernie3_jax.evaluation import superglue_metrics
-from ernie3_jax.evaluation import zero_shot
+from ernie3_jax.superglue import metrics as superglue_metrics
+from ernie3_jax.superglue import prompts as prompts_lib
 from ernie3_jax.runtime.tf_runtime import tf
 
 SPLITS = ("train", "validation", "test")
@@ -53,7 +52,7 @@ def task_name(task: str) -> str:
 
 def read_rows(task: str, split: str, source: str) -> Iterator[Mapping[str, Any]]:
   """Raw rows of a split (the shared SuperGLUE reader)."""
-  from ernie3_jax.evaluation import superglue_sources  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.superglue import sources as superglue_sources  # pylint: disable=g-import-not-at-top
   return superglue_sources.read_split(task, split, source)
 
 
@@ -63,7 +62,7 @@ def build_rows(task: str, questions: Sequence[prompts_lib.Question],
   """Columns of the (prompt, candidate) rows of `questions`, demonstrations prepended."""
   cols: dict[str, list] = collections.defaultdict(list)
   for position, q in enumerate(questions):
-    shots = zero_shot.choose_shots(pool, num_shots, shot_seed, position,
+    shots = prompts_lib.choose_shots(pool, num_shots, shot_seed, position,
                                    exclude_key=q.key if same_split else None)
     q = prompts_lib.with_shots(q, shots)
     gold = q.label if task == "record" else ()

@@ -177,7 +177,7 @@ def test_frozen_universal_stays_bit_identical_while_the_rest_learns(finetuned, i
 
 def test_eval_writes_seqio_metrics_that_match_the_predictions(finetuned):
   from ernie3_jax.evaluation import seqio_eval
-  from ernie3_jax.evaluation.superglue_sources import read_split
+  from ernie3_jax.superglue.sources import read_split
   path, _ = finetuned
   gin_utils.parse_gin([], _bindings(freeze=True))
   out = seqio_eval.evaluate_checkpoint(path)
@@ -253,7 +253,7 @@ def test_float16_finetuning_is_refused_before_model_dir_exists(tmp_path, pretrai
 
 def test_infer_writes_the_cb_submission_file(finetuned, tmp_path):
   from ernie3_jax.evaluation import seqio_eval
-  from ernie3_jax.evaluation.superglue_sources import read_split
+  from ernie3_jax.superglue.sources import read_split
   path, _ = finetuned
   gin_utils.parse_gin([], _bindings(freeze=True))
   written = seqio_eval.infer_checkpoint(path, output_dir=str(tmp_path), diagnostics=())

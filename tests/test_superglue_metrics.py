@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ernie3_jax.evaluation import superglue_metrics as m
+from ernie3_jax.superglue import metrics as m
 
 
 def _t(label, group=0, idx=(0, -1, -1), candidate="", answers=()):
@@ -103,7 +103,7 @@ def test_bad_inputs_raise():
 
 
 def test_record_query_without_candidates_scores_zero_not_dropped():
-  from ernie3_jax.evaluation import superglue_formats
+  from ernie3_jax.superglue import formats as superglue_formats
   example = {"idx": 4, "passage": {"text": "A passage naming nobody.", "entities": []},
              "qas": [{"idx": 9, "query": "@placeholder won.", "answers": ["Sam Hale"]}]}
   (rows,) = superglue_formats.format_example("record", example)

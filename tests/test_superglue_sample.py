@@ -12,9 +12,9 @@ from pathlib import Path
 import gin
 import pytest
 
-from ernie3_jax.evaluation import submission
-from ernie3_jax.evaluation import superglue_sources as sources
-from ernie3_jax.evaluation.superglue_formats import format_example
+from ernie3_jax.superglue import submission
+from ernie3_jax.superglue import sources
+from ernie3_jax.superglue.formats import format_example
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "superglue_sample"
 SAMPLE_TASKS = ("boolq", "cb", "copa", "multirc", "rte", "wic", "wsc", "axb", "axg")

@@ -6,7 +6,7 @@ import os
 import gin
 import pytest
 
-from ernie3_jax.evaluation import superglue_sources as sources
+from ernie3_jax.superglue import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "superglue")
 

@@ -7,9 +7,9 @@ import gin
 import numpy as np
 import pytest
 
-from ernie3_jax.evaluation import submission
-from ernie3_jax.evaluation import superglue_formats as formats
-from ernie3_jax.evaluation import superglue_sources as sources
+from ernie3_jax.superglue import submission
+from ernie3_jax.superglue import formats
+from ernie3_jax.superglue import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "superglue")
 
@@ -220,7 +220,7 @@ def test_postprocessed_targets_score_perfectly_with_gold_predictions(superglue, 
 def _expected_with_first_choice(task):
   """The official metrics, counted by hand from the fixture rows, of a model that predicts
   class 0 for every row and the first candidate of every COPA/ReCoRD question."""
-  from ernie3_jax.evaluation.superglue_metrics import token_f1
+  from ernie3_jax.superglue.metrics import token_f1
   examples = list(sources.read_split(task, "validation", FIXTURES))
   if task == "multirc":
     questions = [q for e in examples for q in e["passage"]["questions"]]

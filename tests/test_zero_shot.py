@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ernie3_jax.runtime import tf_runtime  # noqa: F401
-from ernie3_jax.evaluation import prompts
+from ernie3_jax.superglue import prompts
 from ernie3_jax.evaluation import zero_shot
 from ernie3_jax.model import Ernie3
 from ernie3_jax.model import task_ids
@@ -112,7 +112,7 @@ def _labelled(n):
 
 def test_shots_are_seeded_distinct_labelled_and_never_the_question_itself():
   pool = _labelled(12) + [prompts.Question("unlabelled", (" a",), (), "u")]
-  draw = lambda seed, pos, key=None: [q.key for q in zero_shot.choose_shots(pool, 4, seed, pos,
+  draw = lambda seed, pos, key=None: [q.key for q in prompts.choose_shots(pool, 4, seed, pos,
                                                                             key)]
   assert draw(0, 3) == draw(0, 3)
   assert len({tuple(draw(s, p)) for s in range(3) for p in range(3)}) > 1
@@ -120,8 +120,8 @@ def test_shots_are_seeded_distinct_labelled_and_never_the_question_itself():
     keys = draw(1, pos, "5")
     assert len(set(keys)) == 4 and "5" not in keys and "u" not in keys
   with pytest.raises(ValueError, match="num_shots=13"):
-    zero_shot.choose_shots(pool, 13, 0, 0)
-  q = prompts.with_shots(pool[0], zero_shot.choose_shots(pool, 2, 0, 0, "0"))
+    prompts.choose_shots(pool, 13, 0, 0)
+  q = prompts.with_shots(pool[0], prompts.choose_shots(pool, 2, 0, 0, "0"))
   demos = q.prompt.split(prompts.SHOT_SEPARATOR)
   assert len(demos) == 3 and demos[-1] == "p0"
   assert all(d.endswith(" a") or d.endswith(" b") for d in demos[:2])

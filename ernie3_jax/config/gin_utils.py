@@ -38,6 +38,11 @@ MOVED_MODULES = {
     "ernie3_jax.host_memory": "ernie3_jax.runtime.host_memory",
     "ernie3_jax.tf_runtime": "ernie3_jax.runtime.tf_runtime",
     "ernie3_jax.training.task_ids": "ernie3_jax.model.task_ids",
+    "ernie3_jax.evaluation.superglue_formats": "ernie3_jax.superglue.formats",
+    "ernie3_jax.evaluation.superglue_metrics": "ernie3_jax.superglue.metrics",
+    "ernie3_jax.evaluation.superglue_sources": "ernie3_jax.superglue.sources",
+    "ernie3_jax.evaluation.prompts": "ernie3_jax.superglue.prompts",
+    "ernie3_jax.evaluation.submission": "ernie3_jax.superglue.submission",
 }
 _OLD_IMPORT = re.compile(r"^(\s*import\s+)(" + "|".join(re.escape(m) for m in MOVED_MODULES) +
                          r")(?![\w.])", flags=re.M)

@@ -304,7 +304,7 @@ def _has_rows(task: seqio.Task, split: str, lengths: Mapping[str, int]) -> bool:
 def _source_file(task_name: str, split: str) -> str:
   """Where a SuperGLUE split is read from, for error messages."""
   # pylint: disable-next=g-import-not-at-top
-  from ernie3_jax.evaluation import superglue_sources as sources
+  from ernie3_jax.superglue import sources
   source = sources.superglue_source()
   if os.path.isdir(source):
     return sources.split_path(task_name.removeprefix("superglue_"), split, source)
@@ -331,7 +331,7 @@ def _write_json(model_dir: str, out: Mapping[str, Any]) -> None:
 
 
 def _superglue_average(results: Mapping[str, Mapping[str, float]]) -> float | None:
-  from ernie3_jax.evaluation import superglue_metrics  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.superglue import metrics as superglue_metrics  # pylint: disable=g-import-not-at-top
   main = {f"superglue_{t}" for t in superglue_metrics.SCORE_METRICS}
   if not main <= set(results):
     return None
@@ -353,7 +353,7 @@ def _write_metrics(model_dir: str, out: Mapping[str, Any]) -> None:
 
 
 def _default_writer():
-  from ernie3_jax.evaluation import submission  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.superglue import submission  # pylint: disable=g-import-not-at-top
   return submission.write_submission
 
 

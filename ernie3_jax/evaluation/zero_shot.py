@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ernie3_jax.evaluation import prompts as prompts_lib
 from ernie3_jax.model import Ernie3
 from ernie3_jax.model import task_ids
+from ernie3_jax.superglue import prompts as prompts_lib
 
 NORMALIZATIONS = ("sum", "mean")
 
@@ -52,18 +52,6 @@ def fit_prompt(prompt_ids: Sequence[int], target_ids: Sequence[int],
   if len(prompt_ids) > room:
     return list(prompt_ids[len(prompt_ids) - room:]), True
   return list(prompt_ids), False
-
-
-def choose_shots(pool: Sequence[prompts_lib.Question], k: int, seed: int, position: int,
-                 exclude_key: str | None = None) -> list[prompts_lib.Question]:
-  """k labelled demonstrations for the question at `position`, seeded by (seed, position)."""
-  if k <= 0:
-    return []
-  eligible = [q for q in pool if q.correct and q.key != exclude_key]
-  if len(eligible) < k:
-    raise ValueError(f"num_shots={k} but only {len(eligible)} labelled demonstrations exist")
-  rng = np.random.default_rng([seed, position])
-  return [eligible[i] for i in rng.choice(len(eligible), size=k, replace=False)]
 
 
 def replicated_outputs(mesh: jax.sharding.Mesh | None):

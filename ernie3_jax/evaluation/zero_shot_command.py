@@ -15,8 +15,8 @@ from typing import Iterable
 
 import jax
 
-from ernie3_jax.evaluation import prompts as prompts_lib
 from ernie3_jax.evaluation.zero_shot import NORMALIZATIONS, load_scorer, score_task
+from ernie3_jax.superglue import prompts as prompts_lib
 
 
 def _parse_tasks(value: str) -> list[str]:

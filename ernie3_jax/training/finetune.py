@@ -31,9 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ernie3_jax.model import Ernie3, Ernie3Config
+from ernie3_jax.model import Ernie3, Ernie3Config, task_ids
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.model import task_ids
 from ernie3_jax.training import checkpointing, optimizer, partitioning
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
@@ -320,7 +319,7 @@ def _check_training_rows(task_name: str, sequence_length: int) -> None:
   no labeled row (before MODEL_DIR is created, rather than at the first batch)."""
   import seqio  # pylint: disable=g-import-not-at-top
   # pylint: disable-next=g-import-not-at-top
-  from ernie3_jax.evaluation import superglue_sources as sources
+  from ernie3_jax.superglue import sources
   where = "its source"
   source = sources.superglue_source()
   if task_name.removeprefix("superglue_") in sources.TASKS and os.path.isdir(source):

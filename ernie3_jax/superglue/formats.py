@@ -32,7 +32,7 @@ from typing import Any
 
 import gin
 
-from ernie3_jax.evaluation import superglue_sources as sources
+from ernie3_jax.superglue import sources
 
 NO_LABEL = -1
 COPA_CONNECTIVES = {"cause": "because", "effect": "so"}

@@ -14,6 +14,8 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "axb", "axg")
 # Few-shot demonstrations are separated from each other and from the question by this.
 SHOT_SEPARATOR = "\n\n"
@@ -247,3 +249,15 @@ def with_shots(question: Question, demonstrations: Sequence[Question]) -> Questi
   """`question` with solved demonstrations prepended to its prompt."""
   prefix = "".join(d.solved + SHOT_SEPARATOR for d in demonstrations)
   return dataclasses.replace(question, prompt=prefix + question.prompt)
+
+
+def choose_shots(pool: Sequence[Question], k: int, seed: int, position: int,
+                 exclude_key: str | None = None) -> list[Question]:
+  """k labelled demonstrations for the question at `position`, seeded by (seed, position)."""
+  if k <= 0:
+    return []
+  eligible = [q for q in pool if q.correct and q.key != exclude_key]
+  if len(eligible) < k:
+    raise ValueError(f"num_shots={k} but only {len(eligible)} labelled demonstrations exist")
+  rng = np.random.default_rng([seed, position])
+  return [eligible[i] for i in rng.choice(len(eligible), size=k, replace=False)]

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ernie3_jax.evaluation import superglue_sources as sources
+from ernie3_jax.superglue import sources
 
 FILE_NAMES = {t: f"{d}.jsonl" for t, d in sources.OFFICIAL_DIRS.items()}
 # The words jiant (the SuperGLUE authors' toolkit) writes for class 0 and 1.
