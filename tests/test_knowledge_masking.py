@@ -9,6 +9,7 @@ import seqio
 from hypothesis import example, given, settings, strategies as st
 
 from ernie3_jax.data import knowledge_masking as km
+from ernie3_jax.data import masking_units
 from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, read_documents
 from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import load_knowledge_graph
@@ -59,7 +60,7 @@ def test_sentence_boundaries_come_from_the_shared_splitter():
 @pytest.mark.parametrize("text", [TEXT, "naïve café 東京 x–y ﬁ 😀ab\tZ", "", "   "])
 def test_offsets_agree_with_byte_offset_protos(vocab, text):
   ids, spans = km.encode_with_offsets(vocab.tokenizer, text)
-  proto_ids, proto_spans = km._offsets_from_proto(vocab.tokenizer, text)
+  proto_ids, proto_spans = masking_units._offsets_from_proto(vocab.tokenizer, text)
   np.testing.assert_array_equal(ids, proto_ids)
   np.testing.assert_array_equal(spans, proto_spans)
   np.testing.assert_array_equal(ids, vocab.tokenizer.encode(text))
