@@ -233,11 +233,11 @@ def test_trainer_counts_batches_that_take_every_position(tmp_path):
 
 def test_log_lines_and_the_summary_show_an_absent_task_as_a_dash():
   from ernie3_jax.cli import runs
-  from ernie3_jax.training import train as train_lib
+  from ernie3_jax.training import loop_hooks
   m = {"loss": 1.0, "uktp/loss": float("nan"), "knowledge_masked_lm/loss": 2.5,
        "learning_rate": 1e-3, "sequence_length": 64, "batch_size": 8,
        "tokens_per_second": 10.0, "mfu": 0.1, "step_seconds": 0.25, "data_wait_fraction": 0.1}
-  line = train_lib._format(m)  # pylint: disable=protected-access
+  line = loop_hooks.format_line(m)
   assert "uktp=-]" in line and "knowledge_masked_lm=2.500" in line and "nan" not in line
   assert "step=0.250s data_wait=10%" in line
   table = runs.summarize_training([dict(m, step=1), dict(m, step=2, **{"uktp/loss": 0.5})])

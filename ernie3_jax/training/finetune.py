@@ -33,7 +33,7 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config, task_ids
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, optimizer, partitioning
+from ernie3_jax.training import checkpointing, loop_hooks, optimizer, partitioning
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
 from ernie3_jax.training.preemption import StopRequest
@@ -265,11 +265,11 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
                    in_shardings=(shardings, rows, replicated),
                    out_shardings=(shardings, replicated), donate_argnums=(0,))
   base_rng = jax.random.PRNGKey(seed + 1)
-  writer = train_lib._metric_writer(model_dir)  # pylint: disable=protected-access
+  writer = loop_hooks.metric_writer(model_dir)
   history: list[dict[str, float]] = []
   step = int(jax.device_get(state.step))
   stopped_by = "num_steps"
-  bar = train_lib._progress_bar(num_steps, step, progress_bar)  # pylint: disable=protected-access
+  bar = loop_hooks.progress_bar(num_steps, step, progress_bar)
   pending: list[dict] = []
   last_time, last_step = time.perf_counter(), step
   with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):
@@ -281,7 +281,7 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
       if bar is not None:
         bar.update(1)
       if step % log_every == 0 or step == num_steps:
-        m = train_lib._window_average(pending)  # pylint: disable=protected-access
+        m = loop_hooks.window_average(pending)
         pending = []
         now = time.perf_counter()
         m.update(step=step, learning_rate=float(setup.schedule(step - 1)),

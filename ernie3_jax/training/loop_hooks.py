@@ -1,0 +1,167 @@
+"""What the training loops do around each step: averaging and logging metrics, the
+progress bar, TensorBoard, the history file, and saving checkpoints.
+
+Pre-training (`train.py`) and fine-tuning (`finetune.py`) share these.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+
+from ernie3_jax.training import checkpointing
+
+
+def window_average(pending: list[dict]) -> dict[str, float]:
+  """Averages the steps since the last log; per-task means are weighted by the
+  task's loss weight in each step (a step without the task adds nothing)."""
+  steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+  out = {"loss": float(np.mean([m["loss"] for m in steps])),
+         "grad_norm": float(np.mean([m["grad_norm"] for m in steps])),
+         "finite": float(all(m["finite"] for m in steps))}
+  if "loss_scale" in steps[-1]:
+    out["loss_scale"] = steps[-1]["loss_scale"]  # float16 runs: the scale now
+  if "mlm_full_head_batches" in steps[-1]:
+    # Batches whose masked-token logits took every position (losses.masked_lm_sums).
+    out["mlm_full_head_batches"] = sum(m.get("mlm_full_head_batches", 0.0) for m in steps)
+  for key in [k for k in steps[-1] if k.endswith("/weight")]:
+    name = key.split("/")[0]
+    weight = sum(m[key] for m in steps)
+    out[key] = weight
+    for what in ("loss", "accuracy"):
+      total = sum(m[f"{name}/{what}"] * m[key] for m in steps)
+      out[f"{name}/{what}"] = total / weight if weight > 0 else float("nan")
+  return out
+
+
+def format_line(m: dict[str, float]) -> str:
+  # A task that no row of the logged steps had shows "-" (its loss is undefined).
+  losses = " ".join(f"{k.split('/')[0]}={_number(v)}" for k, v in sorted(m.items())
+                    if k.endswith("/loss"))
+  return (f"loss={m['loss']:.3f} [{losses}] lr={m['learning_rate']:.2e} "
+          f"len={m['sequence_length']} batch={m['batch_size']} "
+          f"tok/s={m['tokens_per_second']:.0f} mfu={m['mfu']:.1%} "
+          f"step={m['step_seconds']:.3f}s data_wait={m['data_wait_fraction']:.0%}" +
+          (f" loss_scale={m['loss_scale']:g} overflow_skipped={m['overflow_skipped']:.0f}"
+           if "overflow_skipped" in m else ""))
+
+
+def _number(value: float) -> str:
+  return f"{value:.3f}" if np.isfinite(value) else "-"
+
+
+def metric_writer(model_dir: str):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.create_default_writer(
+      os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0)
+
+
+def progress_bar(total: int, initial: int, enabled: bool | None):
+  if enabled is None:
+    enabled = sys.stderr.isatty()
+  if not enabled or jax.process_index() > 0:
+    return None
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def write_history(model_dir: str, peak: float, peak_how: str,
+                   history: list[dict[str, float]]) -> None:
+  """MODEL_DIR/train_history.json: every logged step of this run and its earlier starts."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(model_dir, "train_history.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"peak_flops": peak, "peak_source": peak_how, "history": history}, f, indent=1)
+  os.replace(path + ".tmp", path)  # never a half-written file
+
+
+def earlier_history(model_dir: str, resumed_from: int | None) -> list[dict[str, float]]:
+  """The logged steps of earlier starts up to `resumed_from` (later ones are redone)."""
+  path = os.path.join(model_dir, "train_history.json")
+  if resumed_from is None or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [m for m in json.load(f).get("history", []) if m["step"] <= resumed_from]
+
+
+class CheckpointHook:
+  """Saves at the checkpointer's cadence (or when forced) with the history beside it;
+  a failed save stops the run unless `on_save_error == 'continue'`."""
+
+  def __init__(self, ckpt: checkpointing.Checkpointer, data: Any,
+               history_writer: Callable[[], None], on_save_error: str):
+    self.ckpt, self.data = ckpt, data
+    self.history_writer, self.on_save_error = history_writer, on_save_error
+
+  def __call__(self, step: int, state: Any, force: bool = False) -> None:
+    try:
+      self.ckpt.poll()  # a failed asynchronous save stops the run at the next step
+      if self.ckpt.save(step, state, self.data.state(), force=force):
+        # The history travels with the checkpoints, so a killed run keeps it too.
+        try:
+          self.history_writer()
+        except OSError as e:
+          self.ckpt.wait()  # a full disk fails the checkpoint too: that error names the step
+          raise checkpointing.CheckpointSaveError(
+              f"writing train_history.json with the checkpoint of step {step} failed "
+              f"({e}); the checkpoint itself was saved") from e
+    except checkpointing.CheckpointSaveError as e:
+      if self.on_save_error == "stop":
+        raise
+      print(f"warning: {e} Training continues (train.on_save_error='continue').", flush=True)
+
+
+class StepLogger:
+  """Every `log_every` steps (and at the last): the window's averaged metrics with the
+  step time, throughput, MFU and host data wait, to the history, TensorBoard, the log
+  and the console (or a progress bar in a terminal)."""
+
+  def __init__(self, model_dir: str, history: list[dict[str, float]], step: int,
+               num_steps: int, log_every: int, progress: bool | None,
+               peak_flops: float):
+    self.history, self.num_steps, self.log_every = history, num_steps, log_every
+    self.writer = metric_writer(model_dir)
+    self.bar = progress_bar(num_steps, step, progress)
+    self.peak_flops = peak_flops
+    self.pending: list[dict] = []
+    self.last_time, self.last_step, self.tokens = time.perf_counter(), step, 0.0
+
+  def after_step(self, step: int, metrics: dict, tokens: float) -> bool:
+    """Records one step; True when this step is logged (call `log` then)."""
+    self.pending.append(metrics)
+    self.tokens += tokens
+    if self.bar is not None:
+      self.bar.update(1)
+    return step % self.log_every == 0 or step == self.num_steps
+
+  def log(self, step: int, step_flops: float, data_wait_seconds: float,
+          **extra: float) -> dict[str, float]:
+    m = window_average(self.pending)
+    self.pending = []
+    now = time.perf_counter()
+    elapsed = max(now - self.last_time, 1e-9)
+    seconds = (now - self.last_time) / max(step - self.last_step, 1)
+    m.update(step=step, **extra, tokens_per_second=self.tokens / elapsed,
+             mfu=step_flops / seconds / self.peak_flops, step_seconds=seconds,
+             # The host's wait for batches: a slow input pipeline shows here, not in MFU.
+             data_wait_fraction=data_wait_seconds / elapsed)
+    self.history.append(m)
+    self.writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
+    logging.info("step %d %s", step, format_line(m))
+    if self.bar is None:
+      print(f"step {step}: {format_line(m)}", flush=True)
+    self.last_time, self.last_step, self.tokens = now, step, 0.0
+    return m
+
+  def close(self) -> None:
+    self.writer.flush()
+    if self.bar is not None:
+      self.bar.close()
