@@ -49,3 +49,46 @@ def test_every_make_target_named_exists():
     targets = set(re.findall(r"^([\w-]+):", f.read(), flags=re.M))
   named = {t for text in _texts().values() for t in re.findall(r"`make ([\w-]+)", text)}
   assert named and named <= targets, named - targets
+
+
+def _entrypoint_commands() -> list[tuple[str, list[str]]]:
+  """(doc, argv after the module) of every `python -m ernie3_jax.cli.main` code line."""
+  import shlex
+  found = []
+  for doc, text in _texts().items():
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+      if not line.startswith("    python -m ernie3_jax.cli.main"):
+        continue
+      command = line
+      while command.rstrip().endswith("\\"):
+        i += 1
+        command = command.rstrip()[:-1] + " " + lines[i]
+      argv = shlex.split(command.replace("[", " ").replace("]", " "), comments=True)
+      found.append((doc, argv[3:]))
+  return found
+
+
+def test_every_documented_entrypoint_command_parses():
+  """Its flags exist, its run modes are run modes, and its gin files and bindings parse
+  (a renamed configurable or parameter fails here)."""
+  from absl import flags
+  from ernie3_jax.cli import main  # noqa: F401  (defines the entrypoint's flags)
+  from ernie3_jax.config import gin_utils
+  commands = _entrypoint_commands()
+  assert len(commands) >= 5
+  for doc, argv in commands:
+    where = f"{doc}: {' '.join(argv)}"
+    gin_files, bindings = [], []
+    for arg in argv:
+      name, _, value = arg[2:].partition("=")
+      if arg.startswith("--gin."):
+        bindings.append(gin_utils.rewrite_gin_args([arg])[0].split("=", 1)[1])
+      elif name == "gin_file":
+        gin_files.append(value)
+      else:
+        assert name in flags.FLAGS, f"{where}: no flag --{name}"
+        if name == "run_mode":
+          assert set(value.split("|")) <= {"train", "eval", "infer"}, where
+    if gin_files and "..." not in gin_files:
+      gin_utils.parse_gin(gin_files, bindings)
