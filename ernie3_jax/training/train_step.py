@@ -122,47 +122,21 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
     denominators = losses.weight_sums(nlu, nlg)
     memory = state.memory if nlg is not None else None
     scale = None if state.loss_scale is None else state.loss_scale["scale"]
+    args = (denominators, dropout_multiplier, rng, scale)
     if num_microbatches == 1:
-      (loss, (sums, memory)), grads = grad_fn(state.params, nlu, nlg, memory, denominators,
-                                              dropout_multiplier, rng, scale)
+      (loss, (sums, memory)), grads = grad_fn(state.params, nlu, nlg, memory, *args)
     else:
-      n = num_microbatches
-      xs = (None if nlu is None else _split(nlu, n), None if nlg is None else _split(nlg, n),
-            None if memory is None else _split_memory(memory, n), jnp.arange(n))
-
-      def body(carry, x):
-        grads_acc, loss_acc, sums_acc = carry
-        nlu_i, nlg_i, mem_i, i = x
-        (l, (s, m)), g = grad_fn(state.params, nlu_i, nlg_i, mem_i, denominators,
-                                 dropout_multiplier, jax.random.fold_in(rng, i), scale)
-        add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
-        return (add(grads_acc, g), loss_acc + l, add(sums_acc, s)), m
-
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-      sum_shapes = jax.eval_shape(
-          lambda: grad_fn(state.params, *(jax.tree_util.tree_map(lambda a: a[0], xs[:3])),
-                          denominators, dropout_multiplier, rng, scale)[0][1][0])
-      zero_sums = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes)
-      (grads, loss, sums), mems = jax.lax.scan(body, (zeros, jnp.zeros(()), zero_sums), xs)
-      memory = None if memory is None else _merge_memory(mems)
-
+      loss, sums, memory, grads = _accumulated(grad_fn, num_microbatches, state.params, nlu,
+                                               nlg, memory, *args)
     loss_scale = state.loss_scale
     if loss_scale is not None:
-      scaler = jmp.DynamicLossScale(loss_scale["scale"], loss_scale["good_steps"],
-                                    period=LOSS_SCALE_PERIOD)
-      loss, grads = loss / scale, scaler.unscale(grads)
+      loss, grads = loss / scale, _scaler(loss_scale).unscale(grads)
     grad_norm = optax.global_norm(grads)
     finite = jnp.logical_and(jnp.isfinite(loss), jnp.isfinite(grad_norm))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if loss_scale is not None:
-      # An overflow of the scaled gradients is expected now and then: the step is
-      # skipped (whatever train.on_nonfinite says) and the scale lowered. Only a
-      # non-finite loss counts as a failure for on_nonfinite='stop'.
-      overflow = jnp.logical_and(jnp.isfinite(loss), jnp.logical_not(finite))
-      scaler = scaler.adjust(finite)
-      loss_scale = {"scale": scaler.loss_scale, "good_steps": scaler.counter,
-                    "overflows": loss_scale["overflows"] + overflow.astype(jnp.int32)}
+      loss_scale = _next_loss_scale(loss_scale, loss, finite)
     if skip_nonfinite or loss_scale is not None:
       keep = lambda new, old: jax.tree_util.tree_map(
           lambda a, b: jnp.where(finite, a, b), new, old)
@@ -185,3 +159,44 @@ def make_train_step(model: Ernie3, tx: optax.GradientTransformation,
     return new_state, metrics
 
   return step
+
+
+def _accumulated(grad_fn: Callable, n: int, params: Any, nlu: Batch | None, nlg: Batch | None,
+                 memory: Any, denominators: Any, dropout_multiplier: Any, rng: jax.Array,
+                 scale: jax.Array | None) -> tuple[jax.Array, Any, Any, Any]:
+  """(loss, sums, memory, grads) of `n` micro-batches, summed (a scan: one compiled body)."""
+  xs = (None if nlu is None else _split(nlu, n), None if nlg is None else _split(nlg, n),
+        None if memory is None else _split_memory(memory, n), jnp.arange(n))
+
+  def body(carry, x):
+    grads_acc, loss_acc, sums_acc = carry
+    nlu_i, nlg_i, mem_i, i = x
+    (l, (s, m)), g = grad_fn(params, nlu_i, nlg_i, mem_i, denominators,
+                             dropout_multiplier, jax.random.fold_in(rng, i), scale)
+    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
+    return (add(grads_acc, g), loss_acc + l, add(sums_acc, s)), m
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+  sum_shapes = jax.eval_shape(
+      lambda: grad_fn(params, *(jax.tree_util.tree_map(lambda a: a[0], xs[:3])),
+                      denominators, dropout_multiplier, rng, scale)[0][1][0])
+  zero_sums = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes)
+  (grads, loss, sums), mems = jax.lax.scan(body, (zeros, jnp.zeros(()), zero_sums), xs)
+  return loss, sums, None if memory is None else _merge_memory(mems), grads
+
+
+def _scaler(loss_scale: dict[str, jax.Array]) -> jmp.DynamicLossScale:
+  return jmp.DynamicLossScale(loss_scale["scale"], loss_scale["good_steps"],
+                              period=LOSS_SCALE_PERIOD)
+
+
+def _next_loss_scale(loss_scale: dict[str, jax.Array], loss: jax.Array,
+                     finite: jax.Array) -> dict[str, jax.Array]:
+  """The loss-scale state after a step whose update is applied iff `finite`."""
+  # An overflow of the scaled gradients is expected now and then: the step is skipped
+  # (whatever train.on_nonfinite says) and the scale lowered. Only a non-finite loss
+  # counts as a failure for on_nonfinite='stop'.
+  overflow = jnp.logical_and(jnp.isfinite(loss), jnp.logical_not(finite))
+  scaler = _scaler(loss_scale).adjust(finite)
+  return {"scale": scaler.loss_scale, "good_steps": scaler.counter,
+          "overflows": loss_scale["overflows"] + overflow.astype(jnp.int32)}
