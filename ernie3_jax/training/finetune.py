@@ -264,6 +264,25 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   jitted = jax.jit(make_finetune_step(setup.model, setup.tx, setup.layout, setup.frozen),
                    in_shardings=(shardings, rows, replicated),
                    out_shardings=(shardings, replicated), donate_argnums=(0,))
+  state, step, stopped_by, history = _step_loop(setup, jitted, rows, data, ckpt, state,
+                                                num_steps, log_every, progress_bar, seed,
+                                                model_dir)
+  if stopped_by == "num_steps":
+    ckpt.save(step, state, data.state(), force=True)
+  ckpt.close()
+  data.close()
+  if process_index == 0:
+    with open(os.path.join(model_dir, "finetune_history.json"), "w") as f:
+      json.dump({"tasks": list(setup.layout.task_names), "history": history}, f, indent=1)
+  return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
+
+
+def _step_loop(setup: FinetuneSetup, jitted: Callable, rows: Any, data: FinetuneInput,
+               ckpt: checkpointing.Checkpointer, state: Any, num_steps: int, log_every: int,
+               progress_bar: bool | None, seed: int,
+               model_dir: str) -> tuple[Any, int, str, list[dict[str, float]]]:
+  """Steps until `num_steps` or SIGTERM, logging and checkpointing; returns (state, step,
+  what stopped it, the logged history)."""
   base_rng = jax.random.PRNGKey(seed + 1)
   writer = loop_hooks.metric_writer(model_dir)
   history: list[dict[str, float]] = []
@@ -301,17 +320,10 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
         break
-  if stopped_by == "num_steps":
-    ckpt.save(step, state, data.state(), force=True)
-  ckpt.close()
-  data.close()
   writer.flush()
   if bar is not None:
     bar.close()
-  if process_index == 0:
-    with open(os.path.join(model_dir, "finetune_history.json"), "w") as f:
-      json.dump({"tasks": list(setup.layout.task_names), "history": history}, f, indent=1)
-  return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
+  return state, step, stopped_by, history
 
 
 def _check_training_rows(task_name: str, sequence_length: int) -> None:
