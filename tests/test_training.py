@@ -74,6 +74,27 @@ def test_progressive_learning_grows_length_batch_and_dropout(tmp_path):
   assert lrs[0] < lrs[4]  # warm-up
 
 
+def test_a_run_resumed_mid_ramp_equals_a_straight_one(tmp_path):
+  sched = ProgressiveSchedule(steps=8, num_stages=2, start_length=8, start_batch_size=4,
+                              start_dropout=0.2)
+  straight = tt.run(tmp_path / "straight", 10, progressive=sched, log_every=1,
+                    checkpoint_every=0)
+  tt.run(tmp_path / "resumed", 3, progressive=sched, log_every=1, checkpoint_every=3,
+         schedule_steps=10)
+  resumed = tt.run(tmp_path / "resumed", 10, progressive=sched, log_every=1)
+  assert resumed.resumed_from == 3
+  _assert_same_params(tt.params_of(straight), tt.params_of(resumed))
+  # The ramp's four quantities grow together (the rate through its 5-step warm-up, then
+  # it decays), and the resumed run logs the straight run's values.
+  history = resumed.history  # the earlier start's steps are carried over
+  assert [h["step"] for h in history] == list(range(1, 11))
+  for key, rising in (("sequence_length", 10), ("batch_size", 10), ("dropout_multiplier", 10),
+                      ("learning_rate", 5)):
+    values = [h[key] for h in history]
+    assert values[:rising] == sorted(values[:rising]) and values[0] < values[rising - 1], key
+    assert values == [h[key] for h in straight.history], key
+
+
 def test_nonfinite_step_is_skipped_or_stops(tmp_path):
   # A learning rate of inf makes the first update non-finite.
   bindings = ["learning_rate_schedule.peak=1e38", "learning_rate_schedule.warmup_steps=1",
