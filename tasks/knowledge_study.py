@@ -6,7 +6,7 @@ over the triples of `DataConfig.kg`: one row per triple, the relation or the tai
 only in what sits beside the triple:
 
   knowledge_study_triples     nothing: `[CLS] h r t [SEP]`
-  knowledge_study_uktp        the sentence `uktp.align_triples` pairs it with; a masked
+  knowledge_study_uktp        the sentence `triple_alignment.align_triples` pairs it with; a masked
                               tail is masked in the sentence too (nothing to copy)
   knowledge_study_misaligned  a sentence about another person (the aligned sentences,
                               moved to other heads): UKTP's layout without its alignment
@@ -22,7 +22,7 @@ import numpy as np
 import seqio
 
 from ernie3_jax.data import data_config as dc
-from ernie3_jax.data import uktp
+from ernie3_jax.data import triple_alignment, uktp
 from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.model import task_ids
 from ernie3_jax.tasks import pretraining

@@ -16,7 +16,7 @@ import seqio
 
 from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import document_streams, knowledge_masking, sentence_distance
-from ernie3_jax.data import sentence_reordering, uktp  # noqa: I001
+from ernie3_jax.data import sentence_reordering, triple_alignment, uktp  # noqa: I001
 from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.model import task_ids
 
@@ -78,7 +78,7 @@ def _aligned_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.
   if not examples:
     raise ValueError(f"no knowledge-graph triple of DataConfig.kg={cfg.kg!r} aligned to a "
                      f"sentence of split {split!r}")
-  return uktp.examples_to_dataset(examples)
+  return triple_alignment.examples_to_dataset(examples)
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,12 +86,12 @@ def _alignment(cfg: dc.DataConfig, split: str):
   if cfg.uktp_alignment:  # precomputed by the Beam pipeline (same examples, same order)
     from ernie3_jax.data import beam_alignment  # pylint: disable=g-import-not-at-top
     examples, report = beam_alignment.read_alignment(cfg.uktp_alignment, split)
-    summary = uktp.AlignmentReport(**{k: report[k] for k in (
+    summary = triple_alignment.AlignmentReport(**{k: report[k] for k in (
         "total", "in_head_article", "elsewhere", "not_aligned", "heads_without_article")})
     return examples, summary
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   matcher = dc.entity_matcher(cfg.kg, cfg.aliases)
-  return uktp.align_triples(list(dc.documents(cfg, split)), kg, matcher)
+  return triple_alignment.align_triples(list(dc.documents(cfg, split)), kg, matcher)
 
 
 def _seed(seed):

@@ -11,7 +11,7 @@ import pytest
 
 from ernie3_jax.config import gin_utils
 from ernie3_jax.runtime import tf_runtime  # noqa: F401
-from ernie3_jax.data import beam_alignment, corpus_readers, uktp
+from ernie3_jax.data import beam_alignment, corpus_readers, triple_alignment
 from ernie3_jax.data import data_config as dc
 import seqio
 import ernie3_jax.tasks  # noqa: F401  (registers the tasks and `cache_settings`)
@@ -69,7 +69,7 @@ def test_beam_alignment_equals_in_process(corpus, preprocessed):
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   matcher = dc.entity_matcher(cfg.kg, cfg.aliases)
   for split in ("train", "validation"):
-    expected, report = uktp.align_triples(list(dc.documents(cfg, split)), kg, matcher)
+    expected, report = triple_alignment.align_triples(list(dc.documents(cfg, split)), kg, matcher)
     examples, beam_report = beam_alignment.read_alignment(
         os.path.join(preprocessed, "uktp_alignment"), split)
     assert examples == expected

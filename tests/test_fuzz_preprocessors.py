@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ernie3_jax.data import knowledge_masking as km
 from ernie3_jax.data import sentence_distance as sd
 from ernie3_jax.data import sentence_reordering as sr
-from ernie3_jax.data import uktp
+from ernie3_jax.data import triple_alignment, uktp
 from ernie3_jax.data.corpus_readers import Document
 from ernie3_jax.data.document_streams import DocumentStreams
 from ernie3_jax.data.entity_matcher import EntityMatcher
@@ -191,14 +191,14 @@ def test_uktp_with_odd_knowledge_graphs_never_leaves_the_vocabulary(vocab, data,
   matcher = EntityMatcher.from_knowledge_graph(kg)
   docs = [Document(data.draw(st.sampled_from(names + [""])), data.draw(texts_about(names)),
                    f"doc{i}") for i in range(data.draw(st.integers(0, 4)))]
-  examples, report = uktp.align_triples(docs, kg, matcher)
+  examples, report = triple_alignment.align_triples(docs, kg, matcher)
   assert report.total == len(kg.triples) == (report.in_head_article + report.elsewhere +
                                              report.not_aligned)
   assert len(examples) == report.in_head_article + report.elsewhere
   builder = uktp.UktpBuilder(vocab, length)
   rng = np.random.default_rng(seed)
   for ex in examples:
-    h, r, t = (builder._encode(s) for s in (ex.triple.head, uktp.relation_text(
+    h, r, t = (builder._encode(s) for s in (ex.triple.head, triple_alignment.relation_text(
         ex.triple.relation), ex.triple.tail))
     triple_len = 2 + len(h) + len(r) + len(t)
     if triple_len + 2 > length:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ernie3_jax.data import knowledge_masking as km
-from ernie3_jax.data import uktp
+from ernie3_jax.data import triple_alignment, uktp
 from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS, Document, read_documents
 from ernie3_jax.data.entity_matcher import EntityMatcher
 from ernie3_jax.data.knowledge_graph import (EMBEDDED_HELDOUT_KG, KnowledgeGraph, Triple,
@@ -30,7 +30,7 @@ def fixture_matcher(kg):
 
 @pytest.fixture(scope="module", name="embedded")
 def fixture_embedded(kg, matcher):
-  return uktp.align_triples(read_documents(EMBEDDED_CORPUS), kg, matcher)
+  return triple_alignment.align_triples(read_documents(EMBEDDED_CORPUS), kg, matcher)
 
 
 @pytest.fixture(scope="module", name="sample")
@@ -67,13 +67,13 @@ def decode(vocab, ids):
 
 
 def test_relation_text():
-  assert uktp.relation_text("born_in") == "born in"
-  assert uktp.relation_text("official_language") == "official language"
+  assert triple_alignment.relation_text("born_in") == "born in"
+  assert triple_alignment.relation_text("official_language") == "official language"
 
 
 def test_align_small_world():
   documents, kg, matcher = small_world()
-  examples, report = uktp.align_triples(documents, kg, matcher)
+  examples, report = triple_alignment.align_triples(documents, kg, matcher)
   assert (report.total, report.in_head_article, report.elsewhere, report.not_aligned) == (
       6, 3, 2, 1)
   assert report.heads_without_article == 1  # Cy Orn has no article
@@ -98,7 +98,7 @@ def test_literal_tail_is_not_found_inside_the_head():
   matcher = EntityMatcher.from_knowledge_graph(kg)
   documents = [Document("Hymn to Vel", "Hymn to Vel is a fine song. Hymn to Vel is a hymn.",
                         "mem:1")]
-  examples, report = uktp.align_triples(documents, kg, matcher)
+  examples, report = triple_alignment.align_triples(documents, kg, matcher)
   assert report.in_head_article == 1
   assert examples[0].sentence == "Hymn to Vel is a hymn."
   assert examples[0].tail_span == (17, 21)
@@ -135,7 +135,7 @@ def test_aligned_sentences_mention_head_and_tail(embedded, matcher):
 
 
 def run(vocab, examples, seed, length=64, **kwargs):
-  dataset = uktp.examples_to_dataset(examples)
+  dataset = triple_alignment.examples_to_dataset(examples)
   out = uktp.uktp(dataset, seed=seed, vocab=vocab, sequence_length=length, **kwargs)
   return out, list(out.as_numpy_iterator())
 
@@ -157,7 +157,7 @@ def test_layout_and_both_entities_in_the_sentence_segment(vocab, sample, kg):
   for example, ex in zip(sample, outputs):
     ids, seg = restore(ex), ex["segment_ids"]
     h, r, t = (vocab.tokenizer.encode(s) for s in (
-        example.triple.head, uktp.relation_text(example.triple.relation), example.triple.tail))
+        example.triple.head, triple_alignment.relation_text(example.triple.relation), example.triple.tail))
     triple_len = 2 + len(h) + len(r) + len(t)
     np.testing.assert_array_equal(ids[:triple_len],
                                   [vocab.cls_id, *h, *r, *t, vocab.sep_id])
@@ -176,7 +176,7 @@ def test_relation_masking_masks_exactly_the_relation(vocab, sample):
   _, outputs = run(vocab, sample[:40], seed=2, relation_mask_prob=1.0)
   for example, ex in zip(sample, outputs):
     h = vocab.tokenizer.encode(example.triple.head)
-    r = vocab.tokenizer.encode(uktp.relation_text(example.triple.relation))
+    r = vocab.tokenizer.encode(triple_alignment.relation_text(example.triple.relation))
     where = np.flatnonzero(ex["mlm_weights"] > 0)
     np.testing.assert_array_equal(where, np.arange(1 + len(h), 1 + len(h) + len(r)))
     np.testing.assert_array_equal(ex["mlm_targets"][where], r)
@@ -251,7 +251,7 @@ def test_spans_are_optional(vocab):
 
 def test_aligned_dataset_helper(vocab):
   documents, kg, matcher = small_world()
-  dataset = uktp.aligned_dataset(documents, kg, matcher)
+  dataset = triple_alignment.aligned_dataset(documents, kg, matcher)
   rows = list(dataset.as_numpy_iterator())
   assert len(rows) == 5
   assert rows[0]["mention_spans"].shape[1] == 2

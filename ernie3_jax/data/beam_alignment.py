@@ -1,6 +1,6 @@
 """UKTP's distant-supervision alignment as an Apache Beam pipeline.
 
-`uktp.align_triples` holds the whole corpus in one process; this computes the same
+`triple_alignment.align_triples` holds the whole corpus in one process; this computes the same
 alignment on any Beam runner. Corpus files are read in parallel, every sentence is
 matched once and keyed by each entity it mentions, and a CoGroupByKey on the head
 entity brings together a head's triples, the sentences naming it and its article:
@@ -30,7 +30,7 @@ import apache_beam as beam
 from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 from ernie3_jax.data import corpus_readers
 from ernie3_jax.data import data_config as dc
-from ernie3_jax.data import uktp
+from ernie3_jax.data import triple_alignment
 from ernie3_jax.data.knowledge_graph import Triple
 from ernie3_jax.runtime.tf_runtime import tf
 
@@ -67,13 +67,13 @@ class _SentencesByEntity(beam.DoFn):
     entity = self.matcher.entity_of(title.strip())
     if entity is not None:
       yield beam.pvalue.TaggedOutput("articles", (entity, doc))
-    for s, record in enumerate(uktp.sentence_records(text, self.matcher)):
+    for s, record in enumerate(triple_alignment.sentence_records(text, self.matcher)):
       for mentioned in record.first:
         yield mentioned, (doc + (s,), title, record)
 
 
-def _align_head(element) -> Iterator[tuple[int, Triple, uktp.AlignedExample | None, bool]]:
-  """Chooses each triple's sentence exactly as `uktp.align_triples` does."""
+def _align_head(element) -> Iterator[tuple[int, Triple, triple_alignment.AlignedExample | None, bool]]:
+  """Chooses each triple's sentence exactly as `triple_alignment.align_triples` does."""
   _, groups = element
   sentences = sorted(groups["sentences"], key=lambda x: x[0])
   articles = list(groups["articles"])
@@ -84,9 +84,9 @@ def _align_head(element) -> Iterator[tuple[int, Triple, uktp.AlignedExample | No
       for position, title, record in sentences:
         if (position[:2] == article) != in_article:
           continue
-        spans = uktp.locate(record, triple, literal)
+        spans = triple_alignment.locate(record, triple, literal)
         if spans is not None:
-          found = uktp.aligned_example(triple, record, title, spans, literal, in_article)
+          found = triple_alignment.aligned_example(triple, record, title, spans, literal, in_article)
           break
       if found is not None:
         break
@@ -96,17 +96,17 @@ def _align_head(element) -> Iterator[tuple[int, Triple, uktp.AlignedExample | No
 class _ReportFn(beam.CombineFn):
   """Sums per-triple outcomes into an `AlignmentReport` (without the unaligned list)."""
 
-  def create_accumulator(self) -> uktp.AlignmentReport:
-    return uktp.AlignmentReport()
+  def create_accumulator(self) -> triple_alignment.AlignmentReport:
+    return triple_alignment.AlignmentReport()
 
   def add_input(self, report, outcome):
     _, triple, example, has_article = outcome
-    uktp.count_triple(report, triple, example, has_article)
+    triple_alignment.count_triple(report, triple, example, has_article)
     report.unaligned.clear()  # written to unaligned.tsv instead: it can be large
     return report
 
   def merge_accumulators(self, reports):
-    merged = uktp.AlignmentReport()
+    merged = triple_alignment.AlignmentReport()
     for r in reports:
       for field in ("total", "in_head_article", "elsewhere", "not_aligned",
                     "heads_without_article"):
@@ -129,7 +129,7 @@ def _strings(*values: str) -> tf.train.Feature:
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
 
 
-def serialize(index: int, e: uktp.AlignedExample) -> bytes:
+def serialize(index: int, e: triple_alignment.AlignedExample) -> bytes:
   """One aligned triple as a tf.train.Example (index = the triple's position in the KG)."""
   spans = [x for span in e.mention_spans for x in span]
   return tf.train.Example(features=tf.train.Features(feature={
@@ -140,12 +140,12 @@ def serialize(index: int, e: uktp.AlignedExample) -> bytes:
   })).SerializeToString()
 
 
-def _deserialize(record: bytes) -> tuple[int, uktp.AlignedExample]:
+def _deserialize(record: bytes) -> tuple[int, triple_alignment.AlignedExample]:
   f = tf.train.Example.FromString(record).features.feature
   text = [v.decode() for v in f["triple"].bytes_list.value]
   spans = list(f["mention_spans"].int64_list.value)
   tail_is_entity, in_article = (bool(v) for v in f["flags"].int64_list.value)
-  return f["index"].int64_list.value[0], uktp.AlignedExample(
+  return f["index"].int64_list.value[0], triple_alignment.AlignedExample(
       Triple(*text), f["sentence"].bytes_list.value[0].decode(),
       f["doc_title"].bytes_list.value[0].decode(), tuple(f["head_span"].int64_list.value),
       tuple(f["tail_span"].int64_list.value),
@@ -185,7 +185,7 @@ def align_triples_pipeline(pipeline: beam.Pipeline, config: dc.DataConfig, split
            os.path.join(out, REPORT), shard_name_template="", num_shards=1))
 
 
-def read_alignment(directory: str, split: str) -> tuple[list[uktp.AlignedExample], dict[str, Any]]:
+def read_alignment(directory: str, split: str) -> tuple[list[triple_alignment.AlignedExample], dict[str, Any]]:
   """The aligned examples of `split` in KG order, and the report the pipeline wrote."""
   split_dir = os.path.join(directory, split)
   report_path = os.path.join(split_dir, REPORT)

@@ -46,7 +46,7 @@ import numpy as np
 
 from ernie3_jax.data import knowledge_graph as kg_lib
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
-from ernie3_jax.data.uktp import relation_text
+from ernie3_jax.data.triple_alignment import relation_text
 from ernie3_jax.evaluation import zero_shot
 
 RELATION, TAIL = "relation", "tail"
