@@ -124,7 +124,7 @@ def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
   from ernie3_jax.evaluation import knowledge_probe, study_probes  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import Ernie3, Ernie3Config, init_memory  # pylint: disable=g-import-not-at-top
   from ernie3_jax.model import task_ids  # pylint: disable=g-import-not-at-top
-  from ernie3_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import checkpoint_files  # pylint: disable=g-import-not-at-top
   gin_utils.parse_gin([os.path.join(model_dir, "config.gin")])
   cfg = Ernie3Config()
   model = Ernie3(cfg)
@@ -139,7 +139,7 @@ def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
   triple_task = task_ids.KNOWLEDGE_MASKED_LM if arm == "text" else task_ids.UKTP
   out = {}
   for step in steps:
-    params, report = checkpointing.restore_params_into(abstract, shardings, model_dir, step)
+    params, report = checkpoint_files.restore_params_into(abstract, shardings, model_dir, step)
     if report["fresh"]:
       raise ValueError(f"{model_dir} step {step} lacks parameters {report['fresh'][:3]}")
     scorer = lambda task: knowledge_probe.MaskedSlotScorer(

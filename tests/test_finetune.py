@@ -147,13 +147,13 @@ def test_restore_keeps_pretrained_params_and_adds_fresh_heads(initialised, pretr
   assert heads == ["['classifier']['dense']['bias']", "['classifier']['dense']['kernel']"]
   assert got["['classifier']['dense']['kernel']"].shape[-1] == 3  # CB's classes
   # A checkpoint of another model config is refused, naming the parameter.
-  from ernie3_jax.training import checkpointing, partitioning
+  from ernie3_jax.training import checkpoint_files, partitioning
   gin_utils.parse_gin([], _bindings(extra=["Ernie3Config.d_ff=96"]))
   setup = finetune.finetune_setup()
   abstract, _ = partitioning.state_shardings(setup.model, setup.tx, setup.mesh, setup.rules, 0)
   shardings = jax.tree_util.tree_map(lambda _: None, abstract.params)
   with pytest.raises(ValueError, match=r"\['universal'\].*\['wi'\]\['kernel'\] has shape"):
-    checkpointing.restore_params_into(abstract.params, shardings, pre_dir)
+    checkpoint_files.restore_params_into(abstract.params, shardings, pre_dir)
 
 
 def test_frozen_universal_stays_bit_identical_while_the_rest_learns(finetuned, initialised,

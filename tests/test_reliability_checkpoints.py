@@ -16,7 +16,7 @@ from ernie3_jax.cli import preflight
 from ernie3_jax.config import gin_utils
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, optimizer, partitioning
+from ernie3_jax.training import checkpoint_files, checkpointing, optimizer, partitioning
 from tests import training_testing as tt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +123,7 @@ def test_sigkill_during_async_save_leaves_the_previous_checkpoint_as_latest(tmp_
   assert "2" not in entries and "1" in entries and partial, entries
   assert os.listdir(directory / partial[0])
   # Read-only lookup (used by init_from) and the trainer's manager both ignore it.
-  state_dir, step = checkpointing.latest_checkpoint_dir(str(tmp_path))
+  state_dir, step = checkpoint_files.latest_checkpoint_dir(str(tmp_path))
   assert (state_dir, step) == (str(directory / "1" / "state"), 1)
   w, data = _restore_w(directory, 1)
   assert data == [{"step": 1}] and np.all(w == 1.0)

@@ -22,12 +22,12 @@ def check(run_mode: str, model_dir: str) -> None:
     # before the checkpoint directory is created.
     train_lib.train(model_dir, dry_run=True)
   elif run_mode in ("eval", "infer"):
-    from ernie3_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+    from ernie3_jax.training import checkpoint_files  # pylint: disable=g-import-not-at-top
     if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
       raise FileNotFoundError(
           f"--run_mode={run_mode} needs a trained MODEL_DIR, but {model_dir!r} (model_dir.path) "
           "has no checkpoints/ directory; train first with the same MODEL_DIR")
     try:
-      checkpointing.latest_checkpoint_dir(model_dir)
+      checkpoint_files.latest_checkpoint_dir(model_dir)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"--run_mode={run_mode}, MODEL_DIR {model_dir!r}: {e}") from None

@@ -41,7 +41,7 @@ from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from
 import seqio
 
 from ernie3_jax.runtime.tf_runtime import tf
-from ernie3_jax.training import checkpointing, finetune, partitioning
+from ernie3_jax.training import checkpoint_files, finetune, partitioning
 from ernie3_jax.training.finetune_input import pad_or_truncate
 
 CANDIDATE_TASKS = ("superglue_copa", "superglue_record")
@@ -150,7 +150,7 @@ def load_finetuned(model_dir: str, batch_size: int) -> tuple[finetune.FinetuneSe
   setup = finetune.finetune_setup()
   abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
                                                      setup.rules, 0)
-  params, report = checkpointing.restore_params_into(abstract.params, shardings.params,
+  params, report = checkpoint_files.restore_params_into(abstract.params, shardings.params,
                                                      model_dir)
   if report["fresh"]:
     raise ValueError(f"the checkpoint of step {report['step']} in {model_dir!r} lacks "

@@ -6,7 +6,7 @@ task of a mixture has its own head (see finetune_heads.py). It shares the
 pre-training machinery: the mesh and logical-axis shardings
 (`partitioning.state_shardings`), AdamW (`optimizer.py`), orbax checkpoints with
 resume (`checkpointing.Checkpointer`), parameter-only initialisation from a
-pre-trained checkpoint with fresh heads (`checkpointing.restore_params_into`),
+pre-trained checkpoint with fresh heads (`checkpoint_files.restore_params_into`),
 and the logging helpers of `train.py`. Restarting with the same model_dir resumes.
 
 `freeze_universal=True` trains only the task-specific part (NLU module, pooler,
@@ -33,7 +33,7 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config, task_ids
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, loop_hooks, optimizer, partitioning
+from ernie3_jax.training import checkpoint_files, checkpointing, loop_hooks, optimizer, partitioning
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
 from ernie3_jax.training.preemption import StopRequest
@@ -214,7 +214,7 @@ def restore_or_init(setup: FinetuneSetup, ckpt: checkpointing.Checkpointer, data
   state, shardings, _ = partitioning.create_train_state(setup.model, setup.tx, setup.mesh,
                                                         setup.rules, 0, seed)
   if init_from:
-    params, report = checkpointing.restore_params_into(state.params, shardings.params,
+    params, report = checkpoint_files.restore_params_into(state.params, shardings.params,
                                                        init_from)
     state = state.replace(params=params)
     print(f"initialised {report['restored']} parameters from step {report['step']} of "
@@ -246,7 +246,7 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
                      f"{row_shards} and by the process count {jax.process_count()}")
   if dry_run:
     if init_from:
-      checkpointing.latest_checkpoint_dir(init_from)  # raises when there is none
+      checkpoint_files.latest_checkpoint_dir(init_from)  # raises when there is none
     for name in setup.layout.task_names:  # a missing or empty train file, named now
       _check_training_rows(name, sequence_length)
     return None

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from ernie3_jax.model import Ernie3Config
-from ernie3_jax.training import checkpointing
+from ernie3_jax.training import checkpoint_files, checkpointing
 from ernie3_jax.training.progressive import ProgressiveSchedule
 
 
@@ -114,34 +114,34 @@ def check_checkpoints(model_dir: str, init_from: str | None, abstract: Any) -> N
   """The checkpoint a run would resume from (or, starting fresh, `train.init_from`) must
   fit the model; checked from metadata before anything is written."""
   own = os.path.join(model_dir, "checkpoints")
-  steps = checkpointing.complete_steps(own) if os.path.isdir(own) else []
+  steps = checkpoint_files.complete_steps(own) if os.path.isdir(own) else []
   # The newest checkpoint whose metadata reads is the one a resume ends up on (restore
   # verifies the arrays and falls back past damaged checkpoints).
   for step in reversed(steps):
     try:
-      saved = checkpointing.saved_shapes(os.path.join(own, str(step), "state"), step)
+      saved = checkpoint_files.saved_shapes(os.path.join(own, str(step), "state"), step)
     except checkpointing.CheckpointCorruptError:
       continue
-    problems = checkpointing.shape_mismatches(saved, abstract)
+    problems = checkpoint_files.shape_mismatches(saved, abstract)
     if problems:
       raise checkpointing.CheckpointMismatchError(
           f"cannot resume from the checkpoint of step {step} in {own!r}: it was written "
           f"by a different model or train config: "
-          f"{checkpointing.summarize_mismatches(problems)}. Use the config it was written "
+          f"{checkpoint_files.summarize_mismatches(problems)}. Use the config it was written "
           "with (MODEL_DIR/config.gin), or a new MODEL_DIR.")
     return  # resuming: init_from is not used
   if steps:
     return  # every checkpoint is damaged: the restore reports them, naming each
   if init_from:
     try:
-      state_dir, step = checkpointing.latest_checkpoint_dir(init_from)
+      state_dir, step = checkpoint_files.latest_checkpoint_dir(init_from)
     except FileNotFoundError as e:
       raise FileNotFoundError(f"train.init_from={init_from!r}: {e}") from None
     # New parameters (fresh heads) and unused ones are fine; differing shapes are not.
-    problems = [p for p in checkpointing.shape_mismatches(
-        checkpointing.saved_shapes(state_dir), {"params": abstract.params}, prefix="params[")
+    problems = [p for p in checkpoint_files.shape_mismatches(
+        checkpoint_files.saved_shapes(state_dir), {"params": abstract.params}, prefix="params[")
                 if " has shape " in p]
     if problems:
       raise checkpointing.CheckpointMismatchError(
           f"train.init_from={init_from!r}: the checkpoint of step {step} was written by a "
-          f"different model config: {checkpointing.summarize_mismatches(problems)}")
+          f"different model config: {checkpoint_files.summarize_mismatches(problems)}")

@@ -21,8 +21,8 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpointing, flops, loop_hooks, optimizer, partitioning
-from ernie3_jax.training import profiling, run_checks
+from ernie3_jax.training import checkpoint_files, checkpointing, flops, loop_hooks, optimizer
+from ernie3_jax.training import partitioning, profiling, run_checks
 from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.progressive import ProgressiveSchedule
 from ernie3_jax.training.train_step import make_train_step
@@ -183,7 +183,7 @@ def _restore_or_init(run: _PretrainRun, ckpt: checkpointing.Checkpointer,
   if init_from:
     # Parameters only (e.g. fine-tuning from pre-training): fresh optimizer,
     # memory and data position.
-    params, report = checkpointing.restore_params_into(state.params, shardings.params,
+    params, report = checkpoint_files.restore_params_into(state.params, shardings.params,
                                                        init_from)
     state = state.replace(params=params)
     print(f"initialised {report['restored']} parameters from step {report['step']} of "
