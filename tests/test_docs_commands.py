@@ -1,5 +1,6 @@
 """What the README and docs tell a user to run or open exists: every `python -m` module
-(and it runs as a command), every repository path, every gin file and make target."""
+(and it runs as a command), every repository path, every gin file and make target; every
+documented command's flags are the command's own."""
 
 import glob
 import importlib.util
@@ -92,3 +93,70 @@ def test_every_documented_entrypoint_command_parses():
           assert set(value.split("|")) <= {"train", "eval", "infer"}, where
     if gin_files and "..." not in gin_files:
       gin_utils.parse_gin(gin_files, bindings)
+
+
+# A flag's own line in a command's help: absl's "  --name: ..." / "  --[no]name: ...",
+# argparse's "  --name NAME" (a usage example, "--name=value", does not count).
+_DEFINED_FLAG = re.compile(r"^\s+(?:-\w, )?--(?:\[no\])?(\w+)(?=[: ]|$)", re.M)
+
+
+def _help_flags(target: str) -> tuple[set[str], str]:
+  """The flags `target`'s help lists: absl commands answer --helpfull, argparse ones --help."""
+  import subprocess
+  import sys
+  argv = [sys.executable, target] if target.endswith(".py") else [sys.executable, "-m", target]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  text = ""
+  for asking in ("--helpfull", "--help"):
+    done = subprocess.run(argv + [asking], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    text = done.stdout + done.stderr
+    names = set(_DEFINED_FLAG.findall(text))
+    if len(names) > 1:  # more than --help itself
+      return names, text
+  return set(), text
+
+
+def _other_commands() -> dict[str, list[tuple[str, str]]]:
+  """{module or benchmark script: [(doc, flag name)]} of every documented command line
+  other than the entrypoint's: tools, generation, zero-shot, the probe, benchmarks."""
+  import shlex
+  found: dict[str, list[tuple[str, str]]] = {}
+  start = re.compile(r"^\s*(?:\$\(HOST_MEMORY\) )?(?:python|\$\(PY\)) "
+                     r"(-m (ernie3_jax(?:\.\w+)+)|(benchmarks/\w+\.py))(.*)")
+  for doc, text in _texts().items():
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+      m = start.match(line)
+      if not m or m.group(2) == "ernie3_jax.cli.main":
+        continue
+      command = m.group(4)
+      while command.rstrip().endswith("\\"):
+        i += 1
+        command = command.rstrip()[:-1] + " " + lines[i]
+      command = re.sub(r"\$\(\w+\)", "X", command).replace("[", " ").replace("]", " ")
+      args = shlex.split(command, comments=True)
+      args = args[:args.index("--")] if "--" in args else args  # the rest configures Beam
+      # `--gin.NAME=VALUE` is rewritten to --gin_bindings (gin_utils.rewrite_gin_args).
+      target = found.setdefault(m.group(2) or m.group(3), [])
+      target += [(doc, "gin_bindings" if arg.startswith("--gin.") else arg[2:].split("=")[0])
+                 for arg in args if arg.startswith("--")]
+  return found
+
+
+def test_every_other_documented_command_has_its_flags():
+  """Each documented tool, inference, evaluation and benchmark command starts and prints
+  its help, and every flag it is shown with is defined (a renamed or removed flag fails)."""
+  import concurrent.futures
+  commands = {t: used for t, used in _other_commands().items() if used}
+  assert {"ernie3_jax.inference.generate", "ernie3_jax.evaluation.zero_shot",
+          "ernie3_jax.evaluation.knowledge_probe", "ernie3_jax.tools.preprocess",
+          "ernie3_jax.tools.train_vocab", "benchmarks/knowledge_study.py"} <= set(commands)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    helps = dict(zip(commands, pool.map(_help_flags, commands)))
+  missing = []
+  for target, used in sorted(commands.items()):
+    defined, text = helps[target]
+    assert defined, f"{target} printed no flags for --helpfull or --help:\n{text[-2000:]}"
+    missing += [f"{doc}: {target} --{name}" for doc, name in used if name not in defined]
+  assert missing == []
