@@ -20,10 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from typing import Any, Callable, Mapping
 
-from absl import logging
 import flax.linen as nn
 import gin
 import jax
@@ -33,7 +31,8 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config, task_ids
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpoint_files, checkpointing, loop_hooks, optimizer, partitioning
+from ernie3_jax.training import checkpoint_files, checkpointing, loop_hooks, optimizer
+from ernie3_jax.training import partitioning, profiling
 from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
 from ernie3_jax.training.preemption import StopRequest
@@ -173,10 +172,10 @@ class FinetuneSetup:
   rules: Any
 
 
-@gin.configurable
+@gin.configurable(denylist=["schedule"])
 def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
                    num_classes: Mapping[str, int] | None = None,
-                   freeze_universal: bool = False, num_steps: int | None = None,
+                   freeze_universal: bool = False, schedule: optax.Schedule | None = None,
                    mesh_fn: Callable = mesh_lib.make_mesh) -> FinetuneSetup:
   """Model, head layout, optimizer and mesh of the fine-tuning config in gin.
 
@@ -185,14 +184,14 @@ def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
       'superglue').
     num_classes: class counts by task, added to tasks.superglue.NUM_CLASSES.
     freeze_universal: train only the NLU module, pooler and heads.
-    num_steps: length of the learning-rate schedule when training (`finetune` checks
-      it); None (evaluation, inference) builds any valid schedule, as none is used.
+    schedule: the learning rate when training (`finetune` builds and checks it with
+      `optimizer.run_schedule`); None (evaluation, inference) takes the configured
+      default, as no step uses it.
   """
   layout, rates = head_layout(mixture_or_task, num_classes)
   cfg = model_config(layout)
   frozen = UNIVERSAL_MODULES if freeze_universal else ()
-  schedule = (optimizer.learning_rate_schedule() if not num_steps else
-              optimizer.learning_rate_schedule(total_steps=num_steps))
+  schedule = schedule or optimizer.learning_rate_schedule()
   return FinetuneSetup(mixture_or_task, cfg, Ernie3(cfg), layout, rates,
                        make_finetune_optimizer(schedule, frozen), schedule, frozen, mesh_fn(),
                        mesh_lib.logical_axis_rules())
@@ -234,8 +233,8 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
   parameters start the backbone (ignored when resuming). `dry_run`: only check
   the configuration (tasks, class counts, mesh, batch, init_from), touching nothing."""
-  schedule_length, _ = optimizer.run_schedule("finetune", num_steps, schedule_steps)
-  setup = finetune_setup(num_steps=schedule_length)
+  _, schedule = optimizer.run_schedule("finetune", num_steps, schedule_steps)
+  setup = finetune_setup(schedule=schedule)
   if setup.config.compute_dtype == jnp.float16:
     # Pre-training scales the loss (train_step.py); this loop does not yet.
     raise ValueError("Ernie3Config.dtype='float16': fine-tuning has no loss scaling, so small "
@@ -284,35 +283,23 @@ def _step_loop(setup: FinetuneSetup, jitted: Callable, rows: Any, data: Finetune
   """Steps until `num_steps` or SIGTERM, logging and checkpointing; returns (state, step,
   what stopped it, the logged history)."""
   base_rng = jax.random.PRNGKey(seed + 1)
-  writer = loop_hooks.metric_writer(model_dir)
   history: list[dict[str, float]] = []
   step = int(jax.device_get(state.step))
   stopped_by = "num_steps"
-  bar = loop_hooks.progress_bar(num_steps, step, progress_bar)
-  pending: list[dict] = []
-  last_time, last_step = time.perf_counter(), step
+  # No MFU: with a frozen backbone the step's FLOPs are not pre-training's formula.
+  logger = loop_hooks.StepLogger(model_dir, history, step, num_steps, log_every, progress_bar,
+                                 None, line=_format)
+  data_wait = profiling.DataWait()
+  tokens = data.batch_size * jax.process_count() * data.sequence_length
   with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):
     while step < num_steps:
-      batch = data.next_batch()
+      batch = data_wait.timed(data.next_batch)
       state, metrics = jitted(state, partitioning.to_global_batch(batch, rows), base_rng)
-      pending.append(metrics)
       step += 1
-      if bar is not None:
-        bar.update(1)
-      if step % log_every == 0 or step == num_steps:
-        m = loop_hooks.window_average(pending)
-        pending = []
-        now = time.perf_counter()
-        m.update(step=step, learning_rate=float(setup.schedule(step - 1)),
-                 seconds_per_step=(now - last_time) / max(step - last_step, 1),
-                 nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
-        last_time, last_step = now, step
-        history.append(m)
-        writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
-        line = _format(m)
-        logging.info("step %d %s", step, line)
-        if bar is None:
-          print(f"step {step}: {line}", flush=True)
+      if logger.after_step(step, metrics, tokens):
+        logger.log(step, None, data_wait.take(),
+                   learning_rate=float(setup.schedule(step - 1)),
+                   nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
       ckpt.poll()
       ckpt.save(step, state, data.state())
       if stop.requested(step):
@@ -320,9 +307,7 @@ def _step_loop(setup: FinetuneSetup, jitted: Callable, rows: Any, data: Finetune
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
         break
-  writer.flush()
-  if bar is not None:
-    bar.close()
+  logger.close()
   return state, step, stopped_by, history
 
 
@@ -349,4 +334,4 @@ def _format(m: dict[str, float]) -> str:
   per_task = " ".join(f"{k.split('/')[0]}={v:.3f}" for k, v in sorted(m.items())
                       if k.endswith("/accuracy") and np.isfinite(v))
   return (f"loss={m['loss']:.4f} accuracy[{per_task}] lr={m['learning_rate']:.2e} "
-          f"{m['seconds_per_step']:.3f}s/step")
+          f"{m['step_seconds']:.3f}s/step")

@@ -122,12 +122,14 @@ class CheckpointHook:
 class StepLogger:
   """Every `log_every` steps (and at the last): the window's averaged metrics with the
   step time, throughput, MFU and host data wait, to the history, TensorBoard, the log
-  and the console (or a progress bar in a terminal)."""
+  and the console (or a progress bar in a terminal). `line` formats the console line."""
 
   def __init__(self, model_dir: str, history: list[dict[str, float]], step: int,
                num_steps: int, log_every: int, progress: bool | None,
-               peak_flops: float):
+               peak_flops: float | None,
+               line: Callable[[dict[str, float]], str] = format_line):
     self.history, self.num_steps, self.log_every = history, num_steps, log_every
+    self.line = line
     self.writer = metric_writer(model_dir)
     self.bar = progress_bar(num_steps, step, progress)
     self.peak_flops = peak_flops
@@ -142,22 +144,26 @@ class StepLogger:
       self.bar.update(1)
     return step % self.log_every == 0 or step == self.num_steps
 
-  def log(self, step: int, step_flops: float, data_wait_seconds: float,
+  def log(self, step: int, step_flops: float | None, data_wait_seconds: float,
           **extra: float) -> dict[str, float]:
+    """Logs the window since the last log; `step_flops` None (not counted) omits MFU."""
     m = window_average(self.pending)
     self.pending = []
     now = time.perf_counter()
     elapsed = max(now - self.last_time, 1e-9)
     seconds = (now - self.last_time) / max(step - self.last_step, 1)
     m.update(step=step, **extra, tokens_per_second=self.tokens / elapsed,
-             mfu=step_flops / seconds / self.peak_flops, step_seconds=seconds,
+             step_seconds=seconds,
              # The host's wait for batches: a slow input pipeline shows here, not in MFU.
              data_wait_fraction=data_wait_seconds / elapsed)
+    if step_flops is not None and self.peak_flops:
+      m["mfu"] = step_flops / seconds / self.peak_flops
     self.history.append(m)
     self.writer.write_scalars(step, {k: v for k, v in m.items() if k != "step"})
-    logging.info("step %d %s", step, format_line(m))
+    line = self.line(m)
+    logging.info("step %d %s", step, line)
     if self.bar is None:
-      print(f"step {step}: {format_line(m)}", flush=True)
+      print(f"step {step}: {line}", flush=True)
     self.last_time, self.last_step, self.tokens = now, step, 0.0
     return m
 
