@@ -250,6 +250,35 @@ def test_paired_bootstrap_and_table_read_the_item_results():
   assert "N/triple_tail" in text and "LEAK?" in text  # 0 correct is far below chance 0.1
 
 
+def test_the_bootstrap_interval_holds_the_spread_between_seeds():
+  """Seeds that disagree widen the interval: one seed far ahead is not read as an effect
+  of the arm, as it would be if only the items were resampled."""
+  rng = np.random.default_rng(1)
+  base = (rng.random((3, 300)) < 0.3).astype(float)
+  lucky = base.copy()
+  lucky[0] = np.maximum(lucky[0], rng.random(300) < 0.6)  # seed 0 only
+  d, lo, hi = study_report.paired_bootstrap(lucky, base)
+  items_only = study_report.paired_bootstrap(lucky.mean(0, keepdims=True),
+                                             base.mean(0, keepdims=True))
+  assert d == pytest.approx(items_only[0])
+  assert items_only[1] > 0  # items alone: a clear "effect"
+  assert lo <= 0.0 + 1e-12 and hi - lo > 2 * (items_only[2] - items_only[1])
+  steady = np.tile(lucky[0], (3, 1))  # every seed the same: no seed spread to add
+  d, lo, hi = study_report.paired_bootstrap(steady, base[:1].repeat(3, 0))
+  assert lo > 0
+
+
+def test_the_table_reports_the_recall_gate_per_arm():
+  enc = lambda m: "".join("1" if x else "0" for x in m)
+  stored, weak = np.ones(100), (np.arange(100) < 80).astype(float)
+  lines = [{"arm": arm, "seed": 0, "final_correct": {"A/text_recall": enc(text),
+                                                     "A/triple_tail": enc(triple)}}
+           for arm, text, triple in (("text", stored, weak), ("uktp", stored, weak))]
+  out = study_report.table(lines, {"A/text_recall": 0.1, "A/triple_tail": 0.1})
+  assert re.search(r"text A/text_recall 1\.000 met", out)  # the text arm trains no triples
+  assert re.search(r"uktp A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
+
+
 @pytest.mark.slow  # four short training runs: a few minutes on 2 cores
 def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
   out, results, figure = tmp_path / "study", tmp_path / "results.jsonl", tmp_path / "curves.png"
@@ -269,7 +298,7 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
   assert [(l["arm"], l["seed"]) for l in lines] == [("text", 0), ("uktp", 0)]
   assert set(lines[0]["curve"]) == {"10", "20"}
   assert len(lines[0]["final_correct"]["T/triple_tail"]) == 12 * len(ksc.RELATIONS)
-  assert "paired bootstrap over items" in text and figure.stat().st_size > 10_000
+  assert "paired bootstrap over seeds and items" in text and figure.stat().st_size > 10_000
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=600)
   assert "text seed 0: in" in again.stdout.decode()  # done runs are skipped
   assert len(results.read_text().splitlines()) == 2
