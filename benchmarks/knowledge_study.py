@@ -205,12 +205,18 @@ def main(argv):
   from ernie3_jax.evaluation import study_probes, study_report  # pylint: disable=g-import-not-at-top
   settings = setup()
   paths = prepare_data(os.path.join(_OUT_DIR.value, "data"), settings)
-  items = study_probes.build_items(ksc.load_study(paths["study"]))
+  study = ksc.load_study(paths["study"])
+  items = study_probes.build_items(study)
   leaks = study_probes.answer_leaks(items)
   if leaks:
     raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
   chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
             for (g, p), idx in study_probes.cells(items).items() if idx}
+  with open(paths["kg"], encoding="utf-8") as f:
+    kg = [tuple(l.rstrip("\n").split("\t")) for l in f if l.strip()]
+  priors = {f"{g}/{p}": study_probes.tail_prior([items[i] for i in idx], kg, study["relations"])
+            for (g, p), idx in study_probes.cells(items).items()
+            if idx and p in study_probes.RELATION_PROBES}
   done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
                                                                    fingerprint(settings))}
   steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))
@@ -235,7 +241,7 @@ def main(argv):
   if not lines:
     print("no results yet")
     return
-  print(study_report.table(lines, chance))
+  print(study_report.table(lines, chance, priors))
   if _FIGURE.value:
     study_report.figure(lines, chance, _FIGURE.value, f"knowledge study ({settings['label']}, "
                         f"{settings['num_people']} people, {settings['steps']} steps)")

@@ -247,7 +247,28 @@ def test_paired_bootstrap_and_table_read_the_item_results():
            for arm, m in (("uktp", better), ("triples", base)) for s in range(3)]
   text = study_report.table(lines, {"T/triple_tail": 0.1, "N/triple_tail": 0.1})
   assert re.search(r"T/triple_tail\s+uktp - triples\s+\+0\.\d+ \[\+", text)
-  assert "N/triple_tail" in text and "LEAK?" in text  # 0 correct is far below chance 0.1
+  assert re.search(r"N/triple_tail\s+uktp 0\.000 .* below chance", text)
+  # Above chance is a leak, unless the KG's tail statistics alone reach it.
+  lines = [dict(l, final_correct={"N/triple_relation": enc(np.ones(400) * (s < 2))})
+           for l in lines for s in [l["seed"]]]  # 2 of 3 seeds right: 0.667
+  text = study_report.table(lines, {"N/triple_relation": 0.333})
+  assert re.search(r"N/triple_relation\s+uktp 0\.667 \(chance 0\.333 ± 0\.\d+\) LEAK\?", text)
+  text = study_report.table(lines, {"N/triple_relation": 0.333}, {"N/triple_relation": 0.65})
+  assert re.search(r"uktp 0\.667 \(chance .*, KG tail prior 0\.650 ± 0\.\d+\) ok", text)
+
+
+def test_the_tail_prior_answers_relations_from_the_kg_statistics_alone():
+  same = lambda r: {"type": "place"}
+  relations = {"born_in": same(0), "died_in": same(0), "lives_in": same(0)}
+  item = lambda tail, gold: study_probes.StudyItem("N", "triple_relation", "x", gold,
+      kp.SlotItem(kp.RELATION, ("x", "{}", tail), ("born in", "died in", "lives in"),
+                  list(relations).index(gold)))
+  kg = [("a", "born_in", "Rome"), ("b", "born_in", "Rome"), ("c", "died_in", "Rome"),
+        ("d", "lives_in", "Oslo"), ("e", "died_in", "Oslo")]
+  assert study_probes.tail_prior([item("Rome", "born_in")], kg, relations) == 1.0
+  assert study_probes.tail_prior([item("Rome", "died_in")], kg, relations) == 0.0
+  assert study_probes.tail_prior([item("Oslo", "died_in")], kg, relations) == 0.5  # a tie
+  assert study_probes.tail_prior([item("Lima", "born_in")], kg, relations) == pytest.approx(1 / 3)
 
 
 def test_the_bootstrap_interval_holds_the_spread_between_seeds():

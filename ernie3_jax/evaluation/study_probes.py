@@ -21,6 +21,7 @@ relation off unseen wording alone, and on T that plus what the model remembers.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from typing import Sequence
@@ -33,6 +34,7 @@ from ernie3_jax.evaluation.knowledge_probe import RELATION, TAIL, SlotItem
 PROBES = ("text_recall", "text_heldout", "triple_tail", "triple_relation",
           "in_context_relation")
 TEXT_PROBES = ("text_recall", "text_heldout")
+RELATION_PROBES = ("triple_relation", "in_context_relation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +101,27 @@ def answer_leaks(items: Sequence[StudyItem]) -> list[StudyItem]:
 
 def chance(items: Sequence[StudyItem]) -> float:
   return float(np.mean([1.0 / len(it.item.candidates) for it in items])) if items else np.nan
+
+
+def tail_prior(items: Sequence[StudyItem], triples: Sequence[tuple[str, str, str]],
+               relations: dict) -> float:
+  """Accuracy of relation items answered from the KG's statistics alone: the candidate
+  relation that `triples` (the KG the knowledge arms train on) pair most often with the
+  item's tail, ties shared (`relations`: the study's, which order the candidates).
+  Above chance without any fact of the item's person: which
+  relation a city or a field goes with is a corpus-level regularity, not a leak."""
+  count = collections.Counter((t, r) for _, r, t in triples)
+  scores = []
+  for it in items:
+    if it.item.kind != RELATION:
+      continue
+    tail = it.item.prompt[2]
+    kind = relations[it.relation]["type"]
+    same_type = [r for r in relations if relations[r]["type"] == kind]  # build_items' order
+    seen = np.array([count[(tail, r)] for r in same_type], np.float64)
+    best = np.flatnonzero(seen == seen.max())
+    scores.append(float(it.item.gold in best) / len(best))
+  return float(np.mean(scores)) if scores else np.nan
 
 
 def cells(items: Sequence[StudyItem]) -> dict[tuple[str, str], list[int]]:

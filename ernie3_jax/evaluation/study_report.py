@@ -69,8 +69,14 @@ def cell_stats(lines: Sequence[dict], arm: str, cell: str) -> tuple[float, float
   return float(per_seed.mean()), float(per_seed.std()), m.shape[1]
 
 
-def table(lines: Sequence[dict], chance: dict[str, float]) -> str:
-  """Accuracy per cell and arm (mean ± std over seeds), chance, and the verdict rows."""
+def table(lines: Sequence[dict], chance: dict[str, float],
+          priors: dict[str, float] | None = None) -> str:
+  """Accuracy per cell and arm (mean ± std over seeds), chance, and the verdict rows.
+
+  `priors`: per relation cell, the accuracy of the KG's tail statistics alone
+  (`study_probes.tail_prior`); an arm that trains on the KG may reach it on N without
+  any fact of N, so its leak check accepts it."""
+  priors = priors or {}
   arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
   seeds = sorted({l["seed"] for l in lines})
   cells = [f"{g}/{p}" for g in "ATKN" for p in PROBES
@@ -99,17 +105,24 @@ def table(lines: Sequence[dict], chance: dict[str, float]) -> str:
         d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell), item_matrix(lines, y, cell))
         out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
   out.append("")
-  out.append("leak check: group N within two standard errors of chance on the closed-book "
-             "probes (the in-context probe states the fact in its input, so N there measures "
-             "reading the relation off held-out wording alone)")
+  out.append("leak check: group N within two standard errors of chance (for arms trained "
+             "on the KG, relation cells: or of the KG's tail prior) on the closed-book probes (the in-context probe states the fact in its input, so N "
+             "there measures reading the relation off held-out wording alone)")
   for cell in [c for c in cells if c.startswith("N/") and c not in OPEN_BOOK_CELLS]:
     for a in arms:
       m = item_matrix(lines, a, cell)
-      se = np.sqrt(chance[cell] * (1 - chance[cell]) / m.size)
       acc = float(m.mean())
-      verdict = "ok" if abs(acc - chance[cell]) <= 2 * se else "LEAK?"
-      out.append(f"{cell:26s} {a:>10s} {acc:.3f} (chance {chance[cell]:.3f} ± {2 * se:.3f}) "
-                 f"{verdict}")
+      # Within two standard errors of a reference (seeds x items counted); only a cell
+      # above every reference could be a leak.
+      refs = [("chance", chance[cell])]
+      if cell in priors and a != "text":
+        refs.append(("KG tail prior", priors[cell]))
+      bounds = [(name, p, 2 * np.sqrt(p * (1 - p) / m.size)) for name, p in refs]
+      verdict = ("ok" if any(abs(acc - p) <= two_se for _, p, two_se in bounds) else
+                 "LEAK?" if all(acc > p for _, p, _ in bounds) else "below chance")
+      out.append(f"{cell:26s} {a:>10s} {acc:.3f} ("
+                 + ", ".join(f"{name} {p:.3f} ± {two_se:.3f}" for name, p, two_se in bounds)
+                 + f") {verdict}")
   return "\n".join(out)
 
 
