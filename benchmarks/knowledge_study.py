@@ -202,6 +202,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # the library INFO lines drown the study's own
   from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.data import knowledge_graph  # pylint: disable=g-import-not-at-top
   from ernie3_jax.evaluation import study_probes, study_report  # pylint: disable=g-import-not-at-top
   settings = setup()
   paths = prepare_data(os.path.join(_OUT_DIR.value, "data"), settings)
@@ -212,8 +213,7 @@ def main(argv):
     raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
   chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
             for (g, p), idx in study_probes.cells(items).items() if idx}
-  with open(paths["kg"], encoding="utf-8") as f:
-    kg = [tuple(l.rstrip("\n").split("\t")) for l in f if l.strip()]
+  kg = knowledge_graph.load_triples(paths["kg"])
   priors = {f"{g}/{p}": study_probes.tail_prior([items[i] for i in idx], kg, study["relations"])
             for (g, p), idx in study_probes.cells(items).items()
             if idx and p in study_probes.RELATION_PROBES}

@@ -55,9 +55,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 4000,
   diff = a - b
   rng = np.random.default_rng(seed)
   num_seeds, num_items = diff.shape
-  seeds = rng.integers(0, num_seeds, (samples, num_seeds))
-  items = rng.integers(0, num_items, (samples, num_items))
-  means = np.array([diff[s][:, i].mean() for s, i in zip(seeds, items)])
+  seeds = rng.integers(0, num_seeds, (samples, num_seeds, 1))
+  items = rng.integers(0, num_items, (samples, 1, num_items))
+  means = diff[seeds, items].mean((1, 2))
   low, high = np.quantile(means, [0.025, 0.975])
   return float(diff.mean()), float(low), float(high)
 
@@ -106,8 +106,9 @@ def table(lines: Sequence[dict], chance: dict[str, float],
         out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
   out.append("")
   out.append("leak check: group N within two standard errors of chance (for arms trained "
-             "on the KG, relation cells: or of the KG's tail prior) on the closed-book probes (the in-context probe states the fact in its input, so N "
-             "there measures reading the relation off held-out wording alone)")
+             "on the KG, relation cells: or of the KG's tail prior) on the closed-book "
+             "probes (the in-context probe states the fact in its input, so N there "
+             "measures reading the relation off held-out wording alone)")
   for cell in [c for c in cells if c.startswith("N/") and c not in OPEN_BOOK_CELLS]:
     for a in arms:
       m = item_matrix(lines, a, cell)

@@ -7,7 +7,7 @@ pre-training machinery: the mesh and logical-axis shardings
 (`partitioning.state_shardings`), AdamW (`optimizer.py`), orbax checkpoints with
 resume (`checkpointing.Checkpointer`), parameter-only initialisation from a
 pre-trained checkpoint with fresh heads (`checkpoint_files.restore_params_into`),
-and the logging helpers of `train.py`. Restarting with the same model_dir resumes.
+and the step logger and hooks of `loop_hooks.py`. Restarting with the same model_dir resumes.
 
 `freeze_universal=True` trains only the task-specific part (NLU module, pooler,
 heads), as the paper allows: the embeddings and the universal module get no
@@ -191,7 +191,8 @@ def finetune_setup(mixture_or_task: str = gin.REQUIRED, *,
   layout, rates = head_layout(mixture_or_task, num_classes)
   cfg = model_config(layout)
   frozen = UNIVERSAL_MODULES if freeze_universal else ()
-  schedule = schedule or optimizer.learning_rate_schedule()
+  if schedule is None:
+    schedule = optimizer.learning_rate_schedule()
   return FinetuneSetup(mixture_or_task, cfg, Ernie3(cfg), layout, rates,
                        make_finetune_optimizer(schedule, frozen), schedule, frozen, mesh_fn(),
                        mesh_lib.logical_axis_rules())
