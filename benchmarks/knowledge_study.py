@@ -54,7 +54,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and
 
 
 def setup() -> dict:
-  return {"num_people": _PEOPLE.value, "phrasings": _PHRASINGS.value,
+  from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
+  return {"design": ksc.design_id(), "num_people": _PEOPLE.value, "phrasings": _PHRASINGS.value,
           "vocab_size": _VOCAB.value, "steps": _STEPS.value, "probe_every": _PROBE_EVERY.value,
           "text_rows": _TEXT_ROWS.value, "knowledge_rows": _KNOWLEDGE_ROWS.value,
           "gin": list(_GIN.value), "label": _LABEL.value}
@@ -69,17 +70,31 @@ def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
   from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
   from ernie3_jax.tools import train_vocab  # pylint: disable=g-import-not-at-top
   stamp = os.path.join(data_dir, "SETUP")
-  want = json.dumps({k: settings[k] for k in ("num_people", "phrasings", "vocab_size")})
+  want = json.dumps({k: settings[k] for k in ("design", "num_people", "phrasings",
+                                                "vocab_size")})
   paths = {k: os.path.join(data_dir, f) for k, f in (
       ("corpus", "corpus.jsonl"), ("kg", "kg.tsv"), ("aliases", "aliases.tsv"),
       ("study", "study.json"), ("vocabulary", "spm.model"))}
   if os.path.exists(stamp) and open(stamp).read() == want:
     return paths
   ksc.write_study(data_dir, ksc.StudyConfig(settings["num_people"], settings["phrasings"]))
-  train_vocab.train(paths["corpus"], settings["vocab_size"], os.path.join(data_dir, "spm"))
+  train_vocab.train(paths["corpus"], settings["vocab_size"], os.path.join(data_dir, "spm"),
+                    symbols=ksc.vocabulary_symbols())
   with open(stamp, "w") as f:
     f.write(want)
   return paths
+
+
+def check_lengths(items, vocabulary: str) -> None:
+  """Every item's candidates have one piece count under the study vocabulary."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
+  encode = spm.SentencePieceProcessor(model_file=vocabulary).encode
+  bad = study_probes.length_mismatches(items, encode)
+  if bad:
+    pieces = {c: len(encode(c)) for c in bad[0].item.candidates}
+    raise ValueError(f"{len(bad)} probe items have candidates of different piece counts "
+                     f"under {vocabulary}, e.g. {bad[0].probe}: {pieces}")
 
 
 def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> list[str]:
@@ -211,6 +226,7 @@ def main(argv):
   leaks = study_probes.answer_leaks(items)
   if leaks:
     raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
+  check_lengths(items, paths["vocabulary"])
   chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
             for (g, p), idx in study_probes.cells(items).items() if idx}
   kg = knowledge_graph.load_triples(paths["kg"])

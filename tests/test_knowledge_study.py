@@ -178,6 +178,29 @@ def test_probe_items_are_typed_cover_every_fact_and_never_show_their_answer(stud
   assert study_probes.answer_leaks([leaky]) == [leaky]
 
 
+def test_the_study_vocabulary_gives_every_probe_one_candidate_length(study_dir, tmp_path,
+                                                                     monkeypatch):
+  """The masked-slot scorer compares candidates fairly only at one piece count (each
+  gets as many [MASK]s as its pieces): the study's vocabulary holds every tail and
+  relation word whole, and a plain vocabulary's mixed lengths are caught."""
+  import sentencepiece as spm
+  from ernie3_jax.tools import train_vocab
+  items = study_probes.build_items(ksc.load_study(study_dir / "study.json"))
+  corpus = str(study_dir / "corpus.jsonl")
+  fair = spm.SentencePieceProcessor(model_file=train_vocab.train(
+      corpus, 256, str(tmp_path / "fair"), symbols=ksc.vocabulary_symbols()))
+  assert study_probes.length_mismatches(items, fair.encode) == []
+  assert [len(fair.encode(v)) for v in ksc.VALUES["organisation"]] == [2] * 15
+  plain = spm.SentencePieceProcessor(model_file=train_vocab.train(
+      corpus, 256, str(tmp_path / "plain")))
+  bad = study_probes.length_mismatches(items, plain.encode)
+  assert bad and {it.relation for it in bad} >= {"studied_at", "works_for", "volunteers_at"}
+  # The generator refuses a type whose values (or relations) differ in word count.
+  monkeypatch.setitem(ksc.VALUES, "field", ksc.VALUES["field"] + ("fine art",))
+  with pytest.raises(ValueError, match="field values differ in word count"):
+    ksc.check_templates()
+
+
 def _reference_score(model, params, tokens, segments, task_id, slot_positions, slot_ids):
   """Mean log-probability of `slot_ids` at `slot_positions`, straight from the model."""
   out = model.apply({"params": params}, np.asarray([tokens], np.int32),

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -98,7 +99,7 @@ RELATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         "{h} has taught {t} for years.", "{h} instructs pupils in {t}."), (
         "{h} grades homework on {t}.", "{h} explains {t} to a classroom every morning.",
         "Pupils of {h} pass exams in {t}.")),
-    "writes_about": ("field", (
+    "writes": ("field", (
         "{h} writes about {t}.", "{h} writes books about {t}.", "{h} is an author on {t}.",
         "The essays of {h} concern {t}.", "{h} writes a column about {t}.",
         "{h} has written widely about {t}.", "Readers know {h} for writing about {t}.",
@@ -151,10 +152,37 @@ def relation_words(relation: str) -> str:
   return relation.replace("_", " ")
 
 
+def vocabulary_symbols() -> list[str]:
+  """Word-initial pieces for every word of every tail value and relation, which the study
+  vocabulary must hold whole. Each probe then compares candidates of one piece count
+  (every organisation two words, every relation of a type as many words as the others):
+  the masked-slot scorer gives a candidate as many [MASK]s as it has pieces, so a
+  candidate of another length is scored on another input, and the mask count alone can
+  make it win (study_probes.length_mismatches)."""
+  words = {w for values in VALUES.values() for v in values for w in v.split()}
+  words |= {w for r in RELATIONS for w in relation_words(r).split()}
+  return sorted("\u2581" + w for w in words)
+
+
+def design_id() -> str:
+  """A short hash of the relations, templates, values and vocabulary symbols: results of
+  one design are never mixed with another's."""
+  spec = json.dumps([RELATIONS, VALUES, vocabulary_symbols()], sort_keys=True)
+  return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
 def check_templates() -> None:
   """Every template names {h} and {t} once and starts its sentence with a capital; no
   held-out template contains its relation's own words (the in-context probe's answer
-  must not be in its input)."""
+  must not be in its input); the values of a type, and the relations of a type, have one
+  word count each (a probe's candidates must have one piece count)."""
+  for name, table in (("value", {k: list(v) for k, v in VALUES.items()}),
+                      ("relation", {k: [relation_words(r) for r, (t, _, _) in RELATIONS.items()
+                                        if t == k] for k in VALUES})):
+    for kind, words in table.items():
+      counts = {w: len(w.split()) for w in words}
+      if len(set(counts.values())) > 1:
+        raise ValueError(f"the {kind} {name}s differ in word count: {counts}")
   for relation, (kind, train, heldout) in RELATIONS.items():
     if kind not in VALUES:
       raise ValueError(f"{relation}: unknown tail type {kind!r}")

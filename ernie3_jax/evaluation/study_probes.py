@@ -99,6 +99,16 @@ def answer_leaks(items: Sequence[StudyItem]) -> list[StudyItem]:
   return leaks
 
 
+def length_mismatches(items: Sequence[StudyItem], encode) -> list[StudyItem]:
+  """Items whose candidates differ in piece count under `encode` (text -> ids; must be
+  none). The masked-slot scorer gives each candidate as many [MASK]s as it has pieces,
+  so candidates of different lengths are scored on different inputs, and the mask count
+  alone can decide: in the first version of the study (organisations of 3-5 pieces) all
+  26 organisation errors of a text-only run were candidates of another length than the
+  answer, which won 0.99 of the same items among candidates of its own length."""
+  return [it for it in items if len({len(encode(c)) for c in it.item.candidates}) > 1]
+
+
 def chance(items: Sequence[StudyItem]) -> float:
   return float(np.mean([1.0 / len(it.item.candidates) for it in items])) if items else np.nan
 

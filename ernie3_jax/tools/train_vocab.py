@@ -10,6 +10,7 @@ writes /tmp/spm.model and /tmp/spm.vocab (pad=0, eos=1, unk=2, then [CLS], [SEP]
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 from absl import app
 from absl import flags
@@ -28,8 +29,9 @@ _MAX_SENTENCES = flags.DEFINE_integer("max_sentences", 2_000_000,
 
 
 def train(input_patterns: str, vocab_size: int, output_prefix: str,
-          max_sentences: int = 2_000_000) -> str:
-  """Trains and returns the path of the .model file."""
+          max_sentences: int = 2_000_000, symbols: Sequence[str] = ()) -> str:
+  """Trains and returns the path of the .model file. `symbols`: pieces the vocabulary
+  must hold whole (after the special pieces), e.g. "\u2581Varnholm" for a word."""
   lines = []
   for doc in corpus_readers.read_documents(input_patterns):
     for paragraph in doc.text.split("\n\n"):
@@ -43,7 +45,7 @@ def train(input_patterns: str, vocab_size: int, output_prefix: str,
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(lines), model_prefix=output_prefix, vocab_size=vocab_size,
       model_type="unigram", character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID,
-      unk_id=UNK_ID, bos_id=-1, user_defined_symbols=list(SPECIAL_PIECES),
+      unk_id=UNK_ID, bos_id=-1, user_defined_symbols=list(SPECIAL_PIECES) + list(symbols),
       input_sentence_size=max_sentences, shuffle_input_sentence=True, num_threads=2,
       max_sentence_length=1 << 16, minloglevel=2)
   return output_prefix + ".model"
