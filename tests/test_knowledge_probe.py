@@ -146,6 +146,10 @@ def test_masked_slot_layout_and_batching_on_a_tiny_model():
   items = [rel, tail, kp.ProbeItem(kp.TAIL, triple, ("Cd", "E", "Fgh"), 1)]
   scores = scorer(items)
   assert [len(s) for s in scores] == [2, 2, 3] and all(np.isfinite(s).all() for s in scores)
+  # rel's candidates have 3 and 2 pieces, tail's 2 and 3, the third's 2, 1 and 3; one
+  # length each is a fair comparison.
+  assert scorer.mixed_lengths(items) == 3
+  assert scorer.mixed_lengths([kp.ProbeItem(kp.TAIL, triple, ("Cd", "Ef"), 0)]) == 0
   alone = scorer(items[2:])  # other rows in the batch must not change a row's score
   np.testing.assert_allclose(alone[0], scores[2], rtol=1e-5, atol=1e-5)
   # The task embedding is part of the input: another task id scores differently.
@@ -187,6 +191,11 @@ def test_probe_and_zero_shot_commands_on_a_trained_checkpoint(tmp_path, capsys):
   for kind, items in (("relation", relation_items), ("tail", tail_items)):
     want = np.mean([int(np.argmax(s)) == it.gold for it, s in zip(items, scorer(items))])
     assert metrics[f"{kind}_accuracy"] == pytest.approx(want)
+    # Items whose candidates (relations as words) differ in piece count are counted.
+    encode = dc.vocabulary(cfg.vocabulary).tokenizer.encode
+    text = (lambda c: kp.relation_text(c)) if kind == "relation" else (lambda c: c)
+    mixed = sum(len({len(encode(text(c))) for c in it.candidates}) > 1 for it in items)
+    assert metrics[f"{kind}_mixed_lengths"] == mixed
   sample = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "shared", "superglue_sample")
   if os.path.isdir(sample):

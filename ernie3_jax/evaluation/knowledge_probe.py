@@ -174,7 +174,13 @@ def slot_item(item: ProbeItem) -> SlotItem:
 class MaskedSlotScorer:
   """NLU scorer: log p(candidate pieces | the prompt with the slot's pieces [MASK]ed), the
   candidate's pieces all masked at once, through `Ernie3.nlu_pretrain` with `task_id`'s
-  embedding. Takes `SlotItem`s, or `ProbeItem`s (scored in the triple layout)."""
+  embedding. Takes `SlotItem`s, or `ProbeItem`s (scored in the triple layout).
+
+  Each candidate gets as many [MASK]s as it has pieces, so candidates of different
+  lengths are scored on different inputs: the mask count tells the model the length,
+  and a wrong candidate of a rarer length can win on that alone. Compare candidates of
+  one piece count (`mixed_lengths` counts the items that are not), or use the NLG
+  scorer, which reads every candidate as a continuation of one prefix."""
 
   def __init__(self, model, params, vocab, max_length: int = 48, batch_size: int = 64,
                normalization: str = "mean", task_id: int | None = None, mesh=None):
@@ -229,6 +235,12 @@ class MaskedSlotScorer:
       else:
         ids += self._encode(part)
     return ids, slot
+
+  def mixed_lengths(self, items: Sequence) -> int:
+    """How many of `items` have candidates of different piece counts in their slot."""
+    items = [slot_item(it) if isinstance(it, ProbeItem) else it for it in items]
+    return sum(len({len(self._prompt(it, c)[1]) for c in it.candidates}) > 1
+               for it in items)
 
   def row(self, item, candidate: str):
     """tokens, segment ids, targets, weights (int32/float32 [max_length]) of a candidate."""
@@ -345,9 +357,14 @@ def select_triples(which: str, kg: KnowledgeGraph, max_triples: int | None,
 
 def run_probe(triples: Sequence[Triple], kg: KnowledgeGraph, scorer: ItemScorer,
               num_candidates: int | None = 10, seed: int = 0) -> dict[str, float]:
-  """Accuracy and chance of both probes."""
+  """Accuracy and chance of both probes (and, for a scorer that counts them, the items
+  whose candidates differ in length: `mixed_lengths`)."""
   relation_items, tail_items = build_items(triples, Facts(kg), num_candidates, seed)
-  return {"relation_accuracy": accuracy(relation_items, scorer),
+  mixed = {}
+  if hasattr(scorer, "mixed_lengths"):
+    mixed = {f"{kind}_mixed_lengths": float(scorer.mixed_lengths(items))
+             for kind, items in ((RELATION, relation_items), (TAIL, tail_items))}
+  return mixed | {"relation_accuracy": accuracy(relation_items, scorer),
           "relation_chance": chance(relation_items),
           "relation_items": float(len(relation_items)),
           "tail_accuracy": accuracy(tail_items, scorer),
@@ -406,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   for kind in (RELATION, TAIL):
     print(f"  {kind:9s} accuracy {metrics[f'{kind}_accuracy']:.3f}  chance "
           f"{metrics[f'{kind}_chance']:.3f}  items {int(metrics[f'{kind}_items'])}")
+    if metrics.get(f"{kind}_mixed_lengths"):
+      print(f"    {int(metrics[f'{kind}_mixed_lengths'])} of these items have candidates of "
+            "different piece counts, which the nlu scorer compares on different inputs "
+            "(biased: see MaskedSlotScorer; --scorer=nlg has no such bias)")
   import jax  # pylint: disable=g-import-not-at-top
   if args.output and jax.process_index() == 0:
     with open(args.output, "w") as f:
