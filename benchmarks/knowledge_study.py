@@ -51,6 +51,8 @@ _KNOWLEDGE_ROWS = flags.DEFINE_integer("knowledge_rows", 8, "Knowledge rows per 
 _GIN = flags.DEFINE_multi_string("gin", [], "Extra gin bindings for every run (NAME=VALUE).")
 _LABEL = flags.DEFINE_string("label", "cpu", "Names the machine in the results.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and figure.")
+_ERRORS = flags.DEFINE_bool("errors", False, "Also re-probe each finished run's last checkpoint "
+                            "and print where its wrong tail answers go.")
 
 
 def setup() -> dict:
@@ -114,6 +116,10 @@ def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) 
           + [f"--gin.{b}" for b in bindings + list(settings["gin"])])
 
 
+def run_dir(arm: str, seed: int) -> str:
+  return os.path.abspath(os.path.join(_OUT_DIR.value, f"{arm}_seed{seed}"))
+
+
 def train(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> float:
   """Trains (or resumes) one run in a subprocess; returns its wall-clock seconds."""
   from ernie3_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
@@ -130,7 +136,7 @@ def train(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) -> f
 
 
 def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
-  """{step: correctness per item} of the run's checkpoints at `steps`."""
+  """{step: the candidate ranked first per item} of the run's checkpoints at `steps`."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -159,9 +165,37 @@ def probe(arm: str, model_dir: str, items, steps: list[int]) -> dict:
       raise ValueError(f"{model_dir} step {step} lacks parameters {report['fresh'][:3]}")
     scorer = lambda task: knowledge_probe.MaskedSlotScorer(
         model, params, vocab, max_length=128, batch_size=128, task_id=task)
-    out[step] = study_probes.correct(items, scorer(task_ids.KNOWLEDGE_MASKED_LM),
-                                     scorer(triple_task))
+    out[step] = study_probes.predictions(items, scorer(task_ids.KNOWLEDGE_MASKED_LM),
+                                         scorer(triple_task))
   return out
+
+
+def error_table(lines: list[dict], items, study: dict, settings: dict) -> str:
+  """Wrong tail answers at the last step per arm (all seeds) and how many of them name
+  another of the person's own values: stored but bound to the wrong relation."""
+  from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
+  cells = (("A", "text_recall"), ("T", "text_recall"), ("A", "triple_tail"),
+           ("T", "triple_tail"))
+  tails = [it for it in items if (it.group, it.probe) in cells]
+  last = settings["steps"]
+  totals: dict[str, dict] = {}  # arm -> cell -> [wrong, own values, items]
+  for line in lines:
+    predicted = probe(line["arm"], run_dir(line["arm"], line["seed"]), tails, [last])[last]
+    arm = totals.setdefault(line["arm"], {c: [0, 0, 0] for c in cells})
+    for cell, (wrong, own) in study_probes.own_value_errors(
+        tails, predicted, study["people"]).items():
+      arm[cell][0] += wrong
+      arm[cell][1] += own
+    for it in tails:
+      arm[(it.group, it.probe)][2] += 1
+  out = [f"Wrong tail answers at step {last}, all seeds: wrong/items "
+         "(of the wrong, how many name another of the person's own values)",
+         "| arm | " + " | ".join(f"{g}/{p}" for g, p in cells) + " |",
+         "|" + " --- |" * (len(cells) + 1)]
+  for arm, counts in totals.items():
+    out.append(f"| {arm} | " + " | ".join(f"{w}/{n} ({o})" for w, o, n in counts.values())
+               + " |")
+  return "\n".join(out)
 
 
 def result_line(arm: str, seed: int, settings: dict, items, correct: dict, train_s: float,
@@ -241,10 +275,11 @@ def main(argv):
       if (arm, seed) in done:
         print(f"{arm} seed {seed}: in {_RESULTS.value} already", flush=True)
         continue
-      model_dir = os.path.abspath(os.path.join(_OUT_DIR.value, f"{arm}_seed{seed}"))
+      model_dir = run_dir(arm, seed)
       train_s = train(arm, seed, model_dir, paths, settings)
       start = time.perf_counter()
-      correct = probe(arm, model_dir, items, steps)
+      gold = [it.item.gold for it in items]
+      correct = {k: v == gold for k, v in probe(arm, model_dir, items, steps).items()}
       line = result_line(arm, seed, settings, items, correct, train_s,
                          time.perf_counter() - start, paths)
       os.makedirs(os.path.dirname(os.path.abspath(_RESULTS.value)), exist_ok=True)
@@ -258,6 +293,8 @@ def main(argv):
     print("no results yet")
     return
   print(study_report.table(lines, chance, priors))
+  if _ERRORS.value:
+    print(error_table(lines, items, study, settings))
   if _FIGURE.value:
     study_report.figure(lines, chance, _FIGURE.value, f"knowledge study ({settings['label']}, "
                         f"{settings['num_people']} people, {settings['steps']} steps)")

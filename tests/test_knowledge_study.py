@@ -255,6 +255,22 @@ def test_an_item_is_correct_when_its_gold_scores_highest():
   assert study_probes.correct(items, fixed, fixed).tolist() == [True, False, False]
 
 
+def test_wrong_answers_are_split_into_another_own_value_and_the_rest():
+  person = ksc.Person("Ann Bo", "A", {"born_in": "Quenby", "lives_in": "Halvik",
+                                      "works_in": "Sunmere", "teaches": "botany"})
+  cities = ("Quenby", "Halvik", "Sunmere", "Wyncote")
+  tail = lambda probe, relation, gold: study_probes.StudyItem(
+      "A", probe, person.name, relation, kp.SlotItem(kp.TAIL, ("{}",), cities, gold))
+  items = [tail("text_recall", "born_in", 0),  # right
+           tail("text_recall", "lives_in", 1),  # Sunmere: Ann's works_in city
+           tail("text_recall", "works_in", 2),  # Wyncote: not Ann's
+           tail("triple_tail", "lives_in", 1),  # Quenby: Ann's born_in city
+           study_probes.StudyItem("A", "triple_relation", person.name, "born_in",
+                                  kp.SlotItem(kp.RELATION, ("{}",), ("a", "b"), 0))]
+  counts = study_probes.own_value_errors(items, [0, 2, 3, 0, 1], [person])
+  assert counts == {("A", "text_recall"): (2, 1), ("A", "triple_tail"): (1, 1)}
+
+
 def test_paired_bootstrap_and_table_read_the_item_results():
   rng = np.random.default_rng(0)
   base = (rng.random((3, 400)) < 0.3).astype(float)
@@ -343,6 +359,12 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
   assert set(lines[0]["curve"]) == {"10", "20"}
   assert len(lines[0]["final_correct"]["T/triple_tail"]) == 12 * len(ksc.RELATIONS)
   assert "paired bootstrap over seeds and items" in text and figure.stat().st_size > 10_000
-  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=600)
-  assert "text seed 0: in" in again.stdout.decode()  # done runs are skipped
+  again = subprocess.run(cmd + ["--errors"], cwd=REPO, env=env, capture_output=True,
+                         timeout=600)
+  text = again.stdout.decode()
+  assert "text seed 0: in" in text  # done runs are skipped
+  # The last checkpoints re-probed: 12 T people's recall items per arm, wrong or right.
+  rows = re.findall(r"^\| (text|uktp) \| \d+/\d+ \(\d+\) \| \d+/(\d+) \(\d+\) \|", text,
+                    re.M)
+  assert rows == [("text", str(12 * len(ksc.RELATIONS))), ("uktp", str(12 * len(ksc.RELATIONS)))]
   assert len(results.read_text().splitlines()) == 2

@@ -142,9 +142,10 @@ def cells(items: Sequence[StudyItem]) -> dict[tuple[str, str], list[int]]:
   return out
 
 
-def correct(items: Sequence[StudyItem], text_scorer, triple_scorer) -> np.ndarray:
-  """bool [len(items)]: the gold candidate scored highest (ties: the first)."""
-  out = np.zeros(len(items), bool)
+def predictions(items: Sequence[StudyItem], text_scorer, triple_scorer) -> np.ndarray:
+  """int [len(items)]: the candidate each item's scorer ranks first (ties: the first);
+  text probes read `text_scorer`, the triple layout `triple_scorer`."""
+  out = np.zeros(len(items), np.int64)
   for scorer, probes in ((text_scorer, TEXT_PROBES),
                          (triple_scorer, tuple(p for p in PROBES if p not in TEXT_PROBES))):
     index = [i for i, it in enumerate(items) if it.probe in probes]
@@ -152,5 +153,30 @@ def correct(items: Sequence[StudyItem], text_scorer, triple_scorer) -> np.ndarra
       continue
     scores = scorer([items[i].item for i in index])
     for i, s in zip(index, scores):
-      out[i] = int(np.argmax(s)) == items[i].item.gold
+      out[i] = int(np.argmax(s))
   return out
+
+
+def correct(items: Sequence[StudyItem], text_scorer, triple_scorer) -> np.ndarray:
+  """bool [len(items)]: the gold candidate scored highest (ties: the first)."""
+  return predictions(items, text_scorer, triple_scorer) == [it.item.gold for it in items]
+
+
+def own_value_errors(items: Sequence[StudyItem], predicted: Sequence[int],
+                     people: Sequence[Person]) -> dict[tuple[str, str], tuple[int, int]]:
+  """{(group, probe): (wrong tail items, those answered with another of the person's own
+  values)} over the tail probes. A person's relations of one type take distinct values,
+  so an answer that is the person's value for another relation means the model stored
+  the value but bound it to the wrong relation; any other wrong answer, that it did not
+  store it (or stored another person's)."""
+  facts = {p.name: p.facts for p in people}
+  out: dict[tuple[str, str], list[int]] = {}
+  for it, k in zip(items, predicted):
+    if it.item.kind != TAIL:
+      continue
+    counts = out.setdefault((it.group, it.probe), [0, 0])
+    answer = it.item.candidates[k]
+    if k != it.item.gold:
+      counts[0] += 1
+      counts[1] += answer in {t for r, t in facts[it.person].items() if r != it.relation}
+  return {cell: (wrong, own) for cell, (wrong, own) in out.items()}
