@@ -264,9 +264,17 @@ def main(argv):
   chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
             for (g, p), idx in study_probes.cells(items).items() if idx}
   kg = knowledge_graph.load_triples(paths["kg"])
-  priors = {f"{g}/{p}": study_probes.tail_prior([items[i] for i in idx], kg, study["relations"])
-            for (g, p), idx in study_probes.cells(items).items()
-            if idx and p in study_probes.RELATION_PROBES}
+  by_cell = {f"{g}/{p}": [items[i] for i in idx]
+             for (g, p), idx in study_probes.cells(items).items() if idx}
+  kg_facts = [(r, t) for _, r, t in kg]
+  text_facts = [(r, t) for person in study["people"] if person.group in ksc.TEXT_GROUPS
+                for r, t in person.facts.items()]
+  priors = {cell: (study_probes.tail_prior(its, kg, study["relations"])
+                   if cell.split("/")[1] in study_probes.RELATION_PROBES
+                   else study_probes.value_prior(its, kg_facts))
+            for cell, its in by_cell.items() if cell.split("/")[1] != "in_context_relation"}
+  text_priors = {cell: study_probes.value_prior(its, text_facts) for cell, its in by_cell.items()
+                 if cell.split("/")[1] not in study_probes.RELATION_PROBES}
   done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
                                                                    fingerprint(settings))}
   steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))
@@ -292,7 +300,7 @@ def main(argv):
   if not lines:
     print("no results yet")
     return
-  print(study_report.table(lines, chance, priors))
+  print(study_report.table(lines, chance, priors, text_priors))
   if _ERRORS.value:
     print(error_table(lines, items, study, settings))
   if _FIGURE.value:

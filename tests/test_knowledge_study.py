@@ -310,6 +310,29 @@ def test_the_tail_prior_answers_relations_from_the_kg_statistics_alone():
   assert study_probes.tail_prior([item("Lima", "born_in")], kg, relations) == pytest.approx(1 / 3)
 
 
+def test_the_value_prior_answers_tails_from_value_counts_alone():
+  item = lambda gold: study_probes.StudyItem("N", "text_heldout", "x", "born_in",
+      kp.SlotItem(kp.TAIL, ("x", "born in", "{}"), ("Rome", "Oslo", "Lima"),
+                  ("Rome", "Oslo", "Lima").index(gold)))
+  facts = [("born_in", "Rome"), ("born_in", "Rome"), ("born_in", "Oslo"),
+           ("died_in", "Lima"), ("died_in", "Lima"), ("died_in", "Lima")]  # another relation
+  assert study_probes.value_prior([item("Rome")], facts) == 1.0
+  assert study_probes.value_prior([item("Lima")], facts) == 0.0
+  assert study_probes.value_prior([item("Oslo")], facts[1:3]) == 0.5  # a tie
+  assert study_probes.value_prior([item("Rome"), item("Oslo")], facts) == 0.5
+
+
+def test_the_leak_check_accepts_the_text_value_prior_in_every_arm():
+  enc = lambda m: "".join("1" if x else "0" for x in m)
+  lines = [{"arm": a, "seed": 0, "final_correct": {"N/text_heldout": enc(np.arange(400) < 70)},
+            "curve": {"100": {"N/text_heldout": 0.175}}} for a in ("text", "uktp")]
+  text = study_report.table(lines, {"N/text_heldout": 0.067})
+  assert re.search(r"N/text_heldout\s+text 0\.175 \(chance 0\.067 ± 0\.\d+\) LEAK\?", text)
+  text = study_report.table(lines, {"N/text_heldout": 0.067}, {}, {"N/text_heldout": 0.16})
+  assert re.search(r"text 0\.175 \(chance .*, text value prior 0\.160 ± 0\.\d+\) ok", text)
+  assert re.search(r"uktp 0\.175 \(chance .*, text value prior 0\.160 ± 0\.\d+\) ok", text)
+
+
 def test_the_bootstrap_interval_holds_the_spread_between_seeds():
   """Seeds that disagree widen the interval: one seed far ahead is not read as an effect
   of the arm, as it would be if only the items were resampled."""

@@ -35,6 +35,8 @@ import os
 import random
 
 GROUPS = ("A", "T", "K", "N")
+TEXT_GROUPS = ("A", "T")  # people the corpus writes biographies of
+KG_GROUPS = ("A", "K")  # people whose facts are in kg.tsv
 
 # relation: (tail type, training templates, held-out templates)
 RELATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
@@ -245,9 +247,9 @@ def write_study(out_dir: str, config: StudyConfig = StudyConfig()) -> dict[str, 
   everyone = people(config)
   rng = random.Random(config.seed + 1)
   documents = [{"title": p.name, "text": biography(p, rng)}
-               for p in everyone if p.group in ("A", "T") for _ in range(config.phrasings)]
+               for p in everyone if p.group in TEXT_GROUPS for _ in range(config.phrasings)]
   rng.shuffle(documents)  # paraphrases of one person are not packed together
-  triples = [t for p in everyone if p.group in ("A", "K") for t in p.triples()]
+  triples = [t for p in everyone if p.group in KG_GROUPS for t in p.triples()]
   rng.shuffle(triples)
   os.makedirs(out_dir, exist_ok=True)
   paths = {k: os.path.join(out_dir, f) for k, f in (

@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -129,6 +129,22 @@ def tail_prior(items: Sequence[StudyItem], triples: Sequence[tuple[str, str, str
     kind = relations[it.relation]["type"]
     same_type = [r for r in relations if relations[r]["type"] == kind]  # build_items' order
     seen = np.array([count[(tail, r)] for r in same_type], np.float64)
+    best = np.flatnonzero(seen == seen.max())
+    scores.append(float(it.item.gold in best) / len(best))
+  return float(np.mean(scores)) if scores else np.nan
+
+
+def value_prior(items: Sequence[StudyItem], facts: Iterable[tuple[str, str]]) -> float:
+  """Accuracy of tail items answered from value counts alone: the candidate that `facts`
+  ((relation, value) pairs a run trains on) give the item's relation most often, ties
+  shared. Values are drawn with replacement, so some are commoner than others; a model
+  that learned only that reaches this on people it never saw, without any leak."""
+  count = collections.Counter(facts)
+  scores = []
+  for it in items:
+    if it.item.kind != TAIL:
+      continue
+    seen = np.array([count[(it.relation, c)] for c in it.item.candidates], np.float64)
     best = np.flatnonzero(seen == seen.max())
     scores.append(float(it.item.gold in best) / len(best))
   return float(np.mean(scores)) if scores else np.nan

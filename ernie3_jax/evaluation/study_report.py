@@ -70,13 +70,17 @@ def cell_stats(lines: Sequence[dict], arm: str, cell: str) -> tuple[float, float
 
 
 def table(lines: Sequence[dict], chance: dict[str, float],
-          priors: dict[str, float] | None = None) -> str:
+          priors: dict[str, float] | None = None,
+          text_priors: dict[str, float] | None = None) -> str:
   """Accuracy per cell and arm (mean ± std over seeds), chance, and the verdict rows.
 
-  `priors`: per relation cell, the accuracy of the KG's tail statistics alone
-  (`study_probes.tail_prior`); an arm that trains on the KG may reach it on N without
-  any fact of N, so its leak check accepts it."""
+  `priors`: per cell, the accuracy of the KG's statistics alone (relation cells:
+  `study_probes.tail_prior`; tail cells: `study_probes.value_prior` over the KG); an arm
+  that trains on the KG may reach it on N without any fact of N, so its leak check accepts
+  it. `text_priors`: per tail cell, `value_prior` over the training text's facts, which
+  every arm trains on."""
   priors = priors or {}
+  text_priors = text_priors or {}
   arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
   seeds = sorted({l["seed"] for l in lines})
   cells = [f"{g}/{p}" for g in "ATKN" for p in PROBES
@@ -105,8 +109,9 @@ def table(lines: Sequence[dict], chance: dict[str, float],
         d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell), item_matrix(lines, y, cell))
         out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
   out.append("")
-  out.append("leak check: group N within two standard errors of chance (for arms trained "
-             "on the KG, relation cells: or of the KG's tail prior) on the closed-book "
+  out.append("leak check: group N within two standard errors of chance or of a prior "
+             "from the training data's statistics (the training text's value counts; for "
+             "arms trained on the KG, also its tail and value counts) on the closed-book "
              "probes (the in-context probe states the fact in its input, so N there "
              "measures reading the relation off held-out wording alone)")
   for cell in [c for c in cells if c.startswith("N/") and c not in OPEN_BOOK_CELLS]:
@@ -116,8 +121,11 @@ def table(lines: Sequence[dict], chance: dict[str, float],
       # Within two standard errors of a reference (seeds x items counted); only a cell
       # above every reference could be a leak.
       refs = [("chance", chance[cell])]
+      if cell in text_priors:
+        refs.append(("text value prior", text_priors[cell]))
       if cell in priors and a != "text":
-        refs.append(("KG tail prior", priors[cell]))
+        refs.append(("KG tail prior" if cell.endswith("relation") else "KG value prior",
+                     priors[cell]))
       bounds = [(name, p, 2 * np.sqrt(p * (1 - p) / m.size)) for name, p in refs]
       verdict = ("ok" if any(abs(acc - p) <= two_se for _, p, two_se in bounds) else
                  "LEAK?" if all(acc > p for _, p, _ in bounds) else "below chance")
