@@ -261,20 +261,21 @@ def main(argv):
   if leaks:
     raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
   check_lengths(items, paths["vocabulary"])
-  chance = {f"{g}/{p}": study_probes.chance([items[i] for i in idx])
-            for (g, p), idx in study_probes.cells(items).items() if idx}
-  kg = knowledge_graph.load_triples(paths["kg"])
-  by_cell = {f"{g}/{p}": [items[i] for i in idx]
+  by_cell = {(g, p): [items[i] for i in idx]
              for (g, p), idx in study_probes.cells(items).items() if idx}
+  chance = {f"{g}/{p}": study_probes.chance(its) for (g, p), its in by_cell.items()}
+  kg = knowledge_graph.load_triples(paths["kg"])
   kg_facts = [(r, t) for _, r, t in kg]
   text_facts = [(r, t) for person in study["people"] if person.group in ksc.TEXT_GROUPS
                 for r, t in person.facts.items()]
-  priors = {cell: (study_probes.tail_prior(its, kg, study["relations"])
-                   if cell.split("/")[1] in study_probes.RELATION_PROBES
-                   else study_probes.value_prior(its, kg_facts))
-            for cell, its in by_cell.items() if cell.split("/")[1] != "in_context_relation"}
-  text_priors = {cell: study_probes.value_prior(its, text_facts) for cell, its in by_cell.items()
-                 if cell.split("/")[1] not in study_probes.RELATION_PROBES}
+  # The statistics a run could answer N from without any of N's facts (the leak check's
+  # references): the KG's for the knowledge arms, the text's for every arm.
+  priors = {f"{g}/{p}": (study_probes.tail_prior(its, kg, study["relations"])
+                         if p in study_probes.RELATION_PROBES
+                         else study_probes.value_prior(its, kg_facts))
+            for (g, p), its in by_cell.items()}
+  text_priors = {f"{g}/{p}": study_probes.value_prior(its, text_facts)
+                 for (g, p), its in by_cell.items() if p not in study_probes.RELATION_PROBES}
   done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
                                                                    fingerprint(settings))}
   steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))

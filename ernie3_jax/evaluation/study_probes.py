@@ -113,6 +113,13 @@ def chance(items: Sequence[StudyItem]) -> float:
   return float(np.mean([1.0 / len(it.item.candidates) for it in items])) if items else np.nan
 
 
+def _share_of_commonest(counts: Sequence[int], gold: int) -> float:
+  """1 if candidate `gold` has the most counts, 1/k if it ties with k-1 others, else 0."""
+  seen = np.asarray(counts, np.float64)
+  best = np.flatnonzero(seen == seen.max())
+  return float(gold in best) / len(best)
+
+
 def tail_prior(items: Sequence[StudyItem], triples: Sequence[tuple[str, str, str]],
                relations: dict) -> float:
   """Accuracy of relation items answered from the KG's statistics alone: the candidate
@@ -128,9 +135,7 @@ def tail_prior(items: Sequence[StudyItem], triples: Sequence[tuple[str, str, str
     tail = it.item.prompt[2]
     kind = relations[it.relation]["type"]
     same_type = [r for r in relations if relations[r]["type"] == kind]  # build_items' order
-    seen = np.array([count[(tail, r)] for r in same_type], np.float64)
-    best = np.flatnonzero(seen == seen.max())
-    scores.append(float(it.item.gold in best) / len(best))
+    scores.append(_share_of_commonest([count[(tail, r)] for r in same_type], it.item.gold))
   return float(np.mean(scores)) if scores else np.nan
 
 
@@ -144,9 +149,8 @@ def value_prior(items: Sequence[StudyItem], facts: Iterable[tuple[str, str]]) ->
   for it in items:
     if it.item.kind != TAIL:
       continue
-    seen = np.array([count[(it.relation, c)] for c in it.item.candidates], np.float64)
-    best = np.flatnonzero(seen == seen.max())
-    scores.append(float(it.item.gold in best) / len(best))
+    scores.append(_share_of_commonest([count[(it.relation, c)] for c in it.item.candidates],
+                                      it.item.gold))
   return float(np.mean(scores)) if scores else np.nan
 
 
