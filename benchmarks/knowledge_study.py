@@ -53,6 +53,8 @@ _LABEL = flags.DEFINE_string("label", "cpu", "Names the machine in the results."
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and figure.")
 _ERRORS = flags.DEFINE_bool("errors", False, "Also re-probe each finished run's last checkpoint "
                             "and print where its wrong tail answers go.")
+_REPROBE = flags.DEFINE_bool("reprobe", False, "Probe the checkpoints of finished runs whose "
+                             "result lines lack a probe (one added since) and rewrite the lines.")
 
 
 def setup() -> dict:
@@ -175,7 +177,7 @@ def error_table(lines: list[dict], items, study: dict, settings: dict) -> str:
   another of the person's own values: stored but bound to the wrong relation."""
   from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
   cells = (("A", "text_recall"), ("T", "text_recall"), ("A", "triple_tail"),
-           ("T", "triple_tail"))
+           ("T", "triple_tail"), ("A", "paired_tail"))
   tails = [it for it in items if (it.group, it.probe) in cells]
   last = settings["steps"]
   totals: dict[str, dict] = {}  # arm -> cell -> [wrong, own values, items]
@@ -198,9 +200,55 @@ def error_table(lines: list[dict], items, study: dict, settings: dict) -> str:
   return "\n".join(out)
 
 
+def reprobe(path: str, settings: dict, items) -> None:
+  """Adds the cells of probes added since to the lines of `path` of this setup, from
+  their runs' checkpoints. The cells already there are probed again too and must come
+  out the same (the checkpoints and the scorer are deterministic); the file is
+  rewritten in one step, other setups' lines as they were."""
+  from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
+  want = {f"{g}/{p}" for (g, p), idx in study_probes.cells(items).items() if idx}
+  with open(path, encoding="utf-8") as f:
+    raw = [l for l in f if l.strip()]
+  out = []
+  for text in raw:
+    line = json.loads(text)
+    if line.get("fingerprint") != fingerprint(settings) or set(line["final_correct"]) >= want:
+      out.append(text if text.endswith("\n") else text + "\n")
+      continue
+    steps = sorted(int(s) for s in line["curve"])
+    gold = [it.item.gold for it in items]
+    start = time.perf_counter()
+    correct = {k: v == gold for k, v in probe(line["arm"], run_dir(line["arm"], line["seed"]),
+                                               items, steps).items()}
+    curve, final = item_results(items, correct)
+    changed = [c for c, v in line["final_correct"].items() if final[c] != v]
+    if changed:
+      raise ValueError(f"{path}: {line['arm']} seed {line['seed']} probes differently now in "
+                       f"{changed}; its checkpoints or the probes changed since it was written")
+    line["curve"], line["final_correct"] = curve, final
+    line["reprobe_seconds"] = round(time.perf_counter() - start, 1)
+    added = sorted(want - set(json.loads(text)["final_correct"]))
+    print(f"{line['arm']} seed {line['seed']}: added {', '.join(added)}", flush=True)
+    out.append(json.dumps(line) + "\n")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(out)
+  os.replace(path + ".tmp", path)
+
+
 def result_line(arm: str, seed: int, settings: dict, items, correct: dict, train_s: float,
                 probe_s: float, paths: dict) -> dict:
   import bench_common  # pylint: disable=g-import-not-at-top
+  curve, final = item_results(items, correct)
+  return {"study": "knowledge_study", "label": settings["label"],
+          "fingerprint": fingerprint(settings), "arm": arm, "seed": seed, "settings": settings,
+          "machine": bench_common.machine(), "train_seconds": round(train_s, 1),
+          "probe_seconds": round(probe_s, 1), "exposures": exposures(arm, settings, paths),
+          "curve": curve, "final_correct": final}
+
+
+def item_results(items, correct: dict) -> tuple[dict, dict]:
+  """({step: {cell: accuracy}}, {cell: "0"/"1" per item at the last step}) of
+  `correct` ({step: bool [len(items)]})."""
   from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
   cells = study_probes.cells(items)
   last = max(correct)
@@ -208,11 +256,7 @@ def result_line(arm: str, seed: int, settings: dict, items, correct: dict, train
            for step, c in sorted(correct.items())}
   final = {f"{g}/{p}": "".join("1" if correct[last][i] else "0" for i in idx)
            for (g, p), idx in cells.items() if idx}
-  return {"study": "knowledge_study", "label": settings["label"],
-          "fingerprint": fingerprint(settings), "arm": arm, "seed": seed, "settings": settings,
-          "machine": bench_common.machine(), "train_seconds": round(train_s, 1),
-          "probe_seconds": round(probe_s, 1), "exposures": exposures(arm, settings, paths),
-          "curve": curve, "final_correct": final}
+  return curve, final
 
 
 def exposures(arm: str, settings: dict, paths: dict) -> dict[str, float]:
@@ -249,7 +293,7 @@ def _text_rows_per_pass(corpus: str, kg: str, aliases: str, vocabulary: str,
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # the library INFO lines drown the study's own
+  logging.set_verbosity(logging.ERROR)  # the libraries' INFO and WARNING lines drown the study's own
   from ernie3_jax.data import knowledge_study_corpus as ksc  # pylint: disable=g-import-not-at-top
   from ernie3_jax.data import knowledge_graph  # pylint: disable=g-import-not-at-top
   from ernie3_jax.evaluation import study_probes, study_report  # pylint: disable=g-import-not-at-top
@@ -279,6 +323,8 @@ def main(argv):
   done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
                                                                    fingerprint(settings))}
   steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))
+  if _REPROBE.value and os.path.exists(_RESULTS.value):
+    reprobe(_RESULTS.value, settings, items)
   for arm in ([] if _REPORT_ONLY.value else _ARMS.value):
     for seed in [int(s) for s in _SEEDS.value]:
       if (arm, seed) in done:

@@ -172,10 +172,25 @@ def test_probe_items_are_typed_cover_every_fact_and_never_show_their_answer(stud
   chance_tail = np.mean([1 / len(ksc.VALUES[ksc.RELATIONS[r][0]]) for r in ksc.RELATIONS])
   assert study_probes.chance([items[i] for i in cells[("T", "triple_tail")]]) == \
       pytest.approx(chance_tail)
+  # UKTP's layout: the triple's tail and a training sentence's both masked.
+  for i in cells[("A", "paired_tail")]:
+    it = items[i]
+    assert it.item.prompt == (it.person, ksc.relation_words(it.relation), "{}")
+    filled = it.item.context.replace("{}", "{t}").replace(it.person, "{h}")
+    assert filled in ksc.RELATIONS[it.relation][1]
   # A planted leak is found.
   leaky = study_probes.StudyItem("T", "in_context_relation", "x", "born_in", kp.SlotItem(
       kp.RELATION, ("x", "{}", "y"), ("born in", "lives in"), 0, context="x was born in y."))
   assert study_probes.answer_leaks([leaky]) == [leaky]
+
+
+def test_probes_added_later_leave_the_recorded_probes_items_as_they_were(study_dir):
+  """Result lines store per-item correctness, so the items of the probes they hold must
+  never change: this hash is of the first five probes' items before paired_tail came."""
+  import hashlib
+  items = study_probes.build_items(ksc.load_study(study_dir / "study.json"))
+  old = [it for it in items if it.probe != "paired_tail"]
+  assert hashlib.sha256(repr(old).encode()).hexdigest()[:16] == "652f9faa0a890ab1"
 
 
 def test_the_study_vocabulary_gives_every_probe_one_candidate_length(study_dir, tmp_path,
@@ -223,10 +238,13 @@ def test_masked_slot_scores_equal_an_independent_log_likelihood():
   text = kp.SlotItem(kp.TAIL, ("Ann Ros was born in {}.",), ("Isgar", "Velmar Holt"), 0)
   context = kp.SlotItem(kp.RELATION, ("Ann Ros", "{}", "Isgar"), ("born in", "died in"), 0,
                         context="Ann Ros first drew breath in Isgar.")
-  scores = scorer([triple, text, context])
-  for item, got in zip([triple, text, context], scores):
+  paired = kp.SlotItem(kp.TAIL, ("Ann Ros", "born in", "{}"), ("Isgar", "Velmar Holt"), 1,
+                       context="{} is where Ann Ros was born.")
+  scores = scorer([triple, text, context, paired])
+  for item, got in zip([triple, text, context, paired], scores):
     for candidate, score in zip(item.candidates, got):
       slot = enc(candidate)
+      positions, targets = [], []
       if len(item.prompt) == 3:
         parts = [[m] * len(slot) if p == "{}" else enc(p) for p in item.prompt]
         first = [vocab.cls_id] + sum(parts, []) + [vocab.sep_id]
@@ -239,11 +257,18 @@ def test_masked_slot_scores_equal_an_independent_log_likelihood():
         first = ([vocab.cls_id] + before + [m] * len(slot) + whole[len(before) + len(slot):]
                  + [vocab.sep_id])
         start = 1 + len(before)
+      positions += range(start, start + len(slot))
+      targets += slot
       second = enc(item.context) + [vocab.sep_id] if item.context else []
+      if "{}" in item.context:  # the candidate opens the sentence: masked there too
+        whole = enc(item.context.replace("{}", candidate))
+        assert whole[:len(slot)] == slot
+        second = [m] * len(slot) + whole[len(slot):] + [vocab.sep_id]
+        positions += range(len(first), len(first) + len(slot))
+        targets += slot
       tokens = first + second
       segments = [0] * len(first) + [1] * len(second)
-      want = _reference_score(model, params, tokens, segments, 4,
-                              range(start, start + len(slot)), slot)
+      want = _reference_score(model, params, tokens, segments, 4, positions, targets)
       assert score == pytest.approx(want, abs=1e-4), (item, candidate)
 
 
@@ -359,7 +384,16 @@ def test_the_table_reports_the_recall_gate_per_arm():
            for arm, text, triple in (("text", stored, weak), ("uktp", stored, weak))]
   out = study_report.table(lines, {"A/text_recall": 0.1, "A/triple_tail": 0.1})
   assert re.search(r"text A/text_recall 1\.000 met", out)  # the text arm trains no triples
-  assert re.search(r"uktp A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
+  # UKTP trains A's triples beside their sentences: its gate reads that layout.
+  assert re.search(r"uktp A/text_recall 1\.000, A/paired_tail not probed NOT MET", out)
+  for line in lines:
+    line["final_correct"]["A/paired_tail"] = enc(stored)
+  lines += [dict(lines[1], arm=a) for a in ("triples", "misaligned")]
+  out = study_report.table(lines, {c: 0.1 for c in ("A/text_recall", "A/triple_tail",
+                                                    "A/paired_tail")})
+  assert re.search(r"uktp A/text_recall 1\.000, A/paired_tail 1\.000 met", out)
+  assert re.search(r"triples A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
+  assert re.search(r"misaligned A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
 
 
 @pytest.mark.slow  # four short training runs: a few minutes on 2 cores
@@ -391,3 +425,18 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
                     re.M)
   assert rows == [("text", str(12 * len(ksc.RELATIONS))), ("uktp", str(12 * len(ksc.RELATIONS)))]
   assert len(results.read_text().splitlines()) == 2
+  # A probe added after a run finished: --reprobe adds its cells from the checkpoints
+  # (and finds the cells already there unchanged).
+  stripped = [dict(l, final_correct={c: v for c, v in l["final_correct"].items()
+                                     if not c.endswith("/paired_tail")},
+                   curve={s: {c: v for c, v in cells.items() if not c.endswith("/paired_tail")}
+                          for s, cells in l["curve"].items()}) for l in lines]
+  results.write_text("".join(json.dumps(l) + "\n" for l in stripped))
+  third = subprocess.run(cmd + ["--report_only", "--reprobe"], cwd=REPO, env=env,
+                         capture_output=True, timeout=600)
+  assert third.returncode == 0, third.stderr.decode()[-3000:]
+  assert "uktp seed 0: added A/paired_tail, K/paired_tail, N/paired_tail, T/paired_tail" in \
+      third.stdout.decode()
+  restored = [json.loads(l) for l in results.read_text().splitlines()]
+  assert [(l["final_correct"], l["curve"]) for l in restored] == \
+      [(l["final_correct"], l["curve"]) for l in lines]

@@ -153,6 +153,8 @@ class SlotItem:
     separately as UKTP encodes them; or (text,), one sentence encoded whole, as
     knowledge-masked LM reads passages.
   context: a second segment after the prompt's [SEP] (UKTP's sentence side), or "".
+    A "{}" in it is the same slot: the candidate is masked there too and both places
+    are scored together, as UKTP masks a tail in the triple and the sentence at once.
   """
 
   kind: str  # RELATION or TAIL: what the slot asks for
@@ -216,17 +218,21 @@ class MaskedSlotScorer:
       self._encode_cache[text] = self._safe(self.vocab.tokenizer.encode(text))
     return self._encode_cache[text]
 
+  def _sentence(self, text: str, candidate: str) -> tuple[list[int], list[int]]:
+    """`text` with the candidate in its "{}", encoded whole (as a passage is): (ids with
+    the pieces that overlap the candidate [MASK]ed, those pieces' original ids)."""
+    from ernie3_jax.data import knowledge_masking as km  # pylint: disable=g-import-not-at-top
+    before, after = text.split("{}")
+    ids, spans = km.encode_with_offsets(self.vocab.tokenizer, before + candidate + after)
+    ids = self._safe(ids)
+    inside = [(s < len(before) + len(candidate)) and (e > len(before)) for s, e in spans]
+    return ([self.vocab.mask_id if m else i for i, m in zip(ids, inside)],
+            [i for i, m in zip(ids, inside) if m])
+
   def _prompt(self, item: SlotItem, candidate: str) -> tuple[list[int], list[int]]:
     """(segment-0 ids with the slot masked, the slot's original ids)."""
     if len(item.prompt) == 1:  # a sentence: encoded whole, the candidate's pieces masked
-      from ernie3_jax.data import knowledge_masking as km  # pylint: disable=g-import-not-at-top
-      before, after = item.prompt[0].split("{}")
-      text = before + candidate + after
-      ids, spans = km.encode_with_offsets(self.vocab.tokenizer, text)
-      ids = self._safe(ids)
-      inside = [(s < len(before) + len(candidate)) and (e > len(before)) for s, e in spans]
-      return ([self.vocab.mask_id if m else i for i, m in zip(ids, inside)],
-              [i for i, m in zip(ids, inside) if m])
+      return self._sentence(item.prompt[0], candidate)
     ids, slot = [], []
     for part in item.prompt:
       if part == "{}":
@@ -251,7 +257,12 @@ class MaskedSlotScorer:
     if not slot:
       raise ValueError(f"candidate {candidate!r} of {item.prompt} has no pieces in its slot")
     ids = [self.vocab.cls_id] + prompt + [self.vocab.sep_id]
-    second = self._encode(item.context) + [self.vocab.sep_id] if item.context else []
+    second, second_slot = [], []
+    if "{}" in item.context:
+      second, second_slot = self._sentence(item.context, candidate)
+      second.append(self.vocab.sep_id)
+    elif item.context:
+      second = self._encode(item.context) + [self.vocab.sep_id]
     if len(ids) + len(second) > self.max_length:
       raise ValueError(f"{item.prompt} with candidate {candidate!r} needs "
                        f"{len(ids) + len(second)} pieces > max_length={self.max_length}; "
@@ -264,6 +275,9 @@ class MaskedSlotScorer:
     segments[len(ids):len(ids) + len(second)] = 1
     masked = np.flatnonzero(tokens[:len(ids)] == self.vocab.mask_id)
     targets[masked] = slot
+    if second_slot:
+      masked = len(ids) + np.flatnonzero(np.asarray(second) == self.vocab.mask_id)
+      targets[masked] = second_slot
     return tokens, segments, targets, (targets > 0).astype(np.float32)
 
   def __call__(self, items: Sequence) -> list[np.ndarray]:

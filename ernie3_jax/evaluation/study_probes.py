@@ -9,6 +9,9 @@ Probes (one item per person and relation; candidates typed, the answer never in 
                       tail's type (T)
   in_context_relation triple_relation plus a second segment stating the fact in held-out
                       wording (T: relation extraction)
+  paired_tail         triple_tail plus a second segment, a training template with the
+                      tail masked too, scored in both places: UKTP's own layout (A: the
+                      recall of an arm that trains A's triples beside their sentences)
 
 Tail candidates are every value of the relation's type; relation candidates the relations
 of that type (a person's relations of one type take distinct values, so exactly one is
@@ -32,7 +35,7 @@ from ernie3_jax.data.knowledge_study_corpus import GROUPS, Person, relation_word
 from ernie3_jax.evaluation.knowledge_probe import RELATION, TAIL, SlotItem
 
 PROBES = ("text_recall", "text_heldout", "triple_tail", "triple_relation",
-          "in_context_relation")
+          "in_context_relation", "paired_tail")
 TEXT_PROBES = ("text_recall", "text_heldout")
 RELATION_PROBES = ("triple_relation", "in_context_relation")
 
@@ -54,6 +57,9 @@ def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
   """Every probe's items for every person of `study` (from `load_study`), in a fixed order
   (the same items for every arm and seed, so arms compare item by item)."""
   rng = random.Random(seed)
+  # Probes added later draw from their own generator, so the earlier probes' items (and
+  # results already recorded for them) stay the same.
+  paired_rng = random.Random(f"{seed}/paired_tail")
   relations = study["relations"]
   out = []
   person: Person
@@ -65,8 +71,8 @@ def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
       words = tuple(relation_words(r) for r in same_type)
       h = person.name
 
-      def text(which: str) -> str:
-        return _template(study, relation, which, rng).replace("{h}", h).replace("{t}", "{}")
+      def text(which: str, draw: random.Random = rng) -> str:
+        return _template(study, relation, which, draw).replace("{h}", h).replace("{t}", "{}")
 
       items = {
           "text_recall": SlotItem(TAIL, (text("train_templates"),), values,
@@ -80,6 +86,9 @@ def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
           "in_context_relation": SlotItem(
               RELATION, (h, "{}", tail), words, same_type.index(relation),
               context=_template(study, relation, "heldout_templates", rng).format(h=h, t=tail)),
+          "paired_tail": SlotItem(TAIL, (h, relation_words(relation), "{}"), values,
+                                  values.index(tail),
+                                  context=text("train_templates", paired_rng)),
       }
       out += [StudyItem(person.group, probe, h, relation, items[probe]) for probe in PROBES]
   return out
@@ -87,13 +96,11 @@ def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
 
 def answer_leaks(items: Sequence[StudyItem]) -> list[StudyItem]:
   """Items whose own input contains their answer (must be none): the gold tail in a tail
-  probe's prompt, or the gold relation's words in a relation probe's input."""
+  probe's input, or the gold relation's words in a relation probe's."""
   leaks = []
   for it in items:
     gold = it.item.candidates[it.item.gold]
-    shown = " ".join(p for p in it.item.prompt if p != "{}")
-    if it.item.kind == RELATION:
-      shown += " " + it.item.context
+    shown = " ".join(p for p in it.item.prompt if p != "{}") + " " + it.item.context
     if gold.lower() in shown.replace("{}", "").lower():
       leaks.append(it)
   return leaks

@@ -24,6 +24,14 @@ KEY_CELLS = (("A", "text_recall"), ("T", "triple_tail"), ("T", "triple_relation"
 COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"))
 OPEN_BOOK_CELLS = tuple(f"{g}/in_context_relation" for g in "ATKN")
 RECALL_GATE = 0.95  # training recall on A before any transfer figure is read
+# Per arm, the cells that ask A's facts in the layouts the arm trains them in: every arm
+# trains A's text; text + triples and the wrong-sentence control train A's triples in the
+# triple layout (the control's sentence is about someone else), UKTP beside their own
+# sentences. The gate reads these.
+TRAINED_CELLS = {"text": ("A/text_recall",),
+                 "triples": ("A/text_recall", "A/triple_tail"),
+                 "uktp": ("A/text_recall", "A/paired_tail"),
+                 "misaligned": ("A/text_recall", "A/triple_tail")}
 
 
 def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
@@ -94,12 +102,13 @@ def table(lines: Sequence[dict], chance: dict[str, float],
                + " ".join(f"{m:17.3f} ± {s:.3f}" for m, s, _ in stats))
   out.append("")
   out.append("recall gate: held-out cells are read only where the arm stored what it was "
-             "trained on (A's accuracy >= 0.95 in each format the arm trains on)")
+             "trained on (A's accuracy >= 0.95 in each layout the arm trains A's facts in)")
   for a in arms:
-    trained = ["A/text_recall"] + (["A/triple_tail"] if a != "text" else [])
-    scores = [(c, cell_stats(lines, a, c)[0]) for c in trained if c in cells]
-    met = all(s >= RECALL_GATE for _, s in scores)
+    missing = [c for c in TRAINED_CELLS[a] if c not in cells]
+    scores = [(c, cell_stats(lines, a, c)[0]) for c in TRAINED_CELLS[a] if c in cells]
+    met = all(s >= RECALL_GATE for _, s in scores) and not missing
     out.append(f"{a:>10s} " + ", ".join(f"{c} {s:.3f}" for c, s in scores)
+               + "".join(f", {c} not probed" for c in missing)
                + (" met" if met else " NOT MET"))
   out.append("")
   out.append("paired bootstrap over seeds and items (95% interval of the accuracy difference)")
@@ -140,7 +149,8 @@ def figure(lines: Sequence[dict], chance: dict[str, float], path: str, title: st
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  cells = [f"{g}/{p}" for g, p in KEY_CELLS] + ["N/triple_tail", "N/text_heldout"]
+  cells = ([f"{g}/{p}" for g, p in KEY_CELLS] + ["N/triple_tail", "N/text_heldout"]
+           + ["A/paired_tail"] * all("A/paired_tail" in l["final_correct"] for l in lines))
   fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), sharex=True)
   for ax, cell in zip(axes.flat, cells):
     for arm in ARM_ORDER:
@@ -156,7 +166,8 @@ def figure(lines: Sequence[dict], chance: dict[str, float], path: str, title: st
     ax.set_ylim(0, 1)
   for ax in axes[-1]:
     ax.set_xlabel("step")
-  axes.flat[-1].axis("off")
+  for ax in axes.flat[len(cells):]:
+    ax.axis("off")
   axes.flat[0].legend(loc="lower right", fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
