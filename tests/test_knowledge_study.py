@@ -311,6 +311,13 @@ def test_paired_bootstrap_and_table_read_the_item_results():
            for arm, m in (("uktp", better), ("triples", base)) for s in range(3)]
   text = study_report.table(lines, {"T/triple_tail": 0.1, "N/triple_tail": 0.1})
   assert re.search(r"T/triple_tail\s+uktp - triples\s+\+0\.\d+ \[\+", text)
+  # An arm a seed ahead (a study still running) is compared on the seeds both have.
+  ahead = lines + [dict(lines[0], seed=3)]
+  text_ahead = study_report.table(ahead, {"T/triple_tail": 0.1, "N/triple_tail": 0.1})
+  assert "triples [0, 1, 2], uktp [0, 1, 2, 3]" in text_ahead
+  assert re.search(r"uktp - triples\s+\+0\.\d+ \[.*\] \(seeds \[0, 1, 2\]\)", text_ahead)
+  assert re.findall(r"uktp - triples\s+(\S+ \[\S+ \S+\])", text_ahead) == \
+      re.findall(r"uktp - triples\s+(\S+ \[\S+ \S+\])", text)
   assert re.search(r"N/triple_tail\s+uktp 0\.000 .* below chance", text)
   # Above chance is a leak, unless the KG's tail statistics alone reach it.
   lines = [dict(l, final_correct={"N/triple_relation": enc(np.ones(400) * (s < 2))})

@@ -44,10 +44,17 @@ def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
   return [l for l in lines if fingerprint is None or l.get("fingerprint") == fingerprint]
 
 
-def item_matrix(lines: Sequence[dict], arm: str, cell: str) -> np.ndarray:
-  """[seeds, items] correctness of `arm` in `cell` ("G/probe") at the last step."""
+def arm_seeds(lines: Sequence[dict], arm: str) -> list[int]:
+  return sorted(l["seed"] for l in lines if l["arm"] == arm)
+
+
+def item_matrix(lines: Sequence[dict], arm: str, cell: str,
+                seeds: Sequence[int] | None = None) -> np.ndarray:
+  """[seeds, items] correctness of `arm` in `cell` ("G/probe") at the last step (only
+  `seeds`, if given)."""
   rows = [np.frombuffer(l["final_correct"][cell].encode(), np.uint8) - ord("0")
-          for l in sorted(lines, key=lambda l: l["seed"]) if l["arm"] == arm]
+          for l in sorted(lines, key=lambda l: l["seed"])
+          if l["arm"] == arm and (seeds is None or l["seed"] in seeds)]
   return np.asarray(rows, np.float64)
 
 
@@ -90,11 +97,11 @@ def table(lines: Sequence[dict], chance: dict[str, float],
   priors = priors or {}
   text_priors = text_priors or {}
   arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
-  seeds = sorted({l["seed"] for l in lines})
+  seeds = {a: arm_seeds(lines, a) for a in arms}
   cells = [f"{g}/{p}" for g in "ATKN" for p in PROBES
            if any(f"{g}/{p}" in l["final_correct"] for l in lines)]
-  out = [f"accuracy at the last step, mean ± std over seeds {seeds} (items per seed in "
-         "brackets)", f"{'cell':26s} {'chance':>7s} " + " ".join(f"{ARM_NAMES[a]:>24s}"
+  out = [f"accuracy at the last step, mean ± std over seeds "
+         + ", ".join(f"{a} {seeds[a]}" for a in arms) + " (items per seed in brackets)", f"{'cell':26s} {'chance':>7s} " + " ".join(f"{ARM_NAMES[a]:>24s}"
                                                                  for a in arms)]
   for cell in cells:
     stats = [cell_stats(lines, a, cell) for a in arms]
@@ -111,12 +118,18 @@ def table(lines: Sequence[dict], chance: dict[str, float],
                + "".join(f", {c} not probed" for c in missing)
                + (" met" if met else " NOT MET"))
   out.append("")
-  out.append("paired bootstrap over seeds and items (95% interval of the accuracy difference)")
+  out.append("paired bootstrap over seeds and items (95% interval of the accuracy "
+             "difference; the seeds both arms have)")
   for cell in [f"{g}/{p}" for g, p in KEY_CELLS]:
     for x, y in COMPARISONS:
       if x in arms and y in arms and cell in cells:
-        d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell), item_matrix(lines, y, cell))
-        out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        both = sorted(set(seeds[x]) & set(seeds[y]))
+        if not both:
+          continue
+        d, lo, hi = paired_bootstrap(item_matrix(lines, x, cell, both),
+                                     item_matrix(lines, y, cell, both))
+        out.append(f"{cell:26s} {x:>10s} - {y:<10s} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                   + (f" (seeds {both})" if both != seeds[x] or both != seeds[y] else ""))
   out.append("")
   out.append("leak check: group N within two standard errors of chance or of a prior "
              "from the training data's statistics (the training text's value counts; for "
