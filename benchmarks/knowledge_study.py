@@ -207,6 +207,7 @@ def reprobe(path: str, settings: dict, items) -> None:
   rewritten in one step, other setups' lines as they were."""
   from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
   want = {f"{g}/{p}" for (g, p), idx in study_probes.cells(items).items() if idx}
+  gold = [it.item.gold for it in items]
   with open(path, encoding="utf-8") as f:
     raw = [l for l in f if l.strip()]
   out = []
@@ -216,7 +217,7 @@ def reprobe(path: str, settings: dict, items) -> None:
       out.append(text if text.endswith("\n") else text + "\n")
       continue
     steps = sorted(int(s) for s in line["curve"])
-    gold = [it.item.gold for it in items]
+    added = sorted(want - set(line["final_correct"]))
     start = time.perf_counter()
     correct = {k: v == gold for k, v in probe(line["arm"], run_dir(line["arm"], line["seed"]),
                                                items, steps).items()}
@@ -227,7 +228,6 @@ def reprobe(path: str, settings: dict, items) -> None:
                        f"{changed}; its checkpoints or the probes changed since it was written")
     line["curve"], line["final_correct"] = curve, final
     line["reprobe_seconds"] = round(time.perf_counter() - start, 1)
-    added = sorted(want - set(json.loads(text)["final_correct"]))
     print(f"{line['arm']} seed {line['seed']}: added {', '.join(added)}", flush=True)
     out.append(json.dumps(line) + "\n")
   with open(path + ".tmp", "w", encoding="utf-8") as f:

@@ -45,6 +45,7 @@ def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
 
 
 def arm_seeds(lines: Sequence[dict], arm: str) -> list[int]:
+  """The seeds `arm` has result lines for, in order."""
   return sorted(l["seed"] for l in lines if l["arm"] == arm)
 
 
@@ -100,9 +101,9 @@ def table(lines: Sequence[dict], chance: dict[str, float],
   seeds = {a: arm_seeds(lines, a) for a in arms}
   cells = [f"{g}/{p}" for g in "ATKN" for p in PROBES
            if any(f"{g}/{p}" in l["final_correct"] for l in lines)]
-  out = [f"accuracy at the last step, mean ± std over seeds "
-         + ", ".join(f"{a} {seeds[a]}" for a in arms) + " (items per seed in brackets)", f"{'cell':26s} {'chance':>7s} " + " ".join(f"{ARM_NAMES[a]:>24s}"
-                                                                 for a in arms)]
+  out = ["accuracy at the last step, mean ± std over seeds "
+         + ", ".join(f"{a} {seeds[a]}" for a in arms) + " (items per seed in brackets)",
+         f"{'cell':26s} {'chance':>7s} " + " ".join(f"{ARM_NAMES[a]:>24s}" for a in arms)]
   for cell in cells:
     stats = [cell_stats(lines, a, cell) for a in arms]
     out.append(f"{cell + f' [{stats[0][2]}]':26s} {chance[cell]:7.3f} "
