@@ -32,6 +32,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# The study's learning-rate schedule (docs/KNOWLEDGE_STUDY.md, "Recipe"): bound into every
+# run from these flags, so it is part of each result line's setup.
+PEAK_LR_DEFAULT = 4e-3
+WARMUP_DEFAULT = 1000
+
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/knowledge_study", "Data and training runs.")
 _RESULTS = flags.DEFINE_string("results", "benchmarks/results/knowledge_study.jsonl",
                                "One line per arm x seed is appended here.")
@@ -43,11 +48,15 @@ _PEOPLE = flags.DEFINE_integer("num_people", 60, "People in the corpus (all grou
 _PHRASINGS = flags.DEFINE_integer("phrasings", 5, "Biographies per A and T person.")
 _VOCAB = flags.DEFINE_integer("vocab_pieces", 384,
                               "SentencePiece pieces of the study vocabulary.")
-_STEPS = flags.DEFINE_integer("steps", 4000, "Training steps per run.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 1000, "Steps between probed checkpoints.")
+_STEPS = flags.DEFINE_integer("steps", 8000, "Training steps per run.")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", 2000, "Steps between probed checkpoints.")
 _TEXT_ROWS = flags.DEFINE_integer("text_rows", 16, "Text rows per step (every arm).")
 _KNOWLEDGE_ROWS = flags.DEFINE_integer("knowledge_rows", 8, "Knowledge rows per step (arms "
                                        "2-4; the text-only arm has none).")
+_PEAK_LR = flags.DEFINE_float("peak_lr", PEAK_LR_DEFAULT,
+                              "Peak learning rate (learning_rate_schedule.peak).")
+_WARMUP = flags.DEFINE_integer("warmup_steps", WARMUP_DEFAULT,
+                               "Warm-up steps (learning_rate_schedule.warmup_steps).")
 _GIN = flags.DEFINE_multi_string("gin", [], "Extra gin bindings for every run (NAME=VALUE).")
 _LABEL = flags.DEFINE_string("label", "cpu", "Names the machine in the results.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only print the table and figure.")
@@ -62,11 +71,42 @@ def setup() -> dict:
   return {"design": ksc.design_id(), "num_people": _PEOPLE.value, "phrasings": _PHRASINGS.value,
           "vocab_size": _VOCAB.value, "steps": _STEPS.value, "probe_every": _PROBE_EVERY.value,
           "text_rows": _TEXT_ROWS.value, "knowledge_rows": _KNOWLEDGE_ROWS.value,
+          "peak_lr": _PEAK_LR.value, "warmup_steps": _WARMUP.value,
           "gin": list(_GIN.value), "label": _LABEL.value}
 
 
+# Settings added after results were recorded, at the value those results used: a setting
+# at that value stays out of the fingerprint, so the lines recorded before it still match.
+SETTINGS_SINCE = {"peak_lr": 2e-3, "warmup_steps": 200}
+
+
 def fingerprint(settings: dict) -> str:
-  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+  kept = {k: v for k, v in settings.items()
+          if not (k in SETTINGS_SINCE and v == SETTINGS_SINCE[k])}
+  return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_run_dir(model_dir: str, settings: dict) -> None:
+  """Marks `model_dir` as this setup's run, or fails if it holds another setup's: the
+  trainer resumes whatever checkpoint it finds there, so a run of another recipe would
+  be continued silently under this one's name."""
+  stamp = model_dir + ".setup.json"
+  mine = json.dumps({"fingerprint": fingerprint(settings), "settings": settings},
+                    sort_keys=True)
+  if os.path.exists(stamp):
+    theirs = json.load(open(stamp, encoding="utf-8"))
+    if theirs["fingerprint"] != fingerprint(settings):
+      changed = sorted(k for k in set(theirs["settings"]) | set(settings)
+                       if theirs["settings"].get(k) != settings.get(k))
+      raise ValueError(f"{model_dir} holds a run of another setup (it differs in "
+                       f"{', '.join(changed)}); choose another --out_dir or remove it")
+    return
+  if os.path.exists(model_dir):
+    raise ValueError(f"{model_dir} holds a run of an unknown setup (no {stamp}); choose "
+                     "another --out_dir or remove it")
+  os.makedirs(os.path.dirname(model_dir), exist_ok=True)
+  with open(stamp, "w", encoding="utf-8") as f:
+    f.write(mine)
 
 
 def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
@@ -87,6 +127,19 @@ def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
   with open(stamp, "w") as f:
     f.write(want)
   return paths
+
+
+def training_rows(paths: dict):
+  """The sentences the arms train A's triples beside (`study_probes.TrainingRows`), read
+  through the arms' own task code, so the row probes ask exactly what was trained."""
+  from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.evaluation import study_probes  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tasks import knowledge_study  # pylint: disable=g-import-not-at-top
+  # As gin_configs/runs/knowledge_study.gin binds it: every biography trains.
+  cfg = dc.DataConfig(corpus=paths["corpus"], kg=paths["kg"], aliases=paths["aliases"],
+                      vocabulary=paths["vocabulary"], validation_every=0)
+  return study_probes.training_rows({p: knowledge_study.knowledge_rows(cfg, "train", p)
+                                     for p in ("uktp", "misaligned")})
 
 
 def check_lengths(items, vocabulary: str) -> None:
@@ -111,6 +164,8 @@ def gin_flags(arm: str, seed: int, model_dir: str, paths: dict, settings: dict) 
   bindings = [f"MODEL_DIR='{model_dir}'", f"STUDY_MIXTURE='{knowledge_study.ARMS[arm]}'",
               f"PretrainInput.stages=[(0, {rates!r})]",
               f"SEED={seed}", f"NLU_BATCH={batch}", f"NUM_STEPS={settings['steps']}",
+              f"learning_rate_schedule.peak={settings['peak_lr']!r}",
+              f"learning_rate_schedule.warmup_steps={settings['warmup_steps']}",
               f"train.checkpoint_every={settings['probe_every']}",
               f"Ernie3Config.vocab_size={settings['vocab_size']}"]
   bindings += [f"DataConfig.{k}='{paths[k]}'" for k in ("corpus", "kg", "aliases", "vocabulary")]
@@ -300,7 +355,12 @@ def main(argv):
   settings = setup()
   paths = prepare_data(os.path.join(_OUT_DIR.value, "data"), settings)
   study = ksc.load_study(paths["study"])
-  items = study_probes.build_items(study)
+  items = study_probes.build_items(study, rows=training_rows(paths))
+  facts_a = sum(len(p.facts) for p in study["people"] if p.group == "A")
+  donors = sum(it.probe == "donor_tail" for it in items)
+  if donors < facts_a:
+    print(f"donor_tail: {facts_a - donors} of {facts_a} A facts left out (their donor "
+          "sentence names the answer)", flush=True)
   leaks = study_probes.answer_leaks(items)
   if leaks:
     raise ValueError(f"{len(leaks)} probe items show their answer, e.g. {leaks[0]}")
@@ -331,6 +391,7 @@ def main(argv):
         print(f"{arm} seed {seed}: in {_RESULTS.value} already", flush=True)
         continue
       model_dir = run_dir(arm, seed)
+      claim_run_dir(model_dir, settings)
       train_s = train(arm, seed, model_dir, paths, settings)
       start = time.perf_counter()
       gold = [it.item.gold for it in items]

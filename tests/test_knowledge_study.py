@@ -159,7 +159,8 @@ def test_knowledge_rows_mask_the_relation_or_the_tail_everywhere():
 def test_probe_items_are_typed_cover_every_fact_and_never_show_their_answer(study_dir):
   study = ksc.load_study(study_dir / "study.json")
   items = study_probes.build_items(study)
-  assert len(items) == 60 * len(ksc.RELATIONS) * len(study_probes.PROBES)
+  # Without the arms' training rows, every probe but the two that read them.
+  assert len(items) == 60 * len(ksc.RELATIONS) * (len(study_probes.PROBES) - 2)
   assert study_probes.answer_leaks(items) == []
   cells = study_probes.cells(items)
   assert len(cells[("K", "text_heldout")]) == 12 * len(ksc.RELATIONS)
@@ -182,6 +183,50 @@ def test_probe_items_are_typed_cover_every_fact_and_never_show_their_answer(stud
   leaky = study_probes.StudyItem("T", "in_context_relation", "x", "born_in", kp.SlotItem(
       kp.RELATION, ("x", "{}", "y"), ("born in", "lives in"), 0, context="x was born in y."))
   assert study_probes.answer_leaks([leaky]) == [leaky]
+
+
+def test_row_probes_ask_a_s_triples_beside_the_sentences_the_arms_train_them_with(
+    study_dir):
+  """aligned_tail is UKTP's training row with the tail masked in both places; donor_tail
+  the wrong-sentence control's row, its donor sentence as trained; the other probes'
+  items are the same with the rows as without."""
+  from ernie3_jax.data import data_config as dc
+  from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
+  from ernie3_jax.tasks import knowledge_study
+  _study_gin(study_dir, EMBEDDED_VOCAB)
+  knowledge = {p: knowledge_study.knowledge_rows(dc.current(), "train", p)
+               for p in ("uktp", "misaligned")}
+  study = ksc.load_study(study_dir / "study.json")
+  items = study_probes.build_items(study, rows=study_probes.training_rows(knowledge))
+  assert [it for it in items if it.probe not in ("aligned_tail", "donor_tail")] == \
+      study_probes.build_items(study)
+  assert study_probes.answer_leaks(items) == []
+  cells = study_probes.cells(items)
+  facts_a = [(p.name, r, t) for p in study["people"] if p.group == "A"
+             for r, t in p.facts.items()]
+  assert len(cells[("A", "aligned_tail")]) == len(facts_a)
+  assert all(not cells[(g, p)] for g in "TKN" for p in ("aligned_tail", "donor_tail"))
+  by_fact = {p: {(r["head"], r["relation"]): r for r in rows}
+             for p, rows in knowledge.items()}
+  for i in cells[("A", "aligned_tail")]:
+    it = items[i]
+    row = by_fact["uktp"][(it.person, it.relation)]
+    assert it.item.prompt == (it.person, ksc.relation_words(it.relation), "{}")
+    assert it.item.context.replace("{}", row["tail"]) == row["sentence"]
+    assert it.item.context.count("{}") == 1
+  donors = [items[i] for i in cells[("A", "donor_tail")]]
+  left_out = [f for f in facts_a if f[2].lower()
+              in by_fact["misaligned"][f[:2]]["sentence"].lower()]
+  assert len(donors) == len(facts_a) - len(left_out) and len(donors) > 0.8 * len(facts_a)
+  for it in donors:
+    row = by_fact["misaligned"][(it.person, it.relation)]
+    assert it.item.context == row["sentence"] and it.person not in row["sentence"]
+  # A row whose tail span does not hold the tail is refused, naming the fact.
+  head, relation, tail = facts_a[0]
+  sentence, _ = study_probes.training_rows(knowledge)["uktp"][(head, relation)]
+  broken = {"uktp": {(head, relation): (sentence, (0, 3))}, "misaligned": {}}
+  with pytest.raises(ValueError, match=f"aligned row of \\({head}, {relation}\\)"):
+    study_probes.build_items(study, rows=broken)
 
 
 def test_probes_added_later_leave_the_recorded_probes_items_as_they_were(study_dir):
@@ -392,15 +437,60 @@ def test_the_table_reports_the_recall_gate_per_arm():
   out = study_report.table(lines, {"A/text_recall": 0.1, "A/triple_tail": 0.1})
   assert re.search(r"text A/text_recall 1\.000 met", out)  # the text arm trains no triples
   # UKTP trains A's triples beside their sentences: its gate reads that layout.
-  assert re.search(r"uktp A/text_recall 1\.000, A/paired_tail not probed NOT MET", out)
+  assert re.search(r"uktp A/text_recall 1\.000, A/aligned_tail not probed NOT MET", out)
   for line in lines:
-    line["final_correct"]["A/paired_tail"] = enc(stored)
+    line["final_correct"]["A/aligned_tail"] = enc(stored)
+    line["final_correct"]["A/donor_tail"] = enc(weak)
   lines += [dict(lines[1], arm=a) for a in ("triples", "misaligned")]
   out = study_report.table(lines, {c: 0.1 for c in ("A/text_recall", "A/triple_tail",
-                                                    "A/paired_tail")})
-  assert re.search(r"uktp A/text_recall 1\.000, A/paired_tail 1\.000 met", out)
+                                                    "A/aligned_tail", "A/donor_tail")})
+  assert re.search(r"uktp A/text_recall 1\.000, A/aligned_tail 1\.000 met", out)
   assert re.search(r"triples A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
-  assert re.search(r"misaligned A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
+  # The wrong-sentence control trains A's triples beside another person's sentence.
+  assert re.search(r"misaligned A/text_recall 1\.000, A/donor_tail 0\.800 NOT MET", out)
+
+
+_SETUP_SCRIPT = r"""
+import glob, json, os, sys
+sys.argv = ["knowledge_study"]
+sys.path.insert(0, "benchmarks")
+import knowledge_study as ks
+from absl import flags
+flags.FLAGS(sys.argv)
+# Every committed result line still matches its fingerprint (the settings added since
+# stay out of it at the value those lines used), and a new recipe does not.
+lines = [json.loads(l) for f in sorted(glob.glob("benchmarks/results/knowledge_study*.jsonl"))
+         for l in open(f) if l.strip()]
+assert lines and all(ks.fingerprint(l["settings"]) == l["fingerprint"] for l in lines)
+now = ks.setup()
+assert now["peak_lr"] != ks.SETTINGS_SINCE["peak_lr"]
+assert ks.fingerprint(now) != ks.fingerprint(dict(now, **ks.SETTINGS_SINCE))
+# A run directory belongs to one setup: the trainer would resume any checkpoint in it.
+run = os.path.join(sys.argv_dir, "uktp_seed0")
+ks.claim_run_dir(run, now)
+os.makedirs(run)
+ks.claim_run_dir(run, now)  # its own: resumes
+for other, says in ((dict(now, peak_lr=2e-3), "differs in peak_lr"),
+                    (now, "unknown setup")):
+  if says == "unknown setup":
+    os.remove(run + ".setup.json")
+  try:
+    ks.claim_run_dir(run, other)
+  except ValueError as e:
+    assert says in str(e) and run in str(e), e
+  else:
+    raise AssertionError("claimed " + says)
+print("ok")
+"""
+
+
+def test_result_lines_and_run_directories_belong_to_one_setup(tmp_path):
+  """Old result lines keep their fingerprints; a run directory of another recipe (or of
+  no recorded one) is refused, not resumed."""
+  script = _SETUP_SCRIPT.replace("sys.argv_dir", repr(str(tmp_path)))
+  done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                        text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 @pytest.mark.slow  # four short training runs: a few minutes on 2 cores
@@ -434,15 +524,16 @@ def test_the_whole_study_pipeline_runs_resumes_and_reports(tmp_path):
   assert len(results.read_text().splitlines()) == 2
   # A probe added after a run finished: --reprobe adds its cells from the checkpoints
   # (and finds the cells already there unchanged).
+  added_later = ("/aligned_tail", "/donor_tail")
   stripped = [dict(l, final_correct={c: v for c, v in l["final_correct"].items()
-                                     if not c.endswith("/paired_tail")},
-                   curve={s: {c: v for c, v in cells.items() if not c.endswith("/paired_tail")}
+                                     if not c.endswith(added_later)},
+                   curve={s: {c: v for c, v in cells.items() if not c.endswith(added_later)}
                           for s, cells in l["curve"].items()}) for l in lines]
   results.write_text("".join(json.dumps(l) + "\n" for l in stripped))
   third = subprocess.run(cmd + ["--report_only", "--reprobe"], cwd=REPO, env=env,
                          capture_output=True, timeout=600)
   assert third.returncode == 0, third.stderr.decode()[-3000:]
-  assert "uktp seed 0: added A/paired_tail, K/paired_tail, N/paired_tail, T/paired_tail" in \
+  assert "uktp seed 0: added A/aligned_tail, A/donor_tail" in \
       third.stdout.decode()
   restored = [json.loads(l) for l in results.read_text().splitlines()]
   assert [(l["final_correct"], l["curve"]) for l in restored] == \

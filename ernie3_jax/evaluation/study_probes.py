@@ -12,6 +12,15 @@ Probes (one item per person and relation; candidates typed, the answer never in 
   paired_tail         triple_tail plus a second segment, a training template with the
                       tail masked too, scored in both places: UKTP's own layout (A: the
                       recall of an arm that trains A's triples beside their sentences)
+  aligned_tail        paired_tail with the very sentence UKTP pairs the triple with in
+                      training (A: UKTP's training rows, read back as they were trained)
+  donor_tail          triple_tail beside the other person's sentence the wrong-sentence
+                      control pairs the triple with, unmasked as in training (A: that
+                      arm's training rows; items whose donor sentence names the answer
+                      are left out)
+
+The last two need the arms' training rows (`rows`, from
+`tasks/knowledge_study.knowledge_rows`); without them build_items makes none.
 
 Tail candidates are every value of the relation's type; relation candidates the relations
 of that type (a person's relations of one type take distinct values, so exactly one is
@@ -27,7 +36,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import random
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,7 +44,7 @@ from ernie3_jax.data.knowledge_study_corpus import GROUPS, Person, relation_word
 from ernie3_jax.evaluation.knowledge_probe import RELATION, TAIL, SlotItem
 
 PROBES = ("text_recall", "text_heldout", "triple_tail", "triple_relation",
-          "in_context_relation", "paired_tail")
+          "in_context_relation", "paired_tail", "aligned_tail", "donor_tail")
 TEXT_PROBES = ("text_recall", "text_heldout")
 RELATION_PROBES = ("triple_relation", "in_context_relation")
 
@@ -53,9 +62,45 @@ def _template(study: dict, relation: str, which: str, rng: random.Random) -> str
   return rng.choice(study["relations"][relation][which])
 
 
-def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
+# {pairing: {(head, relation): (the sentence training puts beside the triple, the tail's
+# character span in it or (-1, -1))}} for the pairings "uktp" and "misaligned".
+TrainingRows = Mapping[str, Mapping[tuple[str, str], tuple[str, tuple[int, int]]]]
+
+
+def training_rows(knowledge_rows: Mapping[str, Sequence[dict]]) -> TrainingRows:
+  """`TrainingRows` of {pairing: `tasks/knowledge_study.knowledge_rows(...)` of it}; a
+  triple trained without a sentence (K's) has none."""
+  return {pairing: {(r["head"], r["relation"]): (r["sentence"], tuple(r["tail_span"]))
+                    for r in rows if r["sentence"]}
+          for pairing, rows in knowledge_rows.items()}
+
+
+def _row_items(h: str, relation: str, values: tuple[str, ...], tail: str,
+               rows: TrainingRows) -> dict[str, SlotItem]:
+  """aligned_tail and donor_tail of one fact, where its training rows have a sentence."""
+  triple = (h, relation_words(relation), "{}")
+  out = {}
+  sentence, (start, end) = rows.get("uktp", {}).get((h, relation), ("", (-1, -1)))
+  if sentence:
+    if sentence[start:end] != tail:
+      raise ValueError(f"aligned row of ({h}, {relation}): tail span {start}:{end} of "
+                       f"{sentence!r} is not {tail!r}")
+    out["aligned_tail"] = SlotItem(TAIL, triple, values, values.index(tail),
+                                   context=sentence[:start] + "{}" + sentence[end:])
+  donor, _ = rows.get("misaligned", {}).get((h, relation), ("", (-1, -1)))
+  # A donor sentence (another person's) may name this fact's value as its own; such an
+  # item would show its answer, so it is left out (the benchmark reports how many).
+  if donor and tail.lower() not in donor.lower():
+    out["donor_tail"] = SlotItem(TAIL, triple, values, values.index(tail), context=donor)
+  return out
+
+
+def build_items(study: dict, seed: int = 0,
+                rows: TrainingRows | None = None) -> list[StudyItem]:
   """Every probe's items for every person of `study` (from `load_study`), in a fixed order
-  (the same items for every arm and seed, so arms compare item by item)."""
+  (the same items for every arm and seed, so arms compare item by item). `rows`
+  (`training_rows`) adds aligned_tail and donor_tail for A, whose triples train beside
+  sentences."""
   rng = random.Random(seed)
   # Probes added later draw from their own generator, so the earlier probes' items (and
   # results already recorded for them) stay the same.
@@ -90,7 +135,10 @@ def build_items(study: dict, seed: int = 0) -> list[StudyItem]:
                                   values.index(tail),
                                   context=text("train_templates", paired_rng)),
       }
-      out += [StudyItem(person.group, probe, h, relation, items[probe]) for probe in PROBES]
+      if rows is not None and person.group == "A":
+        items.update(_row_items(h, relation, values, tail, rows))
+      out += [StudyItem(person.group, probe, h, relation, items[probe])
+              for probe in PROBES if probe in items]
   return out
 
 

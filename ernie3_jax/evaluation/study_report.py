@@ -24,14 +24,15 @@ KEY_CELLS = (("A", "text_recall"), ("T", "triple_tail"), ("T", "triple_relation"
 COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"))
 OPEN_BOOK_CELLS = tuple(f"{g}/in_context_relation" for g in "ATKN")
 RECALL_GATE = 0.95  # training recall on A before any transfer figure is read
-# Per arm, the cells that ask A's facts in the layouts the arm trains them in: every arm
-# trains A's text; text + triples and the wrong-sentence control train A's triples in the
-# triple layout (the control's sentence is about someone else), UKTP beside their own
-# sentences. The gate reads these.
+# Per arm, the cells that ask A's facts in the rows the arm trains them in: every arm
+# trains A's text; text + triples trains A's triples alone, UKTP beside the sentence each
+# is aligned to, the wrong-sentence control beside another person's sentence. The gate
+# reads these: an arm that did not fit its own training rows has not been trained long
+# enough for its held-out cells to mean anything.
 TRAINED_CELLS = {"text": ("A/text_recall",),
                  "triples": ("A/text_recall", "A/triple_tail"),
-                 "uktp": ("A/text_recall", "A/paired_tail"),
-                 "misaligned": ("A/text_recall", "A/triple_tail")}
+                 "uktp": ("A/text_recall", "A/aligned_tail"),
+                 "misaligned": ("A/text_recall", "A/donor_tail")}
 
 
 def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
