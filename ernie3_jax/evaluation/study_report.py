@@ -159,25 +159,42 @@ def table(lines: Sequence[dict], chance: dict[str, float],
   return "\n".join(out)
 
 
+def _own_rows(arm: str) -> str | None:
+  """The cell asking A's triples in the rows `arm` trains them in (None: text only)."""
+  cells = TRAINED_CELLS[arm][1:]
+  return cells[0] if cells else None
+
+
 def figure(lines: Sequence[dict], chance: dict[str, float], path: str, title: str) -> None:
-  """Accuracy against step for the key cells and N, every arm, seed range shaded."""
+  """Accuracy against step for the key cells and N, every arm, seed range shaded; where
+  the lines hold them, A's triples beside a training sentence and in each arm's own
+  training rows (the gate's cell)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  has = lambda cell: all(cell in l["final_correct"] for l in lines)
   cells = ([f"{g}/{p}" for g, p in KEY_CELLS] + ["N/triple_tail", "N/text_heldout"]
-           + ["A/paired_tail"] * all("A/paired_tail" in l["final_correct"] for l in lines))
-  fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), sharex=True)
+           + ["A/paired_tail"] * has("A/paired_tail")
+           + ["own rows"] * all(has(_own_rows(a)) for a in {l["arm"] for l in lines}
+                                if _own_rows(a)))
+  fig, axes = plt.subplots(3, 3, figsize=(15, 11), sharex=True)
   for ax, cell in zip(axes.flat, cells):
     for arm in ARM_ORDER:
       runs = [l for l in lines if l["arm"] == arm]
-      if not runs:
+      arm_cell = _own_rows(arm) if cell == "own rows" else cell
+      if not runs or arm_cell is None:
         continue
       steps = sorted({int(s) for l in runs for s in l["curve"]})
-      acc = np.array([[l["curve"][str(s)][cell] for s in steps] for l in runs])
-      line, = ax.plot(steps, acc.mean(0), label=ARM_NAMES[arm])
-      ax.fill_between(steps, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.2)
-    ax.axhline(chance[cell], color="grey", linestyle=":", label="chance")
-    ax.set_title(cell)
+      acc = np.array([[l["curve"][str(s)][arm_cell] for s in steps] for l in runs])
+      color = f"C{ARM_ORDER.index(arm)}"  # one colour per arm in every panel
+      ax.plot(steps, acc.mean(0), label=ARM_NAMES[arm], color=color)
+      ax.fill_between(steps, acc.min(0), acc.max(0), color=color, alpha=0.2)
+    if cell == "own rows":
+      ax.axhline(RECALL_GATE, color="grey", linestyle="--", label="recall gate")
+      ax.set_title("A: triples in the arm's own training rows")
+    else:
+      ax.axhline(chance[cell], color="grey", linestyle=":", label="chance")
+      ax.set_title(cell)
     ax.set_ylim(0, 1)
   for ax in axes[-1]:
     ax.set_xlabel("step")
