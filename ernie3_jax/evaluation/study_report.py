@@ -116,7 +116,9 @@ def table(lines: Sequence[dict], chance: dict[str, float],
     missing = [c for c in TRAINED_CELLS[a] if c not in cells]
     scores = [(c, cell_stats(lines, a, c)[0]) for c in TRAINED_CELLS[a] if c in cells]
     met = all(s >= RECALL_GATE for _, s in scores) and not missing
-    out.append(f"{a:>10s} " + ", ".join(f"{c} {s:.3f}" for c, s in scores)
+    # Rounded down, so a score just under the gate never prints as the gate itself.
+    out.append(f"{a:>10s} " + ", ".join(f"{c} {np.floor(s * 1000) / 1000:.3f}"
+                                        for c, s in scores)
                + "".join(f", {c} not probed" for c in missing)
                + (" met" if met else " NOT MET"))
   out.append("")
