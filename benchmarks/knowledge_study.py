@@ -91,11 +91,11 @@ def claim_run_dir(model_dir: str, settings: dict) -> None:
   trainer resumes whatever checkpoint it finds there, so a run of another recipe would
   be continued silently under this one's name."""
   stamp = model_dir + ".setup.json"
-  mine = json.dumps({"fingerprint": fingerprint(settings), "settings": settings},
-                    sort_keys=True)
+  mine = fingerprint(settings)
   if os.path.exists(stamp):
-    theirs = json.load(open(stamp, encoding="utf-8"))
-    if theirs["fingerprint"] != fingerprint(settings):
+    with open(stamp, encoding="utf-8") as f:
+      theirs = json.load(f)
+    if theirs["fingerprint"] != mine:
       changed = sorted(k for k in set(theirs["settings"]) | set(settings)
                        if theirs["settings"].get(k) != settings.get(k))
       raise ValueError(f"{model_dir} holds a run of another setup (it differs in "
@@ -106,7 +106,7 @@ def claim_run_dir(model_dir: str, settings: dict) -> None:
                      "another --out_dir or remove it")
   os.makedirs(os.path.dirname(model_dir), exist_ok=True)
   with open(stamp, "w", encoding="utf-8") as f:
-    f.write(mine)
+    json.dump({"fingerprint": mine, "settings": settings}, f, sort_keys=True)
 
 
 def prepare_data(data_dir: str, settings: dict) -> dict[str, str]:
@@ -383,6 +383,7 @@ def main(argv):
   done = {(l["arm"], l["seed"]) for l in study_report.read_results(_RESULTS.value,
                                                                    fingerprint(settings))}
   steps = list(range(settings["probe_every"], settings["steps"] + 1, settings["probe_every"]))
+  gold = [it.item.gold for it in items]
   if _REPROBE.value and os.path.exists(_RESULTS.value):
     reprobe(_RESULTS.value, settings, items)
   for arm in ([] if _REPORT_ONLY.value else _ARMS.value):
@@ -394,7 +395,6 @@ def main(argv):
       claim_run_dir(model_dir, settings)
       train_s = train(arm, seed, model_dir, paths, settings)
       start = time.perf_counter()
-      gold = [it.item.gold for it in items]
       correct = {k: v == gold for k, v in probe(arm, model_dir, items, steps).items()}
       line = result_line(arm, seed, settings, items, correct, train_s,
                          time.perf_counter() - start, paths)
