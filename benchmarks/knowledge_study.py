@@ -409,6 +409,8 @@ def main(argv):
     print("no results yet")
     return
   print(study_report.table(lines, chance, priors, text_priors))
+  recall = study_probes.cells(items)[("A", "text_recall")]
+  print(study_report.misses_by_relation(lines, [items[i].relation for i in recall]))
   if _ERRORS.value:
     print(error_table(lines, items, study, settings))
   if _FIGURE.value:

@@ -373,6 +373,20 @@ def test_paired_bootstrap_and_table_read_the_item_results():
   assert re.search(r"uktp 0\.667 \(chance .*, KG tail prior 0\.650 ± 0\.\d+\) ok", text)
 
 
+def test_recall_misses_are_counted_per_relation_from_the_stored_items():
+  relations = ["lives_in", "works_in", "lives_in", "born_in"]
+  lines = [{"arm": "uktp", "seed": 0, "final_correct": {"A/text_recall": "0110"}},
+           {"arm": "uktp", "seed": 1, "final_correct": {"A/text_recall": "0011"}},
+           {"arm": "text", "seed": 0, "final_correct": {"A/text_recall": "1111"}}]
+  text = study_report.misses_by_relation(lines, relations)
+  assert "| lives_in [2] | works_in [1] | born_in [1] | all |" in text
+  # Arms in the study's order; seed 0 misses items 0 and 3, seed 1 items 0 and 1.
+  assert text.splitlines()[3:] == ["| text | 0 | 0 | 0 | 0 |", "| uktp | 2 | 1 | 1 | 4 |"]
+  with pytest.raises(ValueError, match="A/text_recall: text's lines have 4 items, the "
+                     "study 3"):
+    study_report.misses_by_relation(lines, relations[:3])
+
+
 def test_the_tail_prior_answers_relations_from_the_kg_statistics_alone():
   same = lambda r: {"type": "place"}
   relations = {"born_in": same(0), "died_in": same(0), "lives_in": same(0)}

@@ -161,6 +161,31 @@ def table(lines: Sequence[dict], chance: dict[str, float],
   return "\n".join(out)
 
 
+def misses_by_relation(lines: Sequence[dict], relations: Sequence[str],
+                       cell: str = "A/text_recall") -> str:
+  """Wrong items of `cell` at the last step per arm and relation, summed over seeds.
+
+  `relations`: the relation of each of the cell's items, in result-line order. Read from
+  the stored item results (no checkpoint needed), it shows which relations keep an arm
+  under the recall gate."""
+  arms = [a for a in ARM_ORDER if any(l["arm"] == a and cell in l["final_correct"]
+                                      for l in lines)]
+  names = list(dict.fromkeys(relations))
+  out = [f"{cell} misses at the last step by relation, summed over seeds (items per seed "
+         "in brackets)",
+         "| arm | " + " | ".join(f"{r} [{relations.count(r)}]" for r in names) + " | all |",
+         "|" + " --- |" * (len(names) + 2)]
+  for a in arms:
+    m = item_matrix(lines, a, cell)
+    if m.shape[1] != len(relations):
+      raise ValueError(f"{cell}: {a}'s lines have {m.shape[1]} items, the study "
+                       f"{len(relations)}")
+    wrong = (1 - m).sum(0)
+    per = [int(wrong[[i for i, r in enumerate(relations) if r == n]].sum()) for n in names]
+    out.append(f"| {a} | " + " | ".join(str(w) for w in per) + f" | {sum(per)} |")
+  return "\n".join(out)
+
+
 def _own_rows(arm: str) -> str | None:
   """The cell asking A's triples in the rows `arm` trains them in (None: text only)."""
   cells = TRAINED_CELLS[arm][1:]
