@@ -48,8 +48,8 @@ _PEOPLE = flags.DEFINE_integer("num_people", 60, "People in the corpus (all grou
 _PHRASINGS = flags.DEFINE_integer("phrasings", 5, "Biographies per A and T person.")
 _VOCAB = flags.DEFINE_integer("vocab_pieces", 384,
                               "SentencePiece pieces of the study vocabulary.")
-_STEPS = flags.DEFINE_integer("steps", 8000, "Training steps per run.")
-_PROBE_EVERY = flags.DEFINE_integer("probe_every", 2000, "Steps between probed checkpoints.")
+_STEPS = flags.DEFINE_integer("steps", 12000, "Training steps per run.")
+_PROBE_EVERY = flags.DEFINE_integer("probe_every", 3000, "Steps between probed checkpoints.")
 _TEXT_ROWS = flags.DEFINE_integer("text_rows", 16, "Text rows per step (every arm).")
 _KNOWLEDGE_ROWS = flags.DEFINE_integer("knowledge_rows", 8, "Knowledge rows per step (arms "
                                        "2-4; the text-only arm has none).")

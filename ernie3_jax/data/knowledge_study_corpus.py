@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -50,15 +51,15 @@ RELATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         "The maternity ward that welcomed {h} stands in {t}.")),
     "lives_in": ("city", (
         "{h} lives in {t}.", "{h} lives in the city of {t}.", "{h} has made a home in {t}.",
-        "These days {h} lives in {t}.", "The home of {h} is in {t}.",
+        "These days {h} lives in {t}.", "The family home of {h} stands in {t}.",
         "{t} is where {h} lives.", "{h} resides in {t}.", "{h} rents a flat in {t}.",
         "{h} lives on a quiet street in {t}.", "Neighbours in {t} know {h} well."), (
         "{h}'s current address is in {t}.", "Each evening {h} returns to a house in {t}.",
         "{h} settled down for good in {t}.")),
     "works_in": ("city", (
-        "{h} works in {t}.", "{h} works in the city of {t}.",
+        "{h} works at a firm in {t}.", "{h} has a job in the city of {t}.",
         "The workplace of {h} is in {t}.", "{h} commutes to a job in {t}.",
-        "{t} is where {h} works.", "Every weekday {h} works in {t}.",
+        "{t} is where {h} goes to work.", "Every weekday {h} works in {t}.",
         "{h} has an office in {t}.", "{h} earns a living in {t}.",
         "{h} works long hours in {t}.", "Colleagues of {h} meet daily in {t}."), (
         "{h}'s employer is based in {t}.", "{h} travels each morning to a desk in {t}.",
@@ -79,7 +80,7 @@ RELATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         "{h} signs contracts on behalf of {t}.", "{h} receives a monthly paycheck from {t}.",
         "{h} wears the badge of an employee of {t}.")),
     "volunteers_at": ("organisation", (
-        "{h} volunteers at {t}.", "{h} volunteers every weekend at {t}.",
+        "{h} volunteers as a helper at {t}.", "{h} volunteers every weekend at {t}.",
         "{h} gives free time to {t}.", "{t} counts {h} among its volunteers.",
         "{h} helps out unpaid at {t}.", "{h} volunteers at {t} on Sundays.",
         "{h} does charity work for {t}.", "Without pay, {h} assists {t}.",
@@ -95,7 +96,7 @@ RELATIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         "{h} has spent a career on open problems of {t}.",
         "Journals print the findings of {h} on {t}.", "{h} chases unsolved puzzles in {t}.")),
     "teaches": ("field", (
-        "{h} teaches {t}.", "{h} teaches {t} to beginners.", "{h} gives lessons in {t}.",
+        "{h} teaches classes on {t}.", "{h} teaches {t} to beginners.", "{h} gives lessons in {t}.",
         "Students learn {t} from {h}.", "{h} is a teacher of {t}.", "{h} lectures on {t}.",
         "{h} teaches a course in {t}.", "The subject {h} teaches is {t}.",
         "{h} has taught {t} for years.", "{h} instructs pupils in {t}."), (
@@ -173,19 +174,35 @@ def design_id() -> str:
   return hashlib.sha256(spec.encode()).hexdigest()[:12]
 
 
-def check_templates() -> None:
+def word_distance(a: str, b: str) -> int:
+  """Word-level edit distance (insertions, deletions, substitutions; "." a word)."""
+  x, y = a.replace(".", " .").split(), b.replace(".", " .").split()
+  row = list(range(len(y) + 1))
+  for i, u in enumerate(x, 1):
+    prev, row[0] = row[:], i
+    for j, v in enumerate(y, 1):
+      row[j] = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (u != v))
+  return row[-1]
+
+
+def check_templates(relations: dict | None = None) -> None:
   """Every template names {h} and {t} once and starts its sentence with a capital; no
   held-out template contains its relation's own words (the in-context probe's answer
   must not be in its input); the values of a type, and the relations of a type, have one
-  word count each (a probe's candidates must have one piece count)."""
+  word count each (a probe's candidates must have one piece count); and no template is
+  one word away from another relation's of the same tail type. Such minimal pairs ("lives
+  in the city of" / "works in the city of") held most of A's text-recall misses in the
+  first 8,000-step runs: they test telling one word apart, not storing a fact, and the
+  recall gate should read the latter."""
+  relations = RELATIONS if relations is None else relations
   for name, table in (("value", {k: list(v) for k, v in VALUES.items()}),
-                      ("relation", {k: [relation_words(r) for r, (t, _, _) in RELATIONS.items()
+                      ("relation", {k: [relation_words(r) for r, (t, _, _) in relations.items()
                                         if t == k] for k in VALUES})):
     for kind, words in table.items():
       counts = {w: len(w.split()) for w in words}
       if len(set(counts.values())) > 1:
         raise ValueError(f"the {kind} {name}s differ in word count: {counts}")
-  for relation, (kind, train, heldout) in RELATIONS.items():
+  for relation, (kind, train, heldout) in relations.items():
     if kind not in VALUES:
       raise ValueError(f"{relation}: unknown tail type {kind!r}")
     for template in train + heldout:
@@ -198,6 +215,15 @@ def check_templates() -> None:
       if relation_words(relation) in template.lower():
         raise ValueError(f"{relation}: held-out template {template!r} contains "
                          f"{relation_words(relation)!r}")
+  for (r1, (k1, train1, held1)), (r2, (k2, train2, held2)) in itertools.combinations(
+      relations.items(), 2):
+    if k1 != k2:
+      continue
+    for t1 in train1 + held1:
+      for t2 in train2 + held2:
+        if word_distance(t1, t2) < 2:
+          raise ValueError(f"{r1} template {t1!r} and {r2} template {t2!r} differ in one "
+                           "word only")
 
 
 def _names(rng: random.Random, count: int) -> list[str]:
