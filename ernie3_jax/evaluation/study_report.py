@@ -171,17 +171,18 @@ def misses_by_relation(lines: Sequence[dict], relations: Sequence[str],
   arms = [a for a in ARM_ORDER if any(l["arm"] == a and cell in l["final_correct"]
                                       for l in lines)]
   names = list(dict.fromkeys(relations))
+  codes = np.array([names.index(r) for r in relations])
+  sizes = np.bincount(codes, minlength=len(names))
   out = [f"{cell} misses at the last step by relation, summed over seeds (items per seed "
          "in brackets)",
-         "| arm | " + " | ".join(f"{r} [{relations.count(r)}]" for r in names) + " | all |",
+         "| arm | " + " | ".join(f"{r} [{n}]" for r, n in zip(names, sizes)) + " | all |",
          "|" + " --- |" * (len(names) + 2)]
   for a in arms:
     m = item_matrix(lines, a, cell)
     if m.shape[1] != len(relations):
       raise ValueError(f"{cell}: {a}'s lines have {m.shape[1]} items, the study "
                        f"{len(relations)}")
-    wrong = (1 - m).sum(0)
-    per = [int(wrong[[i for i, r in enumerate(relations) if r == n]].sum()) for n in names]
+    per = [int(w) for w in np.bincount(codes, weights=(1 - m).sum(0), minlength=len(names))]
     out.append(f"| {a} | " + " | ".join(str(w) for w in per) + f" | {sum(per)} |")
   return "\n".join(out)
 
