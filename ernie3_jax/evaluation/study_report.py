@@ -222,6 +222,8 @@ def figure(lines: Sequence[dict], chance: dict[str, float], path: str, title: st
       ax.set_title("A: triples in the arm's own training rows")
     else:
       ax.axhline(chance[cell], color="grey", linestyle=":", label="chance")
+      if cell == TRAINED_CELLS["text"][0]:  # every arm's first gate cell
+        ax.axhline(RECALL_GATE, color="grey", linestyle="--", label="recall gate")
       ax.set_title(cell)
     ax.set_ylim(0, 1)
   for ax in axes[-1]:
