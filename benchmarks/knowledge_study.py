@@ -411,6 +411,7 @@ def main(argv):
   print(study_report.table(lines, chance, priors, text_priors))
   recall = study_probes.cells(items)[("A", "text_recall")]
   print(study_report.misses_by_relation(lines, [items[i].relation for i in recall]))
+  print(study_report.markdown_summary(lines, chance))
   if _ERRORS.value:
     print(error_table(lines, items, study, settings))
   if _FIGURE.value:

@@ -392,6 +392,26 @@ def test_paired_bootstrap_and_table_read_the_item_results():
   assert re.search(r"uktp 0\.667 \(chance .*, KG tail prior 0\.650 ± 0\.\d+\) ok", text)
 
 
+def test_the_markdown_summary_gives_mean_and_spread_over_seeds_per_arm():
+  cells = ("A/text_recall", "A/triple_tail", "T/triple_tail", "T/triple_relation",
+           "T/in_context_relation", "K/text_heldout", "N/triple_tail")
+  line = lambda arm, seed, bits, s: {
+      "arm": arm, "seed": seed, "train_seconds": s,
+      "final_correct": {c: bits for c in cells if arm != "text" or c != "A/triple_tail"}}
+  lines = [line("triples", 0, "1100", 1000.0), line("triples", 1, "1111", 1200.0),
+           line("text", 0, "1000", 900.0)]
+  chance = {c: 0.25 for c in cells}
+  out = study_report.markdown_summary(lines, chance).splitlines()
+  assert out[0] == ("| seeds: text 0; triples 0,1 | chance | 1 text only | "
+                    "2 text + triples |")
+  rows = {r.split(" | ")[0].lstrip("| "): r for r in out[2:]}
+  assert rows["training (s)"] == "| training (s) |  | 900 | 1,100 ± 100 |"
+  # Seed accuracies 0.5 and 1.0: mean 0.75, std 0.25; one seed prints bare.
+  assert rows["T -> triple layout: tail"] == "| T -> triple layout: tail | 0.250 | 0.250 | 0.750 ± 0.250 |"
+  # Text only trains no triples: no own-rows figure; text + triples reads A/triple_tail.
+  assert rows["A: triples in the arm's own rows (gate 0.95)"].endswith("| (none) | 0.750 ± 0.250 |")
+
+
 def test_recall_misses_are_counted_per_relation_from_the_stored_items():
   relations = ["lives_in", "works_in", "lives_in", "born_in"]
   lines = [{"arm": "uktp", "seed": 0, "final_correct": {"A/text_recall": "0110"}},

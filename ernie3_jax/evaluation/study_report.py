@@ -187,6 +187,48 @@ def misses_by_relation(lines: Sequence[dict], relations: Sequence[str],
   return "\n".join(out)
 
 
+# The rows of the docs' results table: (label, cell); "own rows" is each arm's gate cell
+# for its triples (`TRAINED_CELLS`), "training (s)" the runs' training wall time.
+SUMMARY_ROWS = (("training (s)", "train_seconds"),
+                ("A: text recall (gate 0.95)", "A/text_recall"),
+                ("A: triples in the arm's own rows (gate 0.95)", "own rows"),
+                ("T -> triple layout: tail", "T/triple_tail"),
+                ("T -> triple layout: relation", "T/triple_relation"),
+                ("T: relation in context", "T/in_context_relation"),
+                ("K -> text cloze, held-out templates", "K/text_heldout"),
+                ("N (leak check): triple tail", "N/triple_tail"))
+
+
+def markdown_summary(lines: Sequence[dict], chance: dict[str, float]) -> str:
+  """The key cells as a markdown table, mean ± std over each arm's seeds (a bare value
+  where an arm has one seed), for the docs: pasted as printed, so docs and results agree."""
+  arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
+  fmt = lambda v, digits: f"{v:,.{digits}f}"
+  out = ["| seeds: " + "; ".join(f"{a} {','.join(map(str, arm_seeds(lines, a)))}"
+                                 for a in arms) + " | chance | "
+         + " | ".join(ARM_NAMES[a] for a in arms) + " |",
+         "|" + " --- |" * (len(arms) + 2)]
+  for label, cell in SUMMARY_ROWS:
+    row = []
+    for a in arms:
+      arm_cell = _own_rows(a) if cell == "own rows" else cell
+      if arm_cell == "train_seconds":
+        values, digits = np.array([l["train_seconds"] for l in lines if l["arm"] == a]), 0
+      elif arm_cell is None or not all(arm_cell in l["final_correct"]
+                                       for l in lines if l["arm"] == a):
+        row.append("(none)")
+        continue
+      else:
+        values, digits = item_matrix(lines, a, arm_cell).mean(1), 3
+      row.append(fmt(values.mean(), digits) if len(values) == 1 else
+                 f"{fmt(values.mean(), digits)} ± {fmt(values.std(), digits)}")
+    shown = "" if cell in ("train_seconds", "own rows") else f"{chance[cell]:.3f}"
+    if cell == "own rows":
+      shown = f"{chance['A/triple_tail']:.3f}" if "A/triple_tail" in chance else ""
+    out.append(f"| {label} | {shown} | " + " | ".join(row) + " |")
+  return "\n".join(out)
+
+
 def _own_rows(arm: str) -> str | None:
   """The cell asking A's triples in the rows `arm` trains them in (None: text only)."""
   cells = TRAINED_CELLS[arm][1:]
