@@ -203,7 +203,11 @@ def markdown_summary(lines: Sequence[dict], chance: dict[str, float]) -> str:
   """The key cells as a markdown table, mean ± std over each arm's seeds (a bare value
   where an arm has one seed), for the docs: pasted as printed, so docs and results agree."""
   arms = [a for a in ARM_ORDER if any(l["arm"] == a for l in lines)]
-  fmt = lambda v, digits: f"{v:,.{digits}f}"
+
+  def spread(mean: float, std: float, seeds: int, digits: int) -> str:
+    shown = f"{mean:,.{digits}f}"
+    return shown if seeds == 1 else f"{shown} ± {std:,.{digits}f}"
+
   out = ["| seeds: " + "; ".join(f"{a} {','.join(map(str, arm_seeds(lines, a)))}"
                                  for a in arms) + " | chance | "
          + " | ".join(ARM_NAMES[a] for a in arms) + " |",
@@ -211,20 +215,18 @@ def markdown_summary(lines: Sequence[dict], chance: dict[str, float]) -> str:
   for label, cell in SUMMARY_ROWS:
     row = []
     for a in arms:
+      runs = [l for l in lines if l["arm"] == a]
       arm_cell = _own_rows(a) if cell == "own rows" else cell
       if arm_cell == "train_seconds":
-        values, digits = np.array([l["train_seconds"] for l in lines if l["arm"] == a]), 0
-      elif arm_cell is None or not all(arm_cell in l["final_correct"]
-                                       for l in lines if l["arm"] == a):
+        seconds = np.array([l["train_seconds"] for l in runs])
+        row.append(spread(seconds.mean(), seconds.std(), len(runs), 0))
+      elif arm_cell is None or any(arm_cell not in l["final_correct"] for l in runs):
         row.append("(none)")
-        continue
       else:
-        values, digits = item_matrix(lines, a, arm_cell).mean(1), 3
-      row.append(fmt(values.mean(), digits) if len(values) == 1 else
-                 f"{fmt(values.mean(), digits)} ± {fmt(values.std(), digits)}")
-    shown = "" if cell in ("train_seconds", "own rows") else f"{chance[cell]:.3f}"
-    if cell == "own rows":
-      shown = f"{chance['A/triple_tail']:.3f}" if "A/triple_tail" in chance else ""
+        mean, std, _ = cell_stats(lines, a, arm_cell)
+        row.append(spread(mean, std, len(runs), 3))
+    chance_cell = "A/triple_tail" if cell == "own rows" else cell
+    shown = f"{chance[chance_cell]:.3f}" if chance_cell in chance else ""
     out.append(f"| {label} | {shown} | " + " | ".join(row) + " |")
   return "\n".join(out)
 
