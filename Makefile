@@ -57,8 +57,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/decode_memory_plan_10b.py --output=$(BENCH_DIR)/decode_memory_plan_10b.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/sharded_decode.py --output=$(BENCH_DIR)/sharded_decode.jsonl
 
-# The knowledge study (docs/KNOWLEDGE_STUDY.md): 4 arms x 3 seeds of 12,000 steps, about
-# 1 h 30 min per seed on 2 CPU cores (STUDY_ARGS=--seeds=0 for one seed). Resumable:
+# The knowledge study (docs/KNOWLEDGE_STUDY.md): 5 arms x 3 seeds of 12,000 steps, about
+# 2 h per seed on 2 CPU cores (STUDY_ARGS=--seeds=0 for one seed). Resumable:
 # finished arm x seed lines in STUDY_RESULTS are skipped on a rerun.
 STUDY_DIR ?= runs/knowledge_study
 STUDY_RESULTS ?= benchmarks/results/knowledge_study.jsonl

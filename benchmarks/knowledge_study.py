@@ -1,5 +1,5 @@
 r"""The knowledge study: does aligning a knowledge graph with text (UKTP) move facts
-between the two formats? Four arms x several seeds, on identical budgets.
+between the two formats? Five arms x several seeds, on identical budgets.
 
   python benchmarks/knowledge_study.py            # or `make study`
 
@@ -42,7 +42,8 @@ _RESULTS = flags.DEFINE_string("results", "benchmarks/results/knowledge_study.js
                                "One line per arm x seed is appended here.")
 _FIGURE = flags.DEFINE_string("figure", "benchmarks/results/knowledge_study.png",
                               "Learning curves (PNG); '' for none.")
-_ARMS = flags.DEFINE_list("arms", ["text", "triples", "uktp", "misaligned"], "Arms to run.")
+_ARMS = flags.DEFINE_list("arms", ["text", "triples", "uktp", "misaligned", "uktp_bare"],
+                          "Arms to run.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds per arm.")
 _PEOPLE = flags.DEFINE_integer("num_people", 60, "People in the corpus (all groups).")
 _PHRASINGS = flags.DEFINE_integer("phrasings", 5, "Biographies per A and T person.")

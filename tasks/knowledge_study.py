@@ -1,4 +1,4 @@
-"""The knowledge study's knowledge tasks and its four arms (mixtures).
+"""The knowledge study's knowledge tasks and its five arms (mixtures).
 
 Every arm trains `knowledge_masked_lm` on `DataConfig.corpus`. Arms 2-4 add one task
 over the triples of `DataConfig.kg`: one row per triple, the relation or the tail masked
@@ -10,6 +10,9 @@ only in what sits beside the triple:
                               tail is masked in the sentence too (nothing to copy)
   knowledge_study_misaligned  a sentence about another person (the aligned sentences,
                               moved to other heads): UKTP's layout without its alignment
+  knowledge_study_uktp_bare   UKTP's rows, but each drawn row drops its sentence with
+                              probability `BARE_ROW_SHARE` (`drop_sentences`): UKTP that
+                              also trains the bare triple layout arm 2 trains
 
 A triple that no sentence states (the K people's) gets the triple-only row in every arm,
 so all arms see the same triples equally often. See benchmarks/knowledge_study.py.
@@ -29,14 +32,21 @@ from ernie3_jax.tasks import pretraining
 
 TEXT_TASK = "knowledge_masked_lm"
 KNOWLEDGE_TASKS = {"triples": "study_triples", "uktp": "study_uktp",
-                   "misaligned": "study_misaligned"}
+                   "misaligned": "study_misaligned", "uktp_bare": "study_uktp_bare"}
 ARMS = {"text": "knowledge_study_text", "triples": "knowledge_study_triples",
-        "uktp": "knowledge_study_uktp", "misaligned": "knowledge_study_misaligned"}
+        "uktp": "knowledge_study_uktp", "misaligned": "knowledge_study_misaligned",
+        "uktp_bare": "knowledge_study_uktp_bare"}
+# The share of the uktp_bare arm's rows trained without their sentence: half, so its
+# triples are read bare about as often as beside their sentence.
+BARE_ROW_SHARE = 0.5
+# Keeps drop_sentences' draws apart from those of the preprocessors after it.
+_DROP_SALT = 7919
 
 
 def knowledge_rows(cfg: dc.DataConfig, split: str, pairing: str) -> list[dict]:
   """One example per KG triple: {head, relation, tail, sentence, spans} where the
-  sentence is "" (triple only), the aligned sentence, or another head's sentence."""
+  sentence is "" (triple only), the aligned sentence ("uktp", "uktp_bare"), or another
+  head's sentence ("misaligned")."""
   kg = dc.knowledge_graph(cfg.kg, cfg.aliases)
   aligned = {}
   if pairing != "triples":
@@ -86,6 +96,26 @@ def _source_fn(pairing: str):
   return dataset_fn
 
 
+def drop_sentences(dataset: tf.data.Dataset, seed: int | None = None, *,
+                   share: float) -> tf.data.Dataset:
+  """Empties the sentence of each row with probability `share`, so that row trains the
+  triple alone. Row i's draw is a pure function of (seed, i); the running index goes on
+  over repeated epochs, so every epoch draws afresh."""
+  if not 0.0 <= share <= 1.0:
+    raise ValueError(f"share={share!r}: a probability in [0, 1]")
+  base = tf.constant((0 if seed is None else int(seed)) + _DROP_SALT, tf.int64)
+
+  def blank(index, ex):
+    draw = tf.random.stateless_uniform([], seed=tf.stack([base, index]))
+    return dict(ex, sentence=tf.where(draw < share, tf.constant(""), ex["sentence"]))
+
+  return dataset.enumerate().map(blank)
+
+
+def _drop_half_the_sentences(dataset, seed=None):
+  return drop_sentences(dataset, pretraining.preprocess_seed(seed), share=BARE_ROW_SHARE)
+
+
 def _knowledge_preprocessor(dataset, sequence_length, seed=None):
   cfg = dc.current()
   # A masked tail is masked in the sentence too (tail_mask_prob=1 after the relation's
@@ -99,9 +129,12 @@ def _knowledge_preprocessor(dataset, sequence_length, seed=None):
 
 def register() -> None:
   for pairing, name in KNOWLEDGE_TASKS.items():
+    # uktp_bare reads UKTP's rows and drops some of their sentences on the way.
+    rows = "uktp" if pairing == "uktp_bare" else pairing
+    first = [_drop_half_the_sentences] if pairing == "uktp_bare" else []
     seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(_source_fn(pairing), splits=pretraining.SPLITS),
-        preprocessors=[_knowledge_preprocessor, pretraining.fill_missing],
+        name, source=seqio.FunctionDataSource(_source_fn(rows), splits=pretraining.SPLITS),
+        preprocessors=first + [_knowledge_preprocessor, pretraining.fill_missing],
         output_features=pretraining.FEATURES)
   seqio.MixtureRegistry.add(ARMS["text"], [(TEXT_TASK, 1.0)])
   for pairing, name in KNOWLEDGE_TASKS.items():

@@ -145,6 +145,51 @@ def test_the_arms_pair_the_same_triples_with_nothing_their_sentence_or_another(s
     assert r["head"] not in r["sentence"]  # another person's sentence (or none, for K)
 
 
+def test_drop_sentences_blanks_a_share_of_rows_afresh_each_epoch():
+  import tensorflow as tf
+  from ernie3_jax.tasks import knowledge_study
+  rows = tf.data.Dataset.from_tensor_slices({"sentence": [f"s{i}" for i in range(200)],
+                                              "head": ["h"] * 200})
+  take = lambda ds: [x["sentence"].decode() for x in ds.as_numpy_iterator()]
+  two_epochs = take(knowledge_study.drop_sentences(rows.repeat(2), seed=3, share=0.5))
+  first, second = two_epochs[:200], two_epochs[200:]
+  blank = lambda xs: {i for i, x in enumerate(xs) if x == ""}
+  assert all(x in ("", f"s{i}") for i, x in enumerate(first))
+  assert 70 <= len(blank(first)) <= 130 and 70 <= len(blank(second)) <= 130
+  assert blank(first) != blank(second)  # each epoch draws again
+  assert two_epochs == take(knowledge_study.drop_sentences(rows.repeat(2), seed=3, share=0.5))
+  assert take(knowledge_study.drop_sentences(rows, seed=4, share=0.5)) != first
+  assert take(knowledge_study.drop_sentences(rows, seed=3, share=0.0)) == [
+      f"s{i}" for i in range(200)]
+  assert set(take(knowledge_study.drop_sentences(rows, seed=3, share=1.0))) == {""}
+  with pytest.raises(ValueError, match="share=1.5"):
+    knowledge_study.drop_sentences(rows, seed=3, share=1.5)
+
+
+def test_the_uktp_plus_bare_arm_trains_aligned_triples_alone_and_beside_their_sentence(
+    study_dir):
+  import seqio
+  from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
+  from ernie3_jax.tasks import knowledge_study
+  _study_gin(study_dir, EMBEDDED_VOCAB)
+  assert seqio.get_mixture_or_task(knowledge_study.ARMS["uktp_bare"]).tasks[1].name == (
+      knowledge_study.KNOWLEDGE_TASKS["uktp_bare"])
+
+  def with_sentence(task, epochs):
+    ds = seqio.get_mixture_or_task(task).get_dataset(
+        {"tokens": 48}, split="train", shuffle=False, num_epochs=epochs, use_cached=False)
+    return np.array([bool(x["segment_ids"].any()) for x in ds.as_numpy_iterator()])
+
+  uktp_rows = with_sentence(knowledge_study.KNOWLEDGE_TASKS["uktp"], 1)
+  bare_rows = with_sentence(knowledge_study.KNOWLEDGE_TASKS["uktp_bare"], 2).reshape(2, -1)
+  aligned = np.flatnonzero(uktp_rows)
+  assert len(aligned) > 50 and not uktp_rows.all()  # A's triples aligned, K's alone
+  assert not bare_rows[:, ~uktp_rows].any()  # a row without a sentence never gains one
+  share = 1 - bare_rows[:, aligned].mean()
+  assert 0.35 < share < 0.65, share  # about BARE_ROW_SHARE of the aligned rows go bare
+  assert (bare_rows[0, aligned] != bare_rows[1, aligned]).any()
+
+
 def test_knowledge_rows_mask_the_relation_or_the_tail_everywhere():
   vocab = Vocabulary()
   builder = uktp.UktpBuilder(vocab, 48, relation_mask_prob=0.5, tail_mask_prob=1.0)
@@ -501,6 +546,12 @@ def test_the_table_reports_the_recall_gate_per_arm():
   assert re.search(r"triples A/text_recall 1\.000, A/triple_tail 0\.800 NOT MET", out)
   # The wrong-sentence control trains A's triples beside another person's sentence.
   assert re.search(r"misaligned A/text_recall 1\.000, A/donor_tail 0\.800 NOT MET", out)
+  # UKTP + bare triples trains A's triples in both layouts: its gate reads both.
+  lines.append(dict(lines[1], arm="uktp_bare"))
+  out = study_report.table(lines, {c: 0.1 for c in ("A/text_recall", "A/triple_tail",
+                                                    "A/aligned_tail", "A/donor_tail")})
+  assert re.search(r"uktp_bare A/text_recall 1\.000, A/aligned_tail 1\.000, "
+                   r"A/triple_tail 0\.800 NOT MET", out)
 
 
 _SETUP_SCRIPT = r"""

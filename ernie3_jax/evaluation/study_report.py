@@ -15,24 +15,30 @@ import numpy as np
 
 from ernie3_jax.evaluation.study_probes import PROBES
 
-ARM_ORDER = ("text", "triples", "uktp", "misaligned")
+ARM_ORDER = ("text", "triples", "uktp", "misaligned", "uktp_bare")
 ARM_NAMES = {"text": "1 text only", "triples": "2 text + triples",
-             "uktp": "3 UKTP", "misaligned": "4 UKTP, wrong sentences"}
+             "uktp": "3 UKTP", "misaligned": "4 UKTP, wrong sentences",
+             "uktp_bare": "5 UKTP + bare triples"}
 # (group, probe) cells the study's questions read.
 KEY_CELLS = (("A", "text_recall"), ("T", "triple_tail"), ("T", "triple_relation"),
              ("K", "text_heldout"), ("T", "in_context_relation"))
-COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"))
+# The last two ask what UKTP's deficit against arm 2 is made of: the bare layout
+# (uktp_bare - uktp) or the alignment (uktp_bare - triples).
+COMPARISONS = (("uktp", "triples"), ("uktp", "misaligned"), ("triples", "text"),
+               ("uktp_bare", "uktp"), ("uktp_bare", "triples"))
 OPEN_BOOK_CELLS = tuple(f"{g}/in_context_relation" for g in "ATKN")
 RECALL_GATE = 0.95  # training recall on A before any transfer figure is read
 # Per arm, the cells that ask A's facts in the rows the arm trains them in: every arm
 # trains A's text; text + triples trains A's triples alone, UKTP beside the sentence each
-# is aligned to, the wrong-sentence control beside another person's sentence. The gate
+# is aligned to, the wrong-sentence control beside another person's sentence, and
+# UKTP + bare triples both alone and beside the aligned sentence. The gate
 # reads these: an arm that did not fit its own training rows has not been trained long
 # enough for its held-out cells to mean anything.
 TRAINED_CELLS = {"text": ("A/text_recall",),
                  "triples": ("A/text_recall", "A/triple_tail"),
                  "uktp": ("A/text_recall", "A/aligned_tail"),
-                 "misaligned": ("A/text_recall", "A/donor_tail")}
+                 "misaligned": ("A/text_recall", "A/donor_tail"),
+                 "uktp_bare": ("A/text_recall", "A/aligned_tail", "A/triple_tail")}
 
 
 def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
