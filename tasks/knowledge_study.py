@@ -116,6 +116,11 @@ def _drop_half_the_sentences(dataset, seed=None):
   return drop_sentences(dataset, pretraining.preprocess_seed(seed), share=BARE_ROW_SHARE)
 
 
+# Preprocessors an arm runs on its rows before they become examples: uktp_bare reads
+# UKTP's aligned rows (`knowledge_rows`) and drops some of their sentences.
+_ROW_PREPROCESSORS = {"uktp_bare": [_drop_half_the_sentences]}
+
+
 def _knowledge_preprocessor(dataset, sequence_length, seed=None):
   cfg = dc.current()
   # A masked tail is masked in the sentence too (tail_mask_prob=1 after the relation's
@@ -129,12 +134,10 @@ def _knowledge_preprocessor(dataset, sequence_length, seed=None):
 
 def register() -> None:
   for pairing, name in KNOWLEDGE_TASKS.items():
-    # uktp_bare reads UKTP's rows and drops some of their sentences on the way.
-    rows = "uktp" if pairing == "uktp_bare" else pairing
-    first = [_drop_half_the_sentences] if pairing == "uktp_bare" else []
     seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(_source_fn(rows), splits=pretraining.SPLITS),
-        preprocessors=first + [_knowledge_preprocessor, pretraining.fill_missing],
+        name, source=seqio.FunctionDataSource(_source_fn(pairing), splits=pretraining.SPLITS),
+        preprocessors=_ROW_PREPROCESSORS.get(pairing, [])
+        + [_knowledge_preprocessor, pretraining.fill_missing],
         output_features=pretraining.FEATURES)
   seqio.MixtureRegistry.add(ARMS["text"], [(TEXT_TASK, 1.0)])
   for pairing, name in KNOWLEDGE_TASKS.items():
