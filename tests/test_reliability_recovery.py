@@ -65,6 +65,26 @@ def test_checksums_equal_an_independent_count_on_any_mesh():
   assert checkpoint_integrity.record({**arrays, "h": with_nan})["nonfinite"] == ["h"]
 
 
+def test_damage_that_cancels_in_lane_0_is_caught_by_lane_1():
+  """Two changed elements whose lane-0 terms cancel (element 0's bits lowered by A, element
+  1's raised by 1: -A * A**0 + 1 * A**1 = 0) leave lane 0 as it was; lane 1 must catch them."""
+  a, _ = checkpoint_integrity.BASES
+  w = np.random.default_rng(1).standard_normal((3, 5)).astype(np.float32)
+  damaged = w.copy()
+  bits = damaged.reshape(-1).view(np.uint32)
+  bits[0] = (int(bits[0]) - a) % (1 << 32)
+  bits[1] = (int(bits[1]) + 1) % (1 << 32)
+  saved, restored = (checkpoint_integrity.record({"w": jax.numpy.asarray(x)}) for x in (w, damaged))
+  assert restored["arrays"]["w"][0] == saved["arrays"]["w"][0], "lane 0 is blind to this damage"
+  assert restored["arrays"]["w"][1] != saved["arrays"]["w"][1]
+  assert checkpoint_integrity.differences(saved, restored) == ["w does not match its checksum"]
+  # Either lane alone differing is a mismatch.
+  for lane in (0, 1):
+    forged = json.loads(json.dumps(saved))
+    forged["arrays"]["w"][lane] ^= 1 << 7
+    assert checkpoint_integrity.differences(forged, saved) == ["w does not match its checksum"]
+
+
 def test_a_nonfinite_state_is_never_saved(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), 1, async_save=False)
   ckpt.save(1, {"w": np.ones((4, 4), np.float32)}, {"step": 1})
@@ -116,13 +136,18 @@ def _truncate(model_dir, step):
     f.truncate(os.path.getsize(path) // 2)
 
 
-def _forge_checksum(model_dir, step):
+def _forge_checksum(model_dir, step, lane=0):
   path = model_dir / "checkpoints" / str(step) / "integrity" / "metadata"
   record = json.loads(path.read_text())
   name = "params['universal']['layers']['ffn']['wi']['kernel']"
-  record["arrays"][name][0] ^= 1
+  record["arrays"][name][lane] ^= 1
   path.write_text(json.dumps(record))
   return name
+
+
+def _forge_lane_1(model_dir, step):
+  """Damage only the second lane sees (the first lane still matches)."""
+  return _forge_checksum(model_dir, step, lane=1)
 
 
 def _resume(model_dir, **kwargs):
@@ -137,6 +162,9 @@ def _resume(model_dir, **kwargs):
     (_forge_checksum, r"differ from the checksums saved with them: "
                       r"params\['universal'\]\['layers'\]\['ffn'\]\['wi'\]\['kernel'\] does "
                       r"not match its checksum"),
+    (_forge_lane_1, r"differ from the checksums saved with them: "
+                    r"params\['universal'\]\['layers'\]\['ffn'\]\['wi'\]\['kernel'\] does "
+                    r"not match its checksum"),
 ])
 def test_damaged_latest_checkpoint_is_reported_moved_aside_and_the_previous_restored(
     trained, capsys, damage, reason):
