@@ -13,7 +13,8 @@ Writes into --output_dir:
                          their item-valued statements (ernie3_jax/data/wikidata.py)
   wikidata_report.json   entities and statements kept and dropped, by reason
 --corpus='GLOB' cleans a corpus of your own (any format the corpus readers take) instead
-of (or beside) the Wikipedia dump. Everything after `--` configures Beam. Then pre-train
+of (or beside) the Wikipedia dump. Everything after `--` configures Beam (see
+`beam_runner`: more than one local worker runs in as many processes). Then pre-train
 with gin_configs/experiments/wikipedia_wikidata.gin (README, "From public dumps").
 """
 
@@ -81,13 +82,14 @@ def run(output_dir: str, wikipedia_dumps: Sequence[str], wikidata_dumps: Sequenc
         corpus: str | None, rules, clean: bool = True, pipeline_args: Sequence[str] = (),
         num_shards: int = 0) -> None:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   from ernie3_jax.data import wikidata  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.tools import beam_runner  # pylint: disable=g-import-not-at-top
   for path in list(wikipedia_dumps) + list(wikidata_dumps):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"dump {path!r} does not exist")
   os.makedirs(output_dir, exist_ok=True)
-  options = pipeline_options.PipelineOptions(list(pipeline_args))
+  options = beam_runner.pipeline_options(pipeline_args)
+  print(beam_runner.describe(options), flush=True)
   with beam.Pipeline(options=options) as pipeline:
     if wikipedia_dumps or corpus:
       corpus_pipeline(pipeline, output_dir, wikipedia_dumps, corpus, clean, num_shards)

@@ -10,7 +10,8 @@ Step 1 aligns the KG to the corpus (`beam_alignment`) into OUTPUT_DIR/uktp_align
 Step 2 caches the `<task>_cached` seqio tasks (`tasks/pretraining_cached.py`) into
 OUTPUT_DIR/<task>_cached/ (UKTP reads step 1's alignment); a task directory gets its
 COMPLETED file only after its pipeline succeeded, so seqio never reads a partial
-cache. Everything after `--` configures Beam (runner, project, workers); workers
+cache. Everything after `--` configures Beam (runner, project, workers; see
+`beam_runner`: more than one local worker runs in as many processes); workers
 re-read the same gin files and bindings. Train from the caches with
 `--gin.PretrainInput.cache_dir="'OUTPUT_DIR'"`.
 """
@@ -27,6 +28,7 @@ from absl import flags
 
 from ernie3_jax.config import gin_utils
 from ernie3_jax.config.gin_utils import rewrite_gin_args
+from ernie3_jax.tools import beam_runner
 
 ALIGNMENT_DIR = "uktp_alignment"
 
@@ -54,10 +56,9 @@ def run_alignment(config, splits: Sequence[str], output_dir: str,
                   pipeline_args: Sequence[str], num_shards: int = 0) -> str:
   """Aligns `splits` with Beam; returns the alignment directory."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   from ernie3_jax.data import beam_alignment  # pylint: disable=g-import-not-at-top
   out = os.path.join(output_dir, ALIGNMENT_DIR)
-  with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
+  with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
     for split in splits:
       beam_alignment.align_triples_pipeline(pipeline, config, split, out, num_shards)
   return out
@@ -67,7 +68,6 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
                 pipeline_args: Sequence[str], worker_setup, num_shards: int = 0) -> list[str]:
   """Writes seqio caches of `<task>_cached` for `task_names`; returns their directories."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
   from seqio import beam_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.tasks import pretraining_cached  # pylint: disable=g-import-not-at-top
@@ -76,7 +76,7 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
   if unknown:
     raise ValueError(f"--cache_tasks: {unknown} cannot be cached; cacheable tasks: {known}")
   directories = []
-  with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
+  with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
     for name in task_names:
       task = seqio.get_mixture_or_task(name + pretraining_cached.SUFFIX)
       task_dir = os.path.join(output_dir, seqio.utils.get_task_dir_from_name(task.name))
@@ -110,6 +110,7 @@ def main(argv: Sequence[str]) -> None:
   bindings = list(_GIN_BINDINGS.value)
   configure_worker(_GIN_FILES.value, bindings, _GIN_SEARCH_PATHS.value)
   os.makedirs(output_dir, exist_ok=True)
+  print(beam_runner.describe(beam_runner.pipeline_options(pipeline_args)), flush=True)
   if _ALIGNMENT_SPLITS.value:
     out = run_alignment(dc.current(), _ALIGNMENT_SPLITS.value, output_dir, pipeline_args,
                         _NUM_SHARDS.value)
