@@ -43,3 +43,14 @@ def init_params(cfg: Ernie3Config, batch: int = 2, length: int = 8, seed: int = 
 
 def unboxed(variables):
   return nn.unbox(variables)
+
+
+def randomised(params, seed: int = 0, scale: float = 0.3):
+  """`params` with independent N(0, scale**2) noise added to every leaf: biases, attention's
+  content and position biases and LayerNorm scales included, which start at zero or one and
+  so hide any mix-up of them (swapping u and v, say) in a freshly initialised model."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [
+      (x + scale * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
+      for x, k in zip(leaves, keys)])

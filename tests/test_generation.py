@@ -22,17 +22,22 @@ SEGMENT = 4
 NEW_TOKENS = 12
 PROMPTS = [[5, 17, 33], [40, 2, 61, 7, 12, 90, 3, 44, 8], [70, 11, 23, 56, 9, 31]]
 NO_STOP = DecodeOptions("greedy", stop_ids=())
+# Noise added to every parameter: large enough that swapping any two same-shaped parameters
+# (u and v, say) moves the logits far past the tolerances below.
+RANDOM_SCALE = 0.2
 
 
 @functools.lru_cache(maxsize=None)
 def _setup():
-  """The tiny model with its NLG-path parameters (all that decoding uses), jit-initialised."""
+  """The tiny model with its NLG-path parameters (all that decoding uses), jit-initialised,
+  then randomised: every parameter, the attention's content and position biases (zero at
+  init) included, so the cached path must use each one where the re-run does."""
   cfg = model_testing.config()
   model = Ernie3(cfg)
   tokens, segments, tasks = model_testing.random_batch(cfg, 1, SEGMENT)
   init = jax.jit(functools.partial(model.init, method=Ernie3.nlg_pretrain))
   variables = init(jax.random.PRNGKey(0), tokens, segments, tasks, init_memory(cfg, 1))
-  return model, nn.unbox(variables["params"])
+  return model, model_testing.randomised(nn.unbox(variables["params"]), scale=RANDOM_SCALE)
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,6 +51,15 @@ def _sequence_log_prob(model, params, prompt, continuation):
   ids = list(prompt) + list(continuation)
   logp = jax.nn.log_softmax(generation.reference_logits(model, params, ids, SEGMENT), -1)
   return float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(continuation)))
+
+
+def test_the_decoding_model_has_every_parameter_randomised():
+  _, params = _setup()
+  names = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names.append(jax.tree_util.keystr(path))
+    assert np.std(np.asarray(leaf)) > RANDOM_SCALE / 2, names[-1]
+  assert any("content_bias" in n for n in names) and any("position_bias" in n for n in names)
 
 
 def test_cached_greedy_matches_uncached_reference_for_a_batch():
@@ -200,7 +214,8 @@ def test_cli_names_a_missing_or_empty_model_dir(tmp_path, capsys):
 def test_cached_logits_match_rerun_for_other_stack_variants(overrides):
   cfg = model_testing.config(**overrides)
   model = Ernie3(cfg)
-  params = nn.unbox(model_testing.init_params(cfg)["params"])
+  params = model_testing.randomised(nn.unbox(model_testing.init_params(cfg)["params"]),
+                                    scale=RANDOM_SCALE)
   decoder = CachedNLGDecoder(model, SEGMENT, task_ids.DOCUMENT_LM)
   ids = PROMPTS[1] + PROMPTS[2]
   dp = decoder.prepare(params)
