@@ -509,6 +509,22 @@ def test_the_leak_check_accepts_the_text_value_prior_in_every_arm():
   assert re.search(r"uktp 0\.175 \(chance .*, text value prior 0\.160 ± 0\.\d+\) ok", text)
 
 
+def test_the_leak_check_standard_error_counts_seeds_times_items():
+  """3 seeds x 400 items at 0.29 against chance 0.25: two standard errors over all 1200
+  answers are 2 * sqrt(0.25 * 0.75 / 1200) = 0.025, so 0.29 is above chance (counted over
+  one seed's 400 items they would be 0.043, and 0.29 would pass as chance)."""
+  enc = lambda m: "".join("1" if x else "0" for x in m)
+  right = np.arange(400) < 116  # 0.29 in every seed
+  lines = [{"arm": "uktp", "seed": s, "final_correct": {"N/triple_tail": enc(right)},
+            "curve": {"100": {"N/triple_tail": 0.29}}} for s in range(3)]
+  text = study_report.table(lines, {"N/triple_tail": 0.25}, {"N/triple_tail": 0.2})
+  two_se = 2 * np.sqrt(0.25 * 0.75 / 1200)
+  assert f"{two_se:.3f}" == "0.025"
+  row = [l for l in text.splitlines() if l.startswith("N/triple_tail ") and "(chance" in l]
+  assert row == ["N/triple_tail                    uktp 0.290 (chance 0.250 ± 0.025, "
+                 "KG value prior 0.200 ± 0.023) LEAK?"]
+
+
 def test_the_bootstrap_interval_holds_the_spread_between_seeds():
   """Seeds that disagree widen the interval: one seed far ahead is not read as an effect
   of the arm, as it would be if only the items were resampled."""
