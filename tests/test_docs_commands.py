@@ -9,7 +9,7 @@ import re
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", "Makefile", *sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))),
-        *sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")))]
+        *sorted(p for p in glob.glob(os.path.join(REPO, "launch", "*")) if os.path.isfile(p))]
 # Installed-only locations (setup.py maps gin_configs/ and tasks/ into the package).
 INSTALLED_ONLY = ("ernie3_jax/gin_configs/",)
 

@@ -48,7 +48,15 @@ def initialize_distributed() -> None:
     auto = "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
     auto = auto or "TPU_WORKER_HOSTNAMES" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
   if auto:
-    jax.distributed.initialize()
+    # JAX's own cluster detection (SLURM, TPU pods) finds the coordinator and process
+    # index; under SLURM the GPUs each task uses come from the task's binding
+    # (parallel/cluster_env.py), where JAX alone would pick GPU number SLURM_LOCALID.
+    from ernie3_jax.parallel import cluster_env  # pylint: disable=g-import-not-at-top
+    assignment = cluster_env.slurm_gpu_assignment(os.environ)
+    if assignment is not None:
+      print(assignment.describe(os.environ), flush=True)
+    jax.distributed.initialize(**cluster_env.initialize_kwargs(os.environ))
+
 
 
 def main(argv):
