@@ -176,6 +176,34 @@ def test_rank_questions_truncates_long_prompts_and_counts_them(tiny):
   assert result.accuracy == np.mean([best[0] == 0, best[1] == 1])
 
 
+class _PreferTargetScorer:
+  """Scores a (prompt, target) pair 1 when the target is the preferred one, else 0."""
+
+  max_length = 128
+
+  def __init__(self, preferred_ids):
+    self.preferred = list(preferred_ids)
+
+  def score_pairs(self, pairs):
+    sums = np.asarray([float(list(t) == self.preferred) for _, t in pairs])
+    return sums, np.ones(len(pairs)), 0
+
+
+def test_rank_accuracy_never_counts_a_question_without_a_correct_candidate_as_right():
+  encode = lambda text: [3 + (ord(ch) % 90) for ch in text]
+  scorer = _PreferTargetScorer(encode(" b"))  # always picks " b"
+  wrong = prompts.Question("p", (" a", " b"), (0,), "0")
+  right = prompts.Question("q", (" a", " b"), (1,), "1")
+  no_correct = prompts.Question("r", (" a", " b"), (), "2")
+  result = zero_shot.rank_questions([wrong, no_correct], encode, scorer)
+  assert result.predictions == [1, 1]
+  assert result.accuracy == 0.0
+  # Whether such a question is left out (an unlabelled row) or counted wrong, the
+  # accuracy of the others can only stay or fall.
+  result = zero_shot.rank_questions([right, wrong, no_correct], encode, scorer)
+  assert result.accuracy in (1 / 2, 1 / 3)
+
+
 # -- seqio score metrics --------------------------------------------------------------
 
 
@@ -216,6 +244,23 @@ def test_multirc_and_record_metrics():
   assert zs.metric_fn("record")(rec, [1.0, 0.0])["f1"] == 0.0
   copa = zs.metric_fn("copa")(_rows([1, 0, 1], 2), [0, 1, 0, 1, 1, 0])
   assert copa["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_a_labelled_question_whose_candidates_are_all_wrong_scores_zero():
+  from ernie3_jax.tasks import superglue_zero_shot as zs
+  row = lambda g, c, name, correct, gold: {
+      "group": g, "candidate": c, "is_correct": correct, "labelled": True, "key": str(g),
+      "choice": name, "gold": gold, "truncated": False}
+  # Query 0: "Ada" is right and picked. Query 1: its gold "Zed" is no candidate, so
+  # whichever is picked is wrong.
+  rec = [row(0, 0, "Ada", True, ["Ada"]), row(0, 1, "Bo", False, ["Ada"]),
+         row(1, 0, "Cy", False, ["Zed"]), row(1, 1, "Di", False, ["Zed"])]
+  out = zs.metric_fn("record")(rec, [1.0, 0.0, 1.0, 0.0])
+  assert out["accuracy"] == 0.5 and out["num_questions"] == 2
+  assert out["exact_match"] == 0.5 and out["f1"] == 0.5
+  # The same in a task scored by accuracy alone.
+  copa = [dict(r, choice=f"c{r['candidate']}", gold=[]) for r in rec]
+  assert zs.metric_fn("copa")(copa, [1.0, 0.0, 1.0, 0.0])["accuracy"] == 0.5
 
 
 # -- the registered seqio tasks on the sample rows ------------------------------------
