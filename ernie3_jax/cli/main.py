@@ -58,7 +58,6 @@ def initialize_distributed() -> None:
     jax.distributed.initialize(**cluster_env.initialize_kwargs(os.environ))
 
 
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
