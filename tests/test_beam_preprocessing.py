@@ -1,5 +1,7 @@
 """Beam preprocessing (DirectRunner): the alignment equals the in-process one, the
-seqio caches hold exactly the rows the tasks produce, and training reads them."""
+seqio caches hold exactly the rows the tasks produce, training reads them, and two
+worker processes, or a Dask cluster of two worker processes, write the same alignment
+and caches as one."""
 
 import json
 import os
@@ -8,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ernie3_jax.config import gin_utils
 from ernie3_jax.runtime import tf_runtime  # noqa: F401
@@ -15,6 +18,8 @@ from ernie3_jax.data import beam_alignment, corpus_readers, triple_alignment
 from ernie3_jax.data import data_config as dc
 import seqio
 import ernie3_jax.tasks  # noqa: F401  (registers the tasks and `cache_settings`)
+from tests import beam_testing
+from tests.beam_testing import WorkerProcesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DOCS = 120
@@ -48,19 +53,52 @@ def _bindings(corpus, extra=()):
           *extra]
 
 
-@pytest.fixture(scope="module")
-def preprocessed(corpus, tmp_path_factory):
-  """Runs the real command line once: alignment of both splits, two tasks cached."""
-  out = tmp_path_factory.mktemp("preprocessed")
+CACHED_TASKS = ("knowledge_masked_lm", "uktp")
+
+
+def run_preprocess(corpus, out, beam_args):
+  """Runs the real command line: alignment of both splits, two tasks cached."""
   args = [sys.executable, "-m", "ernie3_jax.tools.preprocess", f"--output_dir={out}",
-          "--cache_tasks=knowledge_masked_lm,uktp", "--cache_splits=train"]
+          f"--cache_tasks={','.join(CACHED_TASKS)}", "--cache_splits=train"]
   args += [f"--gin.{b.replace(' = ', '=')}" for b in _bindings(corpus)]
-  args += ["--", "--runner=DirectRunner"]
+  args += ["--", *beam_args]
   proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "cached 2 tasks" in proc.stdout
-  return str(out)
+  return str(out), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def preprocessed(corpus, tmp_path_factory):
+  return run_preprocess(corpus, tmp_path_factory.mktemp("preprocessed"),
+                        ["--runner=DirectRunner"])[0]
+
+
+def _example(record: bytes) -> str:
+  """A tf.train.Example as canonical JSON (its serialized bytes need not be canonical)."""
+  features = tf.train.Example.FromString(record).features.feature
+  return json.dumps({k: [str(v) for v in getattr(f, f.WhichOneof("kind")).value]
+                     for k, f in sorted(features.items())})
+
+
+def preprocess_outputs(directory: str) -> dict:
+  """Everything the preprocessing wrote, independent of how its files were sharded."""
+  outputs = {}
+  for split in ("train", "validation"):
+    examples, report = beam_alignment.read_alignment(
+        os.path.join(directory, "uktp_alignment"), split)
+    with open(os.path.join(directory, "uktp_alignment", split, "unaligned.tsv")) as f:
+      outputs[f"alignment/{split}"] = (examples, report, sorted(f))
+  for name in CACHED_TASKS:
+    task_dir = os.path.join(directory, f"{name}_cached")
+    names = sorted(os.listdir(task_dir))
+    assert "COMPLETED" in names and not [n for n in names if "beam-temp" in n], names
+    files = [os.path.join(task_dir, n) for n in names if ".tfrecord" in n]
+    rows = sorted(_example(r.numpy()) for r in tf.data.TFRecordDataset(files))
+    with open(os.path.join(task_dir, "stats.train.json")) as f:
+      outputs[name] = (rows, json.load(f))
+  return outputs
 
 
 def test_beam_alignment_equals_in_process(corpus, preprocessed):
@@ -140,3 +178,27 @@ def test_missing_cache_dir_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="holds no completed cache"):
     pretrain_input.PretrainInput(nlu_batch_size=2, nlg_batch_size=0, sequence_length=64,
                                  nlg_segment_length=32, seed=0, cache_dir=str(tmp_path))
+
+
+def test_two_worker_processes_write_the_same_alignment_and_caches(corpus, preprocessed,
+                                                                  tmp_path):
+  with WorkerProcesses() as workers:
+    two, stdout = run_preprocess(corpus, tmp_path, ["--runner=DirectRunner",
+                                                    "--direct_num_workers=2"])
+  assert "direct_running_mode=multi_processing" in stdout
+  assert len(workers.pids) >= 2, workers.pids  # the bundles ran in worker processes
+  one = preprocess_outputs(preprocessed)
+  assert preprocess_outputs(two) == one
+  assert len(one["uktp"][0]) > 20 and one["uktp"][1]["examples"] == len(one["uktp"][0])
+
+
+@pytest.fixture(scope="module", name="cluster")
+def fixture_cluster():
+  yield from beam_testing.dask_cluster()
+
+
+def test_a_dask_cluster_writes_the_same_alignment_and_caches(corpus, preprocessed, cluster,
+                                                            tmp_path):
+  on_dask, stdout = run_preprocess(corpus, tmp_path, beam_testing.dask_args(cluster))
+  assert f"Beam runner {beam_testing.DASK_RUNNER}" in stdout
+  assert preprocess_outputs(on_dask) == preprocess_outputs(preprocessed)

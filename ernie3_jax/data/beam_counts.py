@@ -17,7 +17,14 @@ MAX_EXAMPLES = 20
 
 
 def _as_pair(event) -> tuple[str, int]:
-  return (event, 1) if isinstance(event, str) else (str(event[0]), int(event[1]))
+  """An event as (what, n); anything else is an error, never a guessed count (a runner
+  that merged a multi-output step's outputs would hand other elements here)."""
+  if isinstance(event, str):
+    return event, 1
+  if (isinstance(event, tuple) and len(event) == 2 and isinstance(event[0], str)
+      and isinstance(event[1], int) and not isinstance(event[1], bool)):
+    return event
+  raise TypeError(f"not a count event (a string or a (string, int) pair): {event!r:.200}")
 
 
 def write_report(events: Sequence[beam.PCollection], examples: beam.PCollection | None,
