@@ -30,6 +30,12 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "google-crc32c==1.9.0",  # Beam writes TFRecords with it
     "mwparserfromhell==0.7.2",  # Wikipedia dumps: wikitext -> plain text
+    # gs:// paths (ernie3_jax/runtime/storage.py; orbax through etils.epath). Resolved
+    # together with the protobuf 6 pin above: an unpinned install of gcsfs pulls protobuf 7.
+    "gcsfs==2026.10.1",
+    "fsspec==2026.9.0",
+    "google-cloud-storage==3.17.2",
+    "google-api-core==2.44.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -38,6 +44,7 @@ EXTRAS_REQUIRE = {
         "pytest-xdist==3.8.0",
         "hypothesis==6.170.15",
         "matplotlib==3.11.2",  # the knowledge study's figure, drawn in its pipeline test
+        "gcp-storage-emulator==2026.7.19",  # a GCS JSON API on localhost for the gs:// tests
     ],
     # The knowledge study's figure (`make study`).
     "study": [

@@ -21,6 +21,7 @@ from absl import logging
 
 from ernie3_jax.config import gin_utils
 from ernie3_jax.config.gin_utils import rewrite_gin_args
+from ernie3_jax.runtime import storage
 
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings NAME=VALUE.")
@@ -84,8 +85,8 @@ def main(argv):
   lock = _lock_if_training(model_dir)
   try:
     if jax.process_index() == 0:
-      with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin_utils.effective_config())
+      storage.write_atomic(os.path.join(model_dir, "config.gin"),
+                           gin_utils.effective_config())
     logging.info("run_mode=%s model_dir=%s processes=%d devices=%d", _RUN_MODE.value,
                  model_dir, jax.process_count(), jax.device_count())
     runs.run(_RUN_MODE.value, model_dir)
@@ -103,7 +104,7 @@ def _lock_if_training(model_dir: str):
   from ernie3_jax.training import run_lock  # pylint: disable=g-import-not-at-top
   lock, error = None, None
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
+    storage.makedirs(model_dir)
     if _RUN_MODE.value == "train":
       try:
         lock = run_lock.RunLock(model_dir).acquire()

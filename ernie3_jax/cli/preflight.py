@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from ernie3_jax.runtime import storage
+
 
 def check(run_mode: str, model_dir: str) -> None:
   """Raises the first configuration error of `run_mode`, writing nothing to `model_dir`."""
@@ -23,7 +25,7 @@ def check(run_mode: str, model_dir: str) -> None:
     train_lib.train(model_dir, dry_run=True)
   elif run_mode in ("eval", "infer"):
     from ernie3_jax.training import checkpoint_files  # pylint: disable=g-import-not-at-top
-    if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+    if not storage.isdir(os.path.join(model_dir, "checkpoints")):
       raise FileNotFoundError(
           f"--run_mode={run_mode} needs a trained MODEL_DIR, but {model_dir!r} (model_dir.path) "
           "has no checkpoints/ directory; train first with the same MODEL_DIR")

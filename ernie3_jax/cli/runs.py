@@ -9,11 +9,14 @@ import os
 import gin
 import jax
 
+from ernie3_jax.runtime import storage
+
 
 @gin.configurable
 def model_dir(path: str = gin.REQUIRED) -> str:
-  """MODEL_DIR: where checkpoints, summaries and the effective config go."""
-  return os.path.abspath(os.path.expanduser(path))
+  """MODEL_DIR: where checkpoints, summaries and the effective config go: a local
+  folder (made absolute) or an object-store URI such as gs://bucket/run."""
+  return storage.resolve(path, "model_dir.path (MODEL_DIR)")
 
 
 def summarize_training(history: list[dict[str, float]]) -> str:
@@ -68,8 +71,8 @@ def run(run_mode: str, directory: str, prompts: tuple[str, ...] = (),
     metrics = evaluate.evaluate(directory)
     # Every process evaluated its share (the metrics are global sums); process 0 writes.
     if jax.process_index() == 0:
-      with open(os.path.join(directory, "eval_metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+      storage.write_atomic(os.path.join(directory, "eval_metrics.json"),
+                           json.dumps(metrics, indent=1))
       print("evaluation: " + " ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
     return metrics
   if run_mode == "infer":

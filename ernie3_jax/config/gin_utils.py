@@ -20,6 +20,7 @@ import gin
 # Importing these registers their configurables with gin.
 from ernie3_jax.model import config as _model_config  # noqa: F401
 from ernie3_jax.parallel import mesh as _mesh  # noqa: F401
+from ernie3_jax.runtime import storage
 
 # The checkout this module sits in (ernie3_jax/config/gin_utils.py).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,6 +85,11 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
     gin.add_config_file_search_path(path)
   resolved = []
   for f in gin_files:
+    if storage.is_uri(f):  # a run's config.gin on an object store; gin reads local files
+      if not storage.isfile(f):
+        raise FileNotFoundError(f"--gin_file={f!r} does not exist")
+      resolved.append(_with_current_module_names(storage.local_copy(f)))
+      continue
     candidates = [f] + [os.path.join(p, f) for p in paths]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None:

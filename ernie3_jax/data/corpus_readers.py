@@ -8,10 +8,11 @@ Bad input fails with the file and line at fault; nothing is skipped silently.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Iterable, Iterator
+
+from ernie3_jax.runtime import storage
 
 EMBEDDED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "embedded")
 EMBEDDED_CORPUS = os.path.join(EMBEDDED_DIR, "corpus.jsonl")
@@ -43,7 +44,7 @@ def expand_paths(patterns: str | Iterable[str]) -> list[str]:
     if pattern.startswith(TFDS_PREFIX):
       files.append(pattern)
       continue
-    matched = sorted(glob.glob(pattern))
+    matched = storage.glob(storage.check(pattern, "corpus path"))
     if not matched:
       raise FileNotFoundError(f"corpus path {pattern!r} matches no file")
     files.extend(matched)
@@ -51,7 +52,7 @@ def expand_paths(patterns: str | Iterable[str]) -> list[str]:
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     for lineno, raw in enumerate(f, 1):
       try:
         yield lineno, raw.decode("utf-8")

@@ -18,6 +18,8 @@ from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
 from ernie3_jax.data.masking_levels import DEFAULT_LEVEL_WEIGHTS
 import os
 
+from ernie3_jax.runtime import storage
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -56,11 +58,12 @@ def require_file(path: str | None, binding: str) -> None:
   """Fails, naming the gin binding that set `path`, unless it is a readable file."""
   if path is None:
     return
-  if not os.path.exists(path):
+  storage.check(path, binding)
+  if not storage.exists(path):
     raise FileNotFoundError(f"{binding}={path!r}: no such file")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"{binding}={path!r} is not a file")
-  if not os.access(path, os.R_OK):
+  if not storage.is_uri(path) and not os.access(path, os.R_OK):
     raise PermissionError(f"{binding}={path!r} is not readable")
 
 

@@ -12,6 +12,7 @@ import re
 from typing import Iterable, Iterator, NamedTuple
 
 from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
+from ernie3_jax.runtime import storage
 
 EMBEDDED_KG = os.path.join(EMBEDDED_DIR, "kg.tsv")
 EMBEDDED_ALIASES = os.path.join(EMBEDDED_DIR, "aliases.tsv")
@@ -36,9 +37,9 @@ class KnowledgeGraphError(ValueError):
 
 def _data_lines(path: str) -> Iterator[tuple[int, str | None]]:
   """(line number, text) per line; text is None for a skipped blank/comment line."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"knowledge-graph file {path!r} does not exist")
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     for lineno, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")

@@ -13,6 +13,7 @@ from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from
 import seqio
 
 from ernie3_jax.data.corpus_readers import EMBEDDED_DIR
+from ernie3_jax.runtime import storage
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
@@ -24,9 +25,11 @@ class Vocabulary(seqio.SentencePieceVocabulary):
   """seqio's SentencePiece vocabulary plus the ids of the special pieces."""
 
   def __init__(self, path: str = EMBEDDED_VOCAB):
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise FileNotFoundError(f"vocabulary file {path!r} does not exist")
-    super().__init__(path)
+    # SentencePiece (through seqio) reads with TensorFlow's gfile: an object-store
+    # vocabulary is read through `storage` into a local copy first.
+    super().__init__(storage.local_copy(path))
     model = self.tokenizer
     if model.pad_id() != PAD_ID or model.eos_id() != EOS_ID or model.unk_id() != UNK_ID:
       raise ValueError(f"vocabulary {path!r}: expected pad/eos/unk ids 0/1/2, got "

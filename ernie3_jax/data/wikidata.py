@@ -21,11 +21,11 @@ What is kept (`Rules`), every drop counted by reason in the report:
 
 from __future__ import annotations
 
-import bz2
 import dataclasses
-import gzip
 import json
 from typing import Any, Iterator, Sequence
+
+from ernie3_jax.runtime import storage
 
 COUNT = "count"  # the tag of the count events each stage emits
 
@@ -57,11 +57,7 @@ class Item:
 
 def open_dump(path: str):
   """A text stream over a plain, .gz or .bz2 dump."""
-  if path.endswith(".bz2"):
-    return bz2.open(path, "rt", encoding="utf-8")
-  if path.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
+  return storage.open_decompressed(path, "rt", encoding="utf-8")
 
 
 def dump_lines(path: str) -> Iterator[tuple[int, str]]:

@@ -15,10 +15,11 @@ and skipped.
 
 from __future__ import annotations
 
-import bz2
 import re
 import xml.etree.ElementTree as ET
 from typing import Iterator, NamedTuple
+
+from ernie3_jax.runtime import storage
 
 _LINK_NAMESPACES = re.compile(r"^\s*:?\s*(file|image|category|media)\s*:", re.IGNORECASE)
 _INTERWIKI = re.compile(r"^\s*:?\s*[a-z]{2,3}(-[a-z]+)?\s*:", re.IGNORECASE)
@@ -43,10 +44,9 @@ def _local(tag: str) -> str:
 
 def read_pages(path: str) -> Iterator[Page]:
   """Every <page> of a .xml or .xml.bz2 dump, in file order."""
-  opener = bz2.open if path.endswith(".bz2") else open
   pages = 0
   try:
-    with opener(path, "rb") as f:
+    with storage.open_decompressed(path, "rb") as f:
       title = ns = text = None
       redirect = False
       for event, element in ET.iterparse(f, events=("end",)):

@@ -40,8 +40,9 @@ import numpy as np
 from ernie3_jax.runtime import tf_runtime  # noqa: F401  (first: hides GPUs from TensorFlow)
 import seqio
 
+from ernie3_jax.runtime import storage
 from ernie3_jax.runtime.tf_runtime import tf
-from ernie3_jax.training import checkpoint_files, finetune, partitioning
+from ernie3_jax.training import checkpoint_files, finetune, loop_hooks, partitioning
 from ernie3_jax.training.finetune_input import pad_or_truncate
 
 CANDIDATE_TASKS = ("superglue_copa", "superglue_record")
@@ -193,10 +194,10 @@ def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tup
         predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
         candidate)
     if predictions_path is not None and jax.process_index() == 0:
-      with open(predictions_path, "w") as f:
-        for (_, ex), score in zip(pairs, scores):
-          f.write(json.dumps({"idx": np.asarray(ex["idx"]).tolist(),
-                              "prediction": np.asarray(score, np.float64).tolist()}) + "\n")
+      storage.write_atomic(predictions_path, "".join(
+          json.dumps({"idx": np.asarray(ex["idx"]).tolist(),
+                      "prediction": np.asarray(score, np.float64).tolist()}) + "\n"
+          for (_, ex), score in zip(pairs, scores)))
     return [(int(i), s) for (i, _), s in zip(pairs, scores)]
 
   with evaluation_view(task, split, sequence_length) as view:
@@ -237,7 +238,7 @@ def evaluate_checkpoint(model_dir: str, *, split: str = "validation", batch_size
                          "skipped": plan.skipped}
   directory = os.path.join(model_dir, PREDICTIONS_DIR)
   if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
+    storage.makedirs(directory)
   for task, task_split, head in plan.runs:
     path = os.path.join(directory, f"{task.name}.{task_split}.jsonl")
     out["tasks"][task.name] = _evaluate_task(task, task_split, predictor, head,
@@ -306,7 +307,7 @@ def _source_file(task_name: str, split: str) -> str:
   # pylint: disable-next=g-import-not-at-top
   from ernie3_jax.superglue import sources
   source = sources.superglue_source()
-  if os.path.isdir(source):
+  if storage.isdir(source):
     return sources.split_path(task_name.removeprefix("superglue_"), split, source)
   return f"source {source!r}"
 
@@ -315,19 +316,15 @@ def _remove_stale(model_dir: str) -> None:
   if jax.process_index() > 0:
     return
   stale = os.path.join(model_dir, "eval_metrics.json")
-  if os.path.exists(stale):
-    os.remove(stale)
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.rmtree(os.path.join(model_dir, PREDICTIONS_DIR), ignore_errors=True)
+  if storage.exists(stale):
+    storage.remove(stale)
+  storage.rmtree(os.path.join(model_dir, PREDICTIONS_DIR))
 
 
 def _write_json(model_dir: str, out: Mapping[str, Any]) -> None:
   if jax.process_index() > 0:
     return
-  path = os.path.join(model_dir, "eval_metrics.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f, indent=1)
-  os.replace(path + ".tmp", path)
+  storage.write_atomic(os.path.join(model_dir, "eval_metrics.json"), json.dumps(out, indent=1))
 
 
 def _superglue_average(results: Mapping[str, Mapping[str, float]]) -> float | None:
@@ -341,8 +338,8 @@ def _superglue_average(results: Mapping[str, Mapping[str, float]]) -> float | No
 def _write_metrics(model_dir: str, out: Mapping[str, Any]) -> None:
   if jax.process_index() > 0:
     return
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  writer = metric_writers.create_default_writer(os.path.join(model_dir, "tensorboard", "eval"))
+  writer = loop_hooks.metric_writer(model_dir, os.path.join("tensorboard", "eval"),
+                                    just_logging=False)
   scalars = {f"{out['split']}/{task}/{name}": value
              for task, values in out["tasks"].items() for name, value in values.items()}
   if "superglue_average" in out:

@@ -28,6 +28,7 @@ import numpy as np
 from ernie3_jax.model import Ernie3
 from ernie3_jax.model import task_ids
 from ernie3_jax.superglue import prompts as prompts_lib
+from ernie3_jax.runtime import storage
 
 NORMALIZATIONS = ("sum", "mean")
 
@@ -211,7 +212,7 @@ def load_scorer(model_dir: str, max_length: int = 128, batch_size: int = 16,
   from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.training.evaluate import load_params  # pylint: disable=g-import-not-at-top
   config = os.path.join(model_dir, "config.gin")
-  if not os.path.isfile(config):
+  if not storage.isfile(config):
     raise FileNotFoundError(f"{config} does not exist: --model_dir must be a training run's "
                             "MODEL_DIR (it holds config.gin and checkpoints/)")
   gin_utils.parse_gin([config], list(gin_bindings))
@@ -247,13 +248,12 @@ def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
   if predictions_path is not None:
     rows = seqio.get_mixture_or_task(task_name).get_dataset(
         None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator()
-    with open(predictions_path, "w") as f:
-      for index, row in enumerate(rows):
-        if index in scored:
-          f.write(json.dumps({"row": index, "question": _text(row.get("key", b"")),
-                              "group": int(row.get("group", -1)),
-                              "candidate": int(row.get("candidate", -1)),
-                              "score": scored[index]}) + "\n")
+    storage.write_atomic(predictions_path, "".join(
+        json.dumps({"row": index, "question": _text(row.get("key", b"")),
+                    "group": int(row.get("group", -1)),
+                    "candidate": int(row.get("candidate", -1)),
+                    "score": scored[index]}) + "\n"
+        for index, row in enumerate(rows) if index in scored))
   return {k: float(getattr(v, "value", v)) for k, v in result.items()}
 
 

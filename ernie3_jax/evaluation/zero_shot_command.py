@@ -17,6 +17,7 @@ import jax
 
 from ernie3_jax.evaluation.zero_shot import NORMALIZATIONS, load_scorer, score_task
 from ernie3_jax.superglue import prompts as prompts_lib
+from ernie3_jax.runtime import storage
 
 
 def _parse_tasks(value: str) -> list[str]:
@@ -52,6 +53,7 @@ def main(argv: Iterable[str] | None = None) -> None:
                       "MODEL_DIR/zero_shot/<split>_<normalization>_<k>shot)")
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
+  args.model_dir = storage.resolve(args.model_dir, "--model_dir")
   scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
   from ernie3_jax.tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
   output_dir = args.output_dir or os.path.join(
@@ -59,7 +61,7 @@ def main(argv: Iterable[str] | None = None) -> None:
   # Every process scores (the model is sharded over all of them); process 0 writes.
   writer = jax.process_index() == 0
   if writer:
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
   results = {}
   for task in tasks:
     with gin.unlock_config():
@@ -74,8 +76,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     if not writer:
       continue
     # Full precision on disk, after every task (a later failure keeps the finished ones).
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-      json.dump({"settings": vars(args), "tasks": results}, f, indent=1)
+    storage.write_atomic(os.path.join(output_dir, "metrics.json"),
+                         json.dumps({"settings": vars(args), "tasks": results}, indent=1))
     print(f"{task:12s} " + " ".join(f"{k}={v:.4f}" for k, v in sorted(results[task].items())),
           flush=True)
   if writer:

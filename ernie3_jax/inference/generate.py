@@ -18,6 +18,8 @@ import sys
 
 from absl import flags
 
+from ernie3_jax.runtime import storage
+
 
 def _define_flags() -> flags.FlagValues:
   """This command's flags, in their own FlagValues (no clash with other entry points)."""
@@ -54,10 +56,11 @@ def load_run_config(model_dir: str | None, bindings: list[str] = ()) -> None:
   from ernie3_jax.config import gin_utils  # pylint: disable=g-import-not-at-top
   if not model_dir:
     raise ValueError("--checkpoint is required: the MODEL_DIR of a training run")
-  if not os.path.isdir(model_dir):
+  model_dir = storage.check(model_dir, "--checkpoint")
+  if not storage.isdir(model_dir):
     raise FileNotFoundError(f"--checkpoint={model_dir!r}: no such directory")
   config = os.path.join(model_dir, "config.gin")
-  if not os.path.isfile(config):
+  if not storage.isfile(config):
     raise FileNotFoundError(f"--checkpoint={model_dir!r} has no config.gin; it is not a "
                             "MODEL_DIR written by `python -m ernie3_jax.cli.main --run_mode=train`")
   gin_utils.parse_gin([config], list(bindings))

@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterator
 
 import gin
 
+from ernie3_jax.runtime import storage
+
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "axb", "axg")
 MAIN_TASKS = TASKS[:8]
 DIAGNOSTIC_TASKS = ("axb", "axg")
@@ -108,7 +110,7 @@ def read_split(task: str, split: str, source: str | None = None) -> Iterator[dic
   if source == TFDS_PREFIX or source.startswith(TFDS_PREFIX + ":"):
     data_dir = source[len(TFDS_PREFIX) + 1:] or None
     return _read_tfds(task, split, data_dir)
-  if not os.path.isdir(source):
+  if not storage.isdir(source):
     raise FileNotFoundError(f"SuperGLUE source {source!r} is neither 'tfds', 'tfds:DATA_DIR' "
                             "nor a directory in the official layout")
   return _read_jsonl(task, split_path(task, split, source))
@@ -118,9 +120,9 @@ def read_split(task: str, split: str, source: str | None = None) -> Iterator[dic
 
 
 def _read_jsonl(task: str, path: str) -> Iterator[dict[str, Any]]:
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"SuperGLUE file {path!r} does not exist")
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ernie3_jax.superglue import sources
+from ernie3_jax.runtime import storage
 
 FILE_NAMES = {t: f"{d}.jsonl" for t, d in sources.OFFICIAL_DIRS.items()}
 # The words jiant (the SuperGLUE authors' toolkit) writes for class 0 and 1.
@@ -105,9 +106,7 @@ def write_submission(task: str, rows: Sequence[Mapping[str, Any]], predictions: 
                      out_dir: str) -> str:
   """Writes `out_dir/<Official>.jsonl` for one task and returns its path."""
   lines = submission_lines(task, rows, predictions)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   path = os.path.join(out_dir, FILE_NAMES[sources.canonical_task(task)])
-  with open(path, "w", encoding="utf-8") as f:
-    for line in lines:
-      f.write(json.dumps(line) + "\n")
+  storage.write_atomic(path, "".join(json.dumps(line) + "\n" for line in lines))
   return path

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ernie3_jax.training.checkpoint_integrity import array_name
+from ernie3_jax.runtime import storage
 
 ITEMS = ("state", "data", "integrity")  # the items of every saved step
 
@@ -71,7 +72,7 @@ def saved_shapes(item_dir: str, step: int | None = None) -> dict[str, tuple[int,
     raise CheckpointCorruptError(step, os.path.dirname(item_dir), "its metadata cannot be "
                                  f"read ({type(e).__name__}: {first_line(e)})") from e
   if not shapes and step is not None:
-    gone = not os.path.exists(os.path.join(item_dir, "_METADATA"))
+    gone = not storage.exists(os.path.join(item_dir, "_METADATA"))
     raise CheckpointCorruptError(step, os.path.dirname(item_dir), "its metadata lists no "
                                  "arrays" + (" (state/_METADATA is missing)" if gone else ""))
   return shapes
@@ -125,9 +126,9 @@ def complete_steps(root: str) -> list[int]:
 def latest_checkpoint_dir(path: str) -> tuple[str, int]:
   """(directory of the latest complete checkpoint's state item, its step) under `path`,
   which is a MODEL_DIR or its checkpoints/ directory."""
-  root = os.path.join(path, "checkpoints") if os.path.isdir(
+  root = os.path.join(path, "checkpoints") if storage.isdir(
       os.path.join(path, "checkpoints")) else path
-  if not os.path.isdir(root):
+  if not storage.isdir(root):
     raise FileNotFoundError(f"no checkpoint directory at {path!r}")
   steps = complete_steps(root)
   if not steps:
@@ -147,7 +148,7 @@ def restore_params_into(params: Any, shardings: Any, source: str,
   path, latest = latest_checkpoint_dir(source)
   if step is not None and step != latest:
     path = os.path.join(os.path.dirname(os.path.dirname(path)), str(step), "state")
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
       raise FileNotFoundError(f"{source!r} has no checkpoint of step {step}")
   step = latest if step is None else step
   ckptr = ocp.PyTreeCheckpointer()

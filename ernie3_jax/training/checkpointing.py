@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from ernie3_jax.training.checkpoint_files import (  # noqa: F401  errors re-expo
     ITEMS, CheckpointCorruptError, CheckpointMismatchError, CheckpointSaveError,
     NonFiniteStateError, first_line, saved_shapes, shape_mismatches, summarize_mismatches)
 from ernie3_jax.training.checkpoint_integrity import array_name
+from ernie3_jax.runtime import storage
 
 DATA_VERSION = 2  # {"version", "per_process": [each process's data-pipeline state]}
 REJECTED_DIR = "rejected_checkpoints"  # beside checkpoints/, in MODEL_DIR
@@ -40,7 +40,7 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.resolve(directory, "checkpoint directory")
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
@@ -100,14 +100,14 @@ class Checkpointer:
     for `settle_seconds`.
     """
     removed: list[str] = []
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if jax.process_index() != 0 or not storage.isdir(self.directory):
       return removed
     quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < settle_seconds:
-      found = [n for n in os.listdir(self.directory)
+      found = [n for n in storage.listdir(self.directory)
                if n.startswith(f"{step}.") and TMP_MARKER in n]
       for name in found:
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        storage.rmtree(os.path.join(self.directory, name))
         removed.append(name)
       if found:
         quiet_since = time.monotonic()
@@ -150,7 +150,7 @@ class Checkpointer:
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         shardings)
-    verified = os.path.isdir(os.path.join(step_dir, "integrity"))
+    verified = storage.isdir(os.path.join(step_dir, "integrity"))
     items = dict(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
     if verified:
       items["integrity"] = ocp.args.JsonRestore()
@@ -191,7 +191,7 @@ class Checkpointer:
           f"the parameters of step {step} in {self.directory!r} do not fit this model: "
           f"{summarize_mismatches(problems)}. Use the config the run was trained with "
           "(MODEL_DIR/config.gin).")
-    verified = os.path.isdir(os.path.join(step_dir, "integrity"))
+    verified = storage.isdir(os.path.join(step_dir, "integrity"))
     try:
       # A partial restore: the arrays outside `item` (optimizer state, memory) are not read.
       # Arrays come back in the dtype they were saved in (their checksums are of those
@@ -287,13 +287,12 @@ class Checkpointer:
     """Moves a checkpoint that failed verification out of the manager's sight."""
     rejected = os.path.join(os.path.dirname(self.directory), REJECTED_DIR)
     target = os.path.join(rejected, str(error.step))
-    if os.path.exists(target):
+    if storage.exists(target):
       target += time.strftime(".%Y%m%d-%H%M%S")
     if jax.process_index() == 0:
-      os.makedirs(rejected, exist_ok=True)
-      os.rename(error.path, target)
-      with open(os.path.join(target, "REJECTED.txt"), "w") as f:
-        f.write(str(error) + "\n")
+      storage.makedirs(rejected)
+      storage.rename(error.path, target)
+      storage.write_atomic(os.path.join(target, "REJECTED.txt"), str(error) + "\n")
     multihost.barrier(f"ernie3_jax_reject_{error.step}")
     self.manager.reload()
     return target

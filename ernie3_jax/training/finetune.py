@@ -37,6 +37,7 @@ from ernie3_jax.training import train as train_lib
 from ernie3_jax.training.finetune_heads import HeadLayout
 from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.finetune_input import FinetuneInput, task_rates
+from ernie3_jax.runtime import storage
 
 # The shared representation: frozen by `freeze_universal`.
 UNIVERSAL_MODULES = ("embedder", "universal")
@@ -272,8 +273,8 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   ckpt.close()
   data.close()
   if process_index == 0:
-    with open(os.path.join(model_dir, "finetune_history.json"), "w") as f:
-      json.dump({"tasks": list(setup.layout.task_names), "history": history}, f, indent=1)
+    storage.write_atomic(os.path.join(model_dir, "finetune_history.json"), json.dumps(
+        {"tasks": list(setup.layout.task_names), "history": history}, indent=1))
   return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
 
 
@@ -320,9 +321,9 @@ def _check_training_rows(task_name: str, sequence_length: int) -> None:
   from ernie3_jax.superglue import sources
   where = "its source"
   source = sources.superglue_source()
-  if task_name.removeprefix("superglue_") in sources.TASKS and os.path.isdir(source):
+  if task_name.removeprefix("superglue_") in sources.TASKS and storage.isdir(source):
     where = sources.split_path(task_name.removeprefix("superglue_"), "train", source)
-    if not os.path.isfile(where):
+    if not storage.isfile(where):
       raise FileNotFoundError(f"{task_name}: its training file {where} does not exist")
   length = {"input_ids": sequence_length, "segment_ids": sequence_length}
   ds = seqio.get_mixture_or_task(task_name).get_dataset(

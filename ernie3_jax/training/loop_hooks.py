@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from ernie3_jax.training import checkpointing
+from ernie3_jax.runtime import storage
 
 
 def window_average(pending: list[dict]) -> dict[str, float]:
@@ -57,10 +58,48 @@ def _number(value: float) -> str:
   return f"{value:.3f}" if np.isfinite(value) else "-"
 
 
-def metric_writer(model_dir: str):
+def metric_writer(model_dir: str, subdir: str = "tensorboard", just_logging: bool | None = None):
+  """clu's TensorBoard writer for MODEL_DIR/`subdir` (process 0 writes event files).
+
+  TensorBoard's event writer reaches object stores only through TensorFlow's gfile; for
+  a gs:// MODEL_DIR the events are written to a local folder and copied into the store
+  (`MirroredWriter`), so the one GCS client of `storage` serves everything.
+  """
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  return metric_writers.create_default_writer(
-      os.path.join(model_dir, "tensorboard"), just_logging=jax.process_index() > 0)
+  if just_logging is None:
+    just_logging = jax.process_index() > 0
+  target = os.path.join(model_dir, subdir)
+  if just_logging or not storage.is_uri(target):
+    return metric_writers.create_default_writer(target, just_logging=just_logging)
+  import tempfile  # pylint: disable=g-import-not-at-top
+  local = tempfile.mkdtemp(prefix="ernie3_tensorboard_")
+  return MirroredWriter(metric_writers.create_default_writer(local), local, target)
+
+
+class MirroredWriter:
+  """A metric writer whose event files live in `local_dir` and are copied to
+  `remote_dir` at most every `every_seconds` while writing, and at every flush."""
+
+  def __init__(self, inner: Any, local_dir: str, remote_dir: str, every_seconds: float = 10.0):
+    self.inner, self.local_dir, self.remote_dir = inner, local_dir, remote_dir
+    self.every_seconds, self.last_upload = every_seconds, 0.0
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.inner, name)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    self.inner.write_scalars(step, scalars)
+    if time.monotonic() - self.last_upload >= self.every_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    self.inner.flush()
+    storage.upload_tree(self.local_dir, self.remote_dir)
+    self.last_upload = time.monotonic()
+
+  def close(self) -> None:
+    self.flush()
+    self.inner.close()
 
 
 def progress_bar(total: int, initial: int, enabled: bool | None):
@@ -77,19 +116,18 @@ def write_history(model_dir: str, peak: float, peak_how: str,
   """MODEL_DIR/train_history.json: every logged step of this run and its earlier starts."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(model_dir, "train_history.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump({"peak_flops": peak, "peak_source": peak_how, "history": history}, f, indent=1)
-  os.replace(path + ".tmp", path)  # never a half-written file
+  # Never a half-written file: replaced whole (storage.write_atomic).
+  storage.write_atomic(os.path.join(model_dir, "train_history.json"), json.dumps(
+      {"peak_flops": peak, "peak_source": peak_how, "history": history}, indent=1))
 
 
 def earlier_history(model_dir: str, resumed_from: int | None) -> list[dict[str, float]]:
   """The logged steps of earlier starts up to `resumed_from` (later ones are redone)."""
   path = os.path.join(model_dir, "train_history.json")
-  if resumed_from is None or not os.path.exists(path):
+  if resumed_from is None or not storage.exists(path):
     return []
-  with open(path) as f:
-    return [m for m in json.load(f).get("history", []) if m["step"] <= resumed_from]
+  return [m for m in json.loads(storage.read_text(path)).get("history", [])
+          if m["step"] <= resumed_from]
 
 
 class CheckpointHook:

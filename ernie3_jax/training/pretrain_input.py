@@ -27,6 +27,7 @@ from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import document_streams
 from ernie3_jax.runtime.tf_runtime import tf
 from ernie3_jax.model import task_ids
+from ernie3_jax.runtime import storage
 
 _CHUNK = 64
 NLU_KEYS = ("tokens", "segment_ids", "mlm_targets", "mlm_weights", "label", "label_weight",
@@ -162,7 +163,7 @@ class PretrainInput:
   @staticmethod
   def _find_caches(cache_dir: str, names: set[str]) -> dict[str, str]:
     """{task: its cached task} for the tasks cached under `cache_dir`."""
-    if not os.path.isdir(cache_dir):
+    if not storage.isdir(cache_dir):
       raise FileNotFoundError(f"PretrainInput.cache_dir={cache_dir!r} is not a directory")
     if cache_dir not in seqio.get_global_cache_dirs():
       seqio.add_global_cache_dirs([cache_dir])
@@ -170,7 +171,7 @@ class PretrainInput:
     for name in sorted(names):
       candidate = name + "_cached"
       if (candidate in seqio.TaskRegistry.names()
-          and os.path.exists(os.path.join(cache_dir, candidate, "COMPLETED"))):
+          and storage.exists(os.path.join(cache_dir, candidate, "COMPLETED"))):
         cached[name] = candidate
     if not cached:
       raise FileNotFoundError(

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax
 
+from ernie3_jax.runtime import storage
+
 
 def check_profile_steps(profile_steps: tuple[int, int] | None, num_steps: int) -> None:
   """Refuses a window that is not 1 <= a <= b (naming the gin binding)."""
@@ -36,13 +38,19 @@ class StepProfiler:
 
   def __init__(self, model_dir: str, profile_steps: tuple[int, int] | None):
     self.directory = os.path.join(model_dir, "profile")
+    # The profiler writes local files only: for an object-store MODEL_DIR it traces into
+    # a local folder that is copied to MODEL_DIR/profile when the trace stops.
+    self.trace_dir = self.directory
+    if storage.is_uri(self.directory):
+      import tempfile  # pylint: disable=g-import-not-at-top
+      self.trace_dir = tempfile.mkdtemp(prefix="ernie3_profile_")
     self.window = None if profile_steps is None else tuple(int(s) for s in profile_steps)
     self.active = False
 
   def before_step(self, step: int) -> None:
     """`step` is the number of the step about to run (1-based)."""
     if self.window is not None and step == self.window[0] and not self.active:
-      jax.profiler.start_trace(self.directory)
+      jax.profiler.start_trace(self.trace_dir)
       self.active = True
 
   def after_step(self, step: int, outputs: Any) -> None:
@@ -56,6 +64,8 @@ class StepProfiler:
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
+      if self.trace_dir != self.directory:
+        storage.upload_tree(self.trace_dir, self.directory)
 
 
 class DataWait:

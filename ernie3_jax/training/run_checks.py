@@ -13,6 +13,7 @@ from typing import Any
 from ernie3_jax.model import Ernie3Config
 from ernie3_jax.training import checkpoint_files, checkpointing
 from ernie3_jax.training.progressive import ProgressiveSchedule
+from ernie3_jax.runtime import storage
 
 
 def check_options(on_nonfinite: str, on_save_error: str,
@@ -114,7 +115,7 @@ def check_checkpoints(model_dir: str, init_from: str | None, abstract: Any) -> N
   """The checkpoint a run would resume from (or, starting fresh, `train.init_from`) must
   fit the model; checked from metadata before anything is written."""
   own = os.path.join(model_dir, "checkpoints")
-  steps = checkpoint_files.complete_steps(own) if os.path.isdir(own) else []
+  steps = checkpoint_files.complete_steps(own) if storage.isdir(own) else []
   # The newest checkpoint whose metadata reads is the one a resume ends up on (restore
   # verifies the arrays and falls back past damaged checkpoints).
   for step in reversed(steps):

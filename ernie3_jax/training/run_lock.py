@@ -1,11 +1,15 @@
 """One trainer per MODEL_DIR: a lock file naming its holder (host, pid, start time).
 
 Two trainers writing one checkpoint directory corrupt each other's saves, so the
-second is refused. The lock is a file created exclusively (O_EXCL), which works on
-local and network filesystems alike. A trainer killed without cleaning up leaves its
-lock behind; on the same host a lock whose process is gone (or whose pid now belongs
-to a younger process) is taken over, and the takeover is reported. A lock from
-another host cannot be checked from here and is never taken over silently.
+second is refused. The lock is a file created exclusively (`storage.create_exclusive`:
+O_EXCL on local and network filesystems; on GCS a write with the precondition "no
+such object", which the store refuses for the second writer). A trainer killed
+without cleaning up leaves its lock behind; on the same host a lock whose process is
+gone (or whose pid now belongs to a younger process) is taken over, and the takeover
+is reported. On an object store the stale lock is deleted and created anew: two
+starters racing for one stale lock in the same instant could both succeed there,
+which local disk's rename excludes. A lock from another host cannot be checked from
+here and is never taken over silently.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 import socket
 import time
+
+from ernie3_jax.runtime import storage
 
 LOCK_NAME = "trainer.lock"
 
@@ -65,18 +71,11 @@ class RunLock:
     pid = os.getpid()
     holder = {"host": socket.gethostname(), "pid": pid, "started": time.time(),
               "start_ticks": _process_start_ticks(pid)}
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(holder, f)
-    return True
+    return storage.create_exclusive(self.path, json.dumps(holder))
 
   def _holder(self) -> dict | None:
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return json.loads(storage.read_text(self.path))
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
@@ -97,10 +96,13 @@ class RunLock:
         # Stale: rename it away first, so two starters cannot both take it over.
         stale = f"{self.path}.stale.{os.getpid()}"
         try:
-          os.rename(self.path, stale)
+          if storage.is_uri(self.path):
+            storage.remove(self.path)  # no atomic rename on object stores
+          else:
+            os.rename(self.path, stale)
+            os.remove(stale)
         except FileNotFoundError:
           continue
-        os.remove(stale)
         self.took_over = holder
         continue
       where = ("" if same_host else
@@ -117,7 +119,7 @@ class RunLock:
     if self.held:
       self.held = False
       try:
-        os.remove(self.path)
+        storage.remove(self.path)
       except FileNotFoundError:
         pass
 
