@@ -172,3 +172,16 @@ def test_data_readers_take_gs_paths(root):
   storage.write_atomic(f"{root}/kg.tsv", "A\tborn in\tB\nA\tbad\n")
   with pytest.raises(knowledge_graph.KnowledgeGraphError, match=f"{root}/kg.tsv:2"):
     knowledge_graph.read_triples(f"{root}/kg.tsv")
+
+
+def test_a_vocabulary_trains_into_and_loads_from_gcs(root):
+  from ernie3_jax.data import vocabulary
+  from ernie3_jax.data.corpus_readers import EMBEDDED_CORPUS
+  from ernie3_jax.tools import train_vocab
+  with open(EMBEDDED_CORPUS, encoding="utf-8") as f:
+    storage.write_atomic(f"{root}/corpus.jsonl", "".join(next(f) for _ in range(200)))
+  path = train_vocab.train(f"{root}/*.jsonl", 300, f"{root}/spm")
+  assert path == f"{root}/spm.model" and storage.isfile(f"{root}/spm.vocab")
+  vocab = vocabulary.Vocabulary(path)
+  assert vocab.path == path and vocab.vocab_size == 300
+  assert vocab.decode(vocab.encode("the city of")) == "the city of"

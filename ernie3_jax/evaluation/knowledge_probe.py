@@ -38,7 +38,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import os
 import sys
 from typing import Callable, Sequence
 
@@ -48,6 +47,7 @@ from ernie3_jax.data import knowledge_graph as kg_lib
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
 from ernie3_jax.data.triple_alignment import relation_text
 from ernie3_jax.evaluation import zero_shot
+from ernie3_jax.runtime import storage
 
 RELATION, TAIL = "relation", "tail"
 
@@ -354,7 +354,7 @@ def select_triples(which: str, kg: KnowledgeGraph, max_triples: int | None,
   elif which == "stated":
     held = set(heldout)
     triples = [t for t in kg.triples if t not in held]
-  elif os.path.isfile(which):
+  elif storage.isfile(which):
     triples = kg_lib.load_triples(which)
   else:
     raise ValueError(f"--triples={which!r}: expected heldout, stated or a triples file")
@@ -443,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
             "(biased: see MaskedSlotScorer; --scorer=nlg has no such bias)")
   import jax  # pylint: disable=g-import-not-at-top
   if args.output and jax.process_index() == 0:
-    with open(args.output, "w") as f:
-      json.dump(dict(metrics, **{k: str(v) for k, v in vars(args).items()}), f, indent=1)
+    storage.write_atomic(args.output, json.dumps(
+        dict(metrics, **{k: str(v) for k, v in vars(args).items()}), indent=1))
   sys.stdout.flush()
   return metrics
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ernie3_jax.evaluation.study_probes import PROBES
+from ernie3_jax.runtime import storage
 
 ARM_ORDER = ("text", "triples", "uktp", "misaligned", "uktp_bare")
 ARM_NAMES = {"text": "1 text only", "triples": "2 text + triples",
@@ -44,7 +45,7 @@ TRAINED_CELLS = {"text": ("A/text_recall",),
 def read_results(path: str, fingerprint: str | None = None) -> list[dict]:
   """The result lines of `path` (with `fingerprint`, only those of that study setup)."""
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
       lines = [json.loads(l) for l in f if l.strip()]
   except FileNotFoundError:
     return []

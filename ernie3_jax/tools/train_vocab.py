@@ -18,6 +18,7 @@ import sentencepiece as spm
 
 from ernie3_jax.data import corpus_readers
 from ernie3_jax.data.vocabulary import PAD_ID, EOS_ID, UNK_ID, SPECIAL_PIECES
+from ernie3_jax.runtime import storage
 
 _INPUT = flags.DEFINE_string("input", corpus_readers.EMBEDDED_CORPUS,
                              "Comma-separated globs of .jsonl or text corpus files.")
@@ -41,13 +42,25 @@ def train(input_patterns: str, vocab_size: int, output_prefix: str,
       lines.append(doc.title)
   if not lines:
     raise ValueError(f"--input={input_patterns!r} holds no text to train a vocabulary on")
-  os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+  # SentencePiece writes local files: an object-store prefix is trained locally, then
+  # copied there.
+  remote = storage.is_uri(storage.check(output_prefix, "--output"))
+  local_prefix = output_prefix
+  if remote:
+    import tempfile  # pylint: disable=g-import-not-at-top
+    local_prefix = os.path.join(tempfile.mkdtemp(prefix="ernie3_vocab_"),
+                                os.path.basename(output_prefix))
+  os.makedirs(os.path.dirname(os.path.abspath(local_prefix)), exist_ok=True)
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_prefix=output_prefix, vocab_size=vocab_size,
+      sentence_iterator=iter(lines), model_prefix=local_prefix, vocab_size=vocab_size,
       model_type="unigram", character_coverage=1.0, pad_id=PAD_ID, eos_id=EOS_ID,
       unk_id=UNK_ID, bos_id=-1, user_defined_symbols=list(SPECIAL_PIECES) + list(symbols),
       input_sentence_size=max_sentences, shuffle_input_sentence=True, num_threads=2,
       max_sentence_length=1 << 16, minloglevel=2)
+  if remote:
+    for suffix in (".model", ".vocab"):
+      with open(local_prefix + suffix, "rb") as f:
+        storage.write_atomic(output_prefix + suffix, f.read())
   return output_prefix + ".model"
 
 
