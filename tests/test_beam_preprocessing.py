@@ -180,6 +180,7 @@ def test_missing_cache_dir_is_named(tmp_path):
                                  nlg_segment_length=32, seed=0, cache_dir=str(tmp_path))
 
 
+@pytest.mark.slow  # the whole preprocessing again, in 2 worker processes (1-2 minutes)
 def test_two_worker_processes_write_the_same_alignment_and_caches(corpus, preprocessed,
                                                                   tmp_path):
   with WorkerProcesses() as workers:
@@ -197,6 +198,7 @@ def fixture_cluster():
   yield from beam_testing.dask_cluster()
 
 
+@pytest.mark.slow  # the whole preprocessing again, on a 2-process Dask cluster (about 1 minute)
 def test_a_dask_cluster_writes_the_same_alignment_and_caches(corpus, preprocessed, cluster,
                                                             tmp_path):
   on_dask, stdout = run_preprocess(corpus, tmp_path, beam_testing.dask_args(cluster))

@@ -166,3 +166,27 @@ def test_beams_own_dask_runner_loses_outputs_and_this_one_does_not(cluster, tmp_
   assert written == {"odd-00000-of-00001": []}
   assert temporary and all(sorted(open(f).read().split()) == sorted(
       expected["all"] + expected["odd-00000-of-00001"]) for f in temporary)
+
+
+# ------------------------------------------------------------------ the benchmark
+
+
+def test_the_worker_benchmark_prints_its_figures(tmp_path):
+  """benchmarks/beam_workers.py at a tiny size: one JSON line with a time per setting and
+  the speed-ups (the script itself checks every setting wrote the same outputs)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / "beam_workers.jsonl"
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/beam_workers.py", "--documents=20", "--copies=1",
+       "--pipelines=dumps", "--workers=1,2", f"--output={out}"],
+      cwd=root, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  record = json.loads(line)
+  assert json.loads(out.read_text()) == record
+  assert set(record["seconds"]["dumps"]) == {"1", "1_multi_processing", "2"}
+  assert all(s > 0 for s in record["seconds"]["dumps"].values())
+  assert record["speedup_over_1_worker"]["dumps"]["1"] == 1.0
+  assert record["sizes"]["dumps"]["pages"] == 20

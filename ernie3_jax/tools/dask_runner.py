@@ -4,9 +4,10 @@
       --runner=ernie3_jax.tools.dask_runner.DaskRunner \\
       --dask_client_address=tcp://scheduler:8786
 
-Beam 2.77's own `apache_beam.runners.dask.dask_runner.DaskRunner` runs the tools'
-pipelines to completion but writes wrong or empty files, for four reasons in its
-translation (`apache_beam/runners/dask/`):
+Beam 2.77's own `apache_beam.runners.dask.dask_runner.DaskRunner` fails on both tools'
+pipelines (a TypeError in a worker: the count reports and the alignment receive other
+steps' elements, reason 4), and on simpler pipelines completes but leaves sinks unwritten
+or empty. Four reasons, in its translation (`apache_beam/runners/dask/`):
 
 1. Only one branch runs. `run_pipeline` computes `list(bags.values())[-1]`, the bag of the
    last transform visited; every sink not upstream of it is never executed.
@@ -28,13 +29,12 @@ This runner keeps Beam's options (`--dask_client_address`, `--dask_npartitions`,
 overrides, and translates the pipeline itself: every leaf output is one bag, tagged
 outputs are separate bags, a side input is one dask value the reading tasks depend on
 (computed once, in the same graph), a bundle's outputs include its `finish_bundle`
-outputs, and every bag no transform reads is computed, in one graph. It also passes a
-ParDo's argument placeholders (`transform.args`) to the DoFn invoker where Beam's
-translation passes `raw_side_inputs` (the side-input objects themselves: passed that way,
-a CombineGlobally's default injection, as in the reports' `ToDict`, fails with "object of
-type 'AsList' has no len()"), and fails the run when the scheduler cancels its tasks
-(Beam's result then reports DONE). `Reshuffle` spreads its input over the cluster
-(`--dask_npartitions`, default: the cluster's threads; Beam's is the identity) and a
+outputs, and every bag no transform reads is computed, in one graph. It hands the DoFn
+invoker a ParDo's argument placeholders (`transform.args`), as Beam's other runners do,
+where Beam's translation hands it `raw_side_inputs`, and it fails the run when the
+scheduler cancelled tasks (Beam's result reported DONE for such a run). `Reshuffle`
+spreads its input over the cluster (`--dask_npartitions`, default: the cluster's
+threads; Beam's is the identity) and a
 GroupByKey groups by the key's encoding with Beam's deterministic coder, so keys are
 equal exactly when Beam says they are, in whichever worker process they were made (a
 key without a deterministic encoding is refused).
@@ -218,9 +218,7 @@ class _Translator(PipelineVisitor):
     (bag,) = inputs
     views = [(type(si), si._view_options()) for si in node.side_inputs]  # pylint: disable=protected-access
     sides = [self._side_value(si.pvalue) for si in node.side_inputs]
-    # With the side inputs' placeholders, as the other runners pass them (Beam's Dask
-    # translation passes `raw_side_inputs`, so a side input given as an argument of a
-    # CombineGlobally's default injection, for one, arrives as the AsList object itself).
+    # The arguments with the side inputs' placeholders, as Beam's other runners pass them.
     bundle = functools.partial(_run_bundle, dofn, transform.args, transform.kwargs,
                                node.full_label, views)
     # The graph is written out (not map_partitions): a dask collection passed as an
