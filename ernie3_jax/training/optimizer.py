@@ -69,13 +69,17 @@ def run_schedule(owner: str, num_steps: int,
 def make_optimizer(schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, weight_decay: float = 0.01,
                    clip_norm: float | None = 1.0) -> optax.GradientTransformation:
-  """AdamW; weight decay skips biases, layer-norm parameters and u/v biases."""
+  """AdamW; weight decay skips biases, layer-norm parameters and u/v biases.
+
+  The mask goes by name, not rank: the attention's q/k/v biases are [heads, head_dim]
+  and a scanned stack adds a layer axis to every bias and LayerNorm scale."""
 
   def decay_mask(params):
     import jax  # pylint: disable=g-import-not-at-top
     def keep(path, leaf):
+      del leaf
       keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-      return leaf.ndim >= 2 and keys[-1] not in ("content_bias", "position_bias")
+      return not (keys[-1] == "scale" or keys[-1] == "bias" or keys[-1].endswith("_bias"))
     return jax.tree_util.tree_map_with_path(keep, params)
 
   chain = []
