@@ -101,6 +101,28 @@ def test_no_gradient_flows_into_memory():
   assert float(jnp.abs(g["universal"]).max()) == 0.0 and float(jnp.abs(g["nlg"]).max()) == 0.0
 
 
+@pytest.mark.parametrize("memory_mode", ["same_layer", "previous_layer"])
+def test_no_gradient_flows_into_valid_incoming_memory(memory_mode):
+  """The memory of a real first segment (valid slots the second segment attends to): the
+  second segment's output depends on it, yet no gradient reaches it."""
+  cfg = mt.config(memory_mode=memory_mode, memory_len=6)
+  variables = mt.init_params(cfg)
+  tokens, segs, tasks = mt.random_batch(cfg, 2, 6)
+  nxt, nsegs, _ = mt.random_batch(cfg, 2, 6, seed=1)
+  _, memory = _nlg(cfg, variables, tokens, segs, tasks, init_memory(cfg, 2))
+  assert np.asarray(memory["valid"]).all()
+
+  def second_segment(mem):
+    h, _ = _nlg(cfg, variables, nxt, nsegs, tasks, dict(memory, **mem))
+    return h
+
+  incoming = {"universal": memory["universal"], "nlg": memory["nlg"]}
+  nudged = {k: v * 1.5 for k, v in incoming.items()}
+  assert np.abs(np.asarray(second_segment(nudged) - second_segment(incoming))).max() > 1e-3
+  g = jax.grad(lambda mem: (second_segment(mem) ** 2).sum())(incoming)
+  assert float(jnp.abs(g["universal"]).max()) == 0.0 and float(jnp.abs(g["nlg"]).max()) == 0.0
+
+
 def test_reset_row_behaves_like_a_fresh_document():
   cfg = mt.config()
   variables = mt.init_params(cfg)
