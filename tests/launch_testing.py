@@ -82,10 +82,10 @@ def slurm_unavailable() -> str | None:
   returns why SLURM cannot run here, or None once its commands are present."""
   needed = ("sbatch", "scancel", "squeue", "sinfo", "scontrol", "slurmctld", "slurmd",
             "munged")
+  if os.geteuid() != 0:
+    return "not root: installing SLURM with apt-get and starting its daemons need root"
   if all(_which(c) for c in needed):
     return None
-  if os.geteuid() != 0:
-    return "SLURM is not installed and installing it with apt-get needs root"
   if not shutil.which("apt-get"):
     return "SLURM is not installed and there is no apt-get to install it with"
   env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

@@ -54,7 +54,7 @@ def test_every_worker_gets_the_command_word_for_word(tmp_path):
   $, backquotes, backslashes, a newline, an empty word), in REPO_DIR: the worker's
   ~/ernie3-jax by default, or a path with a space."""
   printer = tmp_path / "print argv"
-  printer.write_text("#!/usr/bin/env python3\nimport json, os, sys\n"
+  printer.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
                      "print(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd(),"
                      " 'worker': os.environ['TPU_WORKER_ID']}))\n")
   printer.chmod(0o755)
