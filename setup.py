@@ -45,6 +45,15 @@ EXTRAS_REQUIRE = {
         "hypothesis==6.170.15",
         "matplotlib==3.11.2",  # the knowledge study's figure, drawn in its pipeline test
         "gcp-storage-emulator==2026.7.19",  # a GCS JSON API on localhost for the gs:// tests
+        # Beam on a localhost Dask cluster (tests/test_beam_runners.py). The two move
+        # together: an unpinned install pairs the newest dask with a 2021 distributed.
+        "dask[bag]==2026.8.0",
+        "distributed==2026.8.0",
+    ],
+    # Beam pipelines on a Dask cluster (ernie3_jax.tools.dask_runner).
+    "dask": [
+        "dask[bag]==2026.8.0",
+        "distributed==2026.8.0",
     ],
     # The knowledge study's figure (`make study`).
     "study": [
