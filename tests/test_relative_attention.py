@@ -42,6 +42,50 @@ def naive_attention(p, x, context, mlen, causal, key_valid):
   return np.einsum("blhk,hkd->bld", out, p["out"]["kernel"]) + p["out"]["bias"]
 
 
+def test_sinusoidal_encoding_follows_the_formula():
+  """Row d, column k < D/2: sin(d / 10000**(2k/D)); column D/2 + k: the cos of the same."""
+  dim = 16
+  distances = [-5, -1, 0, 1, 2, 7, 31, 300]
+  got = np.asarray(sinusoidal_encoding(jnp.asarray(distances, jnp.float32), dim))
+  assert got.shape == (len(distances), dim)
+  for row, d in enumerate(distances):
+    for k in range(dim // 2):
+      angle = d / 10000.0 ** (2 * k / dim)
+      assert got[row, k] == pytest.approx(np.sin(angle), abs=1e-4), (d, k)
+      assert got[row, dim // 2 + k] == pytest.approx(np.cos(angle), abs=1e-4), (d, k)
+  assert relative_distances(3, 5).tolist() == [5, 4, 3, 2, 1, 0, -1, -2]
+
+
+def _formula(distances, dim):
+  angles = np.asarray(distances, np.float64)[:, None] / 10000.0 ** (
+      np.arange(0, dim, 2) / dim)[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+
+
+def test_the_model_attends_with_the_formulas_encodings():
+  """The encodings the NLG path's attention layers receive (universal and NLG stacks, with
+  memory) are the formula's, for klen down to -qlen + 1."""
+  from ernie3_jax.model import Ernie3, init_memory
+  from tests import model_testing as mt
+  cfg = mt.config(num_layers=1, nlg_layers=1)
+  variables = mt.init_params(cfg)
+  tokens, segs, tasks = mt.random_batch(cfg, 2, 6)
+  seen = []
+
+  def spy(next_fun, args, kwargs, context):
+    if isinstance(context.module, RelativeMultiHeadAttention) and context.method_name == "__call__":
+      seen.append(np.asarray(args[2], np.float64))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(spy):
+    Ernie3(cfg).apply(variables, tokens, segs, tasks, init_memory(cfg, 2),
+                      method=Ernie3.nlg_decode)
+  qlen, klen = 6, 6 + cfg.memory_len
+  assert [p.shape for p in seen] == [(klen + qlen, cfg.d_model), (klen + qlen, cfg.task_d_model)]
+  for p in seen:
+    np.testing.assert_allclose(p, _formula(range(klen, -qlen, -1), p.shape[1]), atol=1e-5)
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("mlen", [0, 3])
 @pytest.mark.parametrize("qlen", [5, 64])  # 64: position scores in 4 query blocks
