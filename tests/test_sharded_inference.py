@@ -70,6 +70,13 @@ def test_parameters_and_cache_are_sharded_over_the_mesh(model):
   keys = cache.universal.keys[0]  # [B, H, Dh, M + S]
   assert keys.sharding.spec[:2] == ("data", "tensor")
   assert keys.addressable_shards[0].data.shape == (2, 2, 4, CFG.memory_len + SEGMENT)
+  values = cache.universal.values[0]  # [B, H, M + S, Dh]
+  assert tuple(values.sharding.spec) + (None,) * (4 - len(values.sharding.spec)) == (
+      "data", "tensor", None, None)
+  assert values.addressable_shards[0].data.shape == (2, 2, CFG.memory_len + SEGMENT, 4)
+  nlg_keys, nlg_values = cache.nlg.keys[0], cache.nlg.values[0]  # 8 heads of 3
+  assert nlg_keys.addressable_shards[0].data.shape == (2, 2, 3, CFG.memory_len + SEGMENT)
+  assert nlg_values.addressable_shards[0].data.shape == (2, 2, CFG.memory_len + SEGMENT, 3)
   assert cache.nlg.memory[0].sharding.spec[0] == "data"  # [B, M, D]: rows split
 
 
