@@ -45,6 +45,28 @@ def test_labels_are_balanced(pairs):
   assert all(abs(c - 200) < 50 for c in counts.values()), counts
 
 
+def test_label_numbers_are_the_docstrings_mapping(pairs):
+  """The numbers a trained head's outputs mean, read from the module docstring and checked
+  on the pairs by their provenance, not through the module's own constants."""
+  import re
+  mapping = {int(n): what for n, what in re.findall(
+      r"^\s+(\d)\s+(adjacent|same document|different documents)", D.__doc__, re.M)}
+  assert mapping == {0: "adjacent", 1: "same document", 2: "different documents"}
+  assert (D.ADJACENT, D.SAME_DOCUMENT, D.OTHER_DOCUMENT, D.NUM_CLASSES) == (0, 1, 2, 3)
+  seen = collections.Counter()
+  for p in pairs:
+    what, da, sa, db, sb = (mapping[int(p["label"])], p["doc_a"], p["sent_a"], p["doc_b"],
+                            p["sent_b"])
+    seen[what] += 1
+    if what == "adjacent":
+      assert da == db and sb == sa + 1
+    elif what == "same document":
+      assert da == db and abs(sb - sa) >= 2
+    else:
+      assert db < da
+  assert set(seen) == set(mapping.values())
+
+
 def test_pairs_are_what_their_label_says(vocab, texts, pairs):
   specials = (vocab.cls_id, vocab.sep_id, vocab.mask_id)
   docs = [[s for p in encode_document(vocab.tokenizer, t, specials) for s in p] for t in texts]
