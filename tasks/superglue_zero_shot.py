@@ -72,7 +72,7 @@ def build_rows(task: str, questions: Sequence[prompts_lib.Question],
       cols["group"].append(position)
       cols["candidate"].append(c)
       cols["is_correct"].append(int(c in q.correct))
-      cols["labelled"].append(int(bool(q.correct)))
+      cols["labelled"].append(int(q.labelled))
       cols["key"].append(q.key)
       cols["choice"].append(q.names[c] if q.names else cand.strip())
       cols["gold"].append("\t".join(gold or ()))

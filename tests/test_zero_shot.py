@@ -202,6 +202,11 @@ def test_rank_accuracy_never_counts_a_question_without_a_correct_candidate_as_ri
   # accuracy of the others can only stay or fall.
   result = zero_shot.rank_questions([right, wrong, no_correct], encode, scorer)
   assert result.accuracy in (1 / 2, 1 / 3)
+  # A labelled question (ReCoRD: its gold answers) that no candidate answers counts, wrong.
+  unanswerable = prompts.Question("s", (" a", " b"), (), "3", label=("Zed",))
+  assert unanswerable.labelled and not no_correct.labelled
+  result = zero_shot.rank_questions([right, wrong, unanswerable], encode, scorer)
+  assert result.accuracy == pytest.approx(1 / 3)
 
 
 # -- seqio score metrics --------------------------------------------------------------
@@ -335,3 +340,58 @@ def test_few_shot_rows_prepend_seeded_demonstrations():
   assert all(p.split(prompts.SHOT_SEPARATOR)[0].endswith((" yes", " no")) for p in first)
   gin.bind_parameter("ZeroShotConfig.shot_seed", 1)
   assert prompts_of() != first
+
+
+# -- ReCoRD through the registered task, beside the fine-tuning rows ------------------
+
+
+class _ConstantScorer:
+  """Scores every row alike: each question picks its first candidate (ties: the first)."""
+
+  max_length = 128
+
+  def score_rows(self, tokens, masks):
+    del masks
+    return np.zeros(len(tokens)), np.ones(len(tokens))
+
+
+def _superglue_dir(tmp_path, folder, rows, split_file="val.jsonl"):
+  """An official-layout directory holding one file of `rows` (dicts or raw lines)."""
+  (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+  (tmp_path / folder / split_file).write_text("".join(
+      (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+  return str(tmp_path)
+
+
+def _zero_shot_record(data_dir, tmp_path, scorer=None):
+  """(metrics, per-row predictions) of the zero-shot ReCoRD task on `data_dir`."""
+  from ernie3_jax.tasks import superglue_zero_shot as zs
+  gin.bind_parameter("ZeroShotConfig.source", data_dir)
+  path = tmp_path / "record.validation.jsonl"
+  metrics = zero_shot.score_task(zs.task_name("record"), scorer or _ConstantScorer(),
+                                 "validation", predictions_path=str(path))
+  return metrics, [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _finetune_record(data_dir):
+  """The official ReCoRD metrics of the fine-tuning rows when every row scores alike."""
+  from ernie3_jax.superglue import metrics as superglue_metrics
+  from ernie3_jax.tasks import superglue
+  targets = [superglue.postprocess(None, example=row, is_target=True)
+             for row in superglue.text_rows("record", "validation", data_dir)]
+  return superglue_metrics.record_metrics(targets, [0.0] * len(targets))
+
+
+def test_zero_shot_record_counts_a_query_whose_gold_is_no_candidate_as_wrong(tmp_path):
+  passage = {"text": "Ada met Bo in Rome.", "entities": ["Ada", "Bo"]}
+  data = _superglue_dir(tmp_path / "data", "ReCoRD", [{"idx": 0, "passage": passage, "qas": [
+      {"idx": 0, "query": "@placeholder smiled.", "answers": ["Ada"]},  # picked "Ada": right
+      {"idx": 1, "query": "@placeholder waved.", "answers": ["Bo"]},
+      {"idx": 2, "query": "@placeholder left.", "answers": ["Bo"]},
+      {"idx": 3, "query": "@placeholder stayed.", "answers": ["Zed"]}]}])  # no candidate
+  metrics, _ = _zero_shot_record(data, tmp_path)
+  assert metrics["num_questions"] == 4
+  assert metrics["f1"] == pytest.approx(0.25) and metrics["exact_match"] == pytest.approx(0.25)
+  assert metrics["accuracy"] == pytest.approx(0.25)
+  # The fine-tuning path scores the same rows the same way (the official rule).
+  assert _finetune_record(data) == pytest.approx({"f1": 0.25, "exact_match": 0.25})

@@ -161,7 +161,8 @@ def rank_questions(questions: Sequence[prompts_lib.Question], encode: Callable[[
   sums, counts, _ = scorer.score_pairs(pairs)
   scores = normalize(sums, counts, normalization)
   predictions = pick_best(np.asarray(owner), scores, len(questions))
-  labelled = [i for i, q in enumerate(questions) if q.correct]
+  # A labelled question with no correct candidate counts (wrong); unlabelled ones do not.
+  labelled = [i for i, q in enumerate(questions) if q.labelled]
   correct = sum(predictions[i] in questions[i].correct for i in labelled)
   return RankResult(predictions, correct / max(len(labelled), 1), int(truncated))
 

@@ -26,8 +26,10 @@ class Question:
   """One rank-classification question.
 
   `correct` lists the indices of the candidates that count as right (ReCoRD may name
-  several); it is empty for unlabelled rows (test splits). `key` identifies the
-  question in the official format (e.g. MultiRC's paragraph/question/answer ids).
+  several); it is empty for unlabelled rows (test splits), and for a labelled ReCoRD
+  query whose gold answers match no candidate entity (a question nothing can answer
+  right, which still counts: see `labelled`). `key` identifies the question in the
+  official format (e.g. MultiRC's paragraph/question/answer ids).
   """
 
   prompt: str
@@ -36,6 +38,12 @@ class Question:
   key: str
   label: Any = None  # the official label value, for metrics that want it
   names: tuple[str, ...] = ()  # short names of the candidates (ReCoRD: the entities)
+
+  @property
+  def labelled(self) -> bool:
+    """Whether the row has a gold label (None on test rows; ReCoRD: its gold answers), so
+    that the question is scored, even when no candidate is right."""
+    return bool(self.correct) or self.label is not None
 
   @property
   def solved(self) -> str:
@@ -212,7 +220,8 @@ def record(row: Mapping[str, Any]) -> list[Question]:
   text = passage["text"] if isinstance(passage, Mapping) else str(passage)
   text = text.replace("@highlight\n", "- ")  # highlights become bullet points
   qas = row.get("qas")
-  if qas is None:  # TFDS: one query per row
+  flat = qas is None
+  if flat:  # TFDS: one query per row
     qas = [{"query": _field(row, "query", "record"), "answers": row.get("answers", []),
             "idx": row.get("idx")}]
   entities = _record_entities(row)
@@ -223,11 +232,15 @@ def record(row: Mapping[str, Any]) -> list[Question]:
     query = str(qa["query"])
     if "@placeholder" not in query:
       raise ValueError(f"record query {qa.get('idx')!r} has no @placeholder: {query!r}")
-    answers = [a["text"] if isinstance(a, Mapping) else str(a) for a in qa.get("answers", [])]
+    # Unlabelled (test) queries carry no answers; their label is None. (Flat TFDS rows
+    # cannot tell an unlabelled query from one without answers: empty is unlabelled.)
+    raw = qa.get("answers")
+    answers = None if raw is None or (flat and not raw) else tuple(
+        a["text"] if isinstance(a, Mapping) else str(a) for a in raw)
     candidates = tuple(" " + query.replace("@placeholder", e) for e in entities)
-    correct = tuple(i for i, e in enumerate(entities) if e in answers)
+    correct = tuple(i for i, e in enumerate(entities) if e in (answers or ()))
     out.append(Question(text.strip(), candidates, correct, str(qa.get("idx", "")),
-                        tuple(answers), tuple(entities)))
+                        answers, tuple(entities)))
   return out
 
 
