@@ -203,6 +203,37 @@ def test_sentence_masking_stays_in_the_sentence_and_budget(vocab, sample):
   assert head_or_tail_masked > 0.6 * len(outputs)
 
 
+def test_tail_masking_hides_the_tail_in_the_triple_and_in_the_sentence(vocab, sample):
+  """With the tail masked, its mention in the sentence is masked too: nothing is left to
+  copy the answer from."""
+  examples = sample[:40]
+  stats = km.PreprocessStats()
+  _, outputs = run(vocab, examples, seed=6, length=96, relation_mask_prob=0.0,
+                   tail_mask_prob=1.0, stats=stats)
+  assert stats["tail_masked"] == len(examples) == len(outputs)
+  for example, ex in zip(examples, outputs):
+    h, r, t = (vocab.tokenizer.encode(x) for x in (
+        example.triple.head, triple_alignment.relation_text(example.triple.relation),
+        example.triple.tail))
+    triple_len = 2 + len(h) + len(r) + len(t)
+    masked = ex["mlm_weights"] > 0
+    seg = ex["segment_ids"]
+    # The triple's tail exactly.
+    np.testing.assert_array_equal(np.flatnonzero(masked[:triple_len]),
+                                  np.arange(1 + len(h) + len(r), triple_len - 1))
+    np.testing.assert_array_equal(ex["mlm_targets"][1 + len(h) + len(r):triple_len - 1], t)
+    # The sentence's tail mention: masked, and gone from what the model sees.
+    in_sentence = masked & (seg == 1)
+    assert in_sentence.any(), example.sentence
+    tail_text = example.sentence[slice(*example.tail_span)]
+    assert tail_text.lower() in decode(vocab, restore(ex)[in_sentence]).lower()
+    visible = decode(vocab, ex["tokens"][(seg == 1) & ~masked])
+    assert tail_text.lower() not in visible.lower() or tail_text.lower() in (
+        example.sentence[:example.tail_span[0]] + " " +
+        example.sentence[example.tail_span[1]:]).lower(), (tail_text, visible)
+    assert (ex["tokens"][masked] == vocab.mask_id).all()
+
+
 def test_mixed_masking_and_determinism(vocab, sample):
   _, a = run(vocab, sample[:50], seed=4)
   _, b = run(vocab, sample[:50], seed=4)
