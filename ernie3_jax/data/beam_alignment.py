@@ -20,7 +20,6 @@ triple), `unaligned.tsv` (every triple that found no sentence) and `report.json`
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Any, Iterable, Iterator
@@ -33,6 +32,7 @@ from ernie3_jax.data import data_config as dc
 from ernie3_jax.data import triple_alignment
 from ernie3_jax.data.knowledge_graph import Triple
 from ernie3_jax.runtime.tf_runtime import tf
+from ernie3_jax.runtime import storage
 
 EXAMPLES = "examples"
 REPORT = "report.json"
@@ -189,13 +189,12 @@ def read_alignment(directory: str, split: str) -> tuple[list[triple_alignment.Al
   """The aligned examples of `split` in KG order, and the report the pipeline wrote."""
   split_dir = os.path.join(directory, split)
   report_path = os.path.join(split_dir, REPORT)
-  if not os.path.exists(report_path):
+  if not storage.exists(report_path):
     raise FileNotFoundError(
         f"DataConfig.uktp_alignment={directory!r}: {report_path} does not exist; run "
         f"`python -m ernie3_jax.tools.preprocess --alignment_splits={split}` first")
-  with open(report_path) as f:
-    report = json.load(f)
-  files = sorted(glob.glob(os.path.join(split_dir, EXAMPLES + "*.tfrecord")))
+  report = json.loads(storage.read_text(report_path))
+  files = storage.glob(os.path.join(split_dir, EXAMPLES + "*.tfrecord"))
   indexed = [_deserialize(r.numpy()) for r in tf.data.TFRecordDataset(files)] if files else []
   indexed.sort(key=lambda x: x[0])
   aligned = report["in_head_article"] + report["elsewhere"]

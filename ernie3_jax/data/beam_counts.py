@@ -13,6 +13,8 @@ from typing import Sequence
 
 import apache_beam as beam
 
+from ernie3_jax.runtime import storage
+
 MAX_EXAMPLES = 20
 
 
@@ -50,5 +52,4 @@ def write_report(events: Sequence[beam.PCollection], examples: beam.PCollection 
 
 
 def read_report(path: str) -> dict:
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(storage.read_text(path))

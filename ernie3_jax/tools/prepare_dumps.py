@@ -28,6 +28,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from ernie3_jax.runtime import storage
+
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the files go.")
 _WIKIPEDIA = flags.DEFINE_list("wikipedia_dump", [], "pages-articles .xml(.bz2) dumps.")
 _WIKIDATA = flags.DEFINE_list("wikidata_dump", [], "Wikidata JSON dumps (.json, .gz, .bz2).")
@@ -85,9 +87,9 @@ def run(output_dir: str, wikipedia_dumps: Sequence[str], wikidata_dumps: Sequenc
   from ernie3_jax.data import wikidata  # pylint: disable=g-import-not-at-top
   from ernie3_jax.tools import beam_runner  # pylint: disable=g-import-not-at-top
   for path in list(wikipedia_dumps) + list(wikidata_dumps):
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise FileNotFoundError(f"dump {path!r} does not exist")
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   options = beam_runner.pipeline_options(pipeline_args)
   print(beam_runner.describe(options), flush=True)
   with beam.Pipeline(options=options) as pipeline:
@@ -105,12 +107,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("give --wikipedia_dump, --wikidata_dump or --corpus")
   rules = wikidata.Rules(_LANGUAGE.value, _MIN_SITELINKS.value, tuple(_ALLOW.value),
                          tuple(_DENY.value), _MAX_TRIPLES.value)
-  run(os.path.abspath(_OUTPUT_DIR.value), _WIKIPEDIA.value, _WIKIDATA.value, _CORPUS.value,
+  run(storage.resolve(_OUTPUT_DIR.value, "--output_dir"), _WIKIPEDIA.value, _WIKIDATA.value, _CORPUS.value,
       rules, _CLEAN.value, [a for a in argv[1:] if a != "--"], _SHARDS.value)
   for name in ("corpus_report.json", "wikidata_report.json"):
     path = os.path.join(_OUTPUT_DIR.value, name)
-    if os.path.exists(path):
-      print(f"{path}:\n{open(path, encoding='utf-8').read()}")
+    if storage.exists(path):
+      print(f"{path}:\n{storage.read_text(path)}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

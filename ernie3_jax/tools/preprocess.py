@@ -29,6 +29,7 @@ from absl import flags
 from ernie3_jax.config import gin_utils
 from ernie3_jax.config.gin_utils import rewrite_gin_args
 from ernie3_jax.tools import beam_runner
+from ernie3_jax.runtime import storage
 
 ALIGNMENT_DIR = "uktp_alignment"
 
@@ -96,8 +97,7 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
              | f"{label}/write_stats" >> beam_utils.WriteJson(
                  seqio.get_cached_stats_path(task_dir, split)))
   for task_dir in directories:  # only after every split of every task succeeded
-    with open(os.path.join(task_dir, "COMPLETED"), "w") as f:
-      f.write("")
+    storage.write_atomic(os.path.join(task_dir, "COMPLETED"), "")
   return directories
 
 
@@ -105,11 +105,11 @@ def main(argv: Sequence[str]) -> None:
   pipeline_args = [a for a in argv[1:] if a != "--"]
   if not _OUTPUT_DIR.value:
     raise app.UsageError("--output_dir is required")
-  output_dir = os.path.abspath(_OUTPUT_DIR.value)
+  output_dir = storage.resolve(_OUTPUT_DIR.value, "--output_dir")
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top
   bindings = list(_GIN_BINDINGS.value)
   configure_worker(_GIN_FILES.value, bindings, _GIN_SEARCH_PATHS.value)
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   print(beam_runner.describe(beam_runner.pipeline_options(pipeline_args)), flush=True)
   if _ALIGNMENT_SPLITS.value:
     out = run_alignment(dc.current(), _ALIGNMENT_SPLITS.value, output_dir, pipeline_args,
@@ -124,8 +124,7 @@ def main(argv: Sequence[str]) -> None:
     dirs = run_caching(_CACHE_TASKS.value, _CACHE_SPLITS.value, output_dir, pipeline_args,
                        setup, _NUM_SHARDS.value)
     print(f"cached {len(dirs)} tasks into {output_dir}", flush=True)
-  with open(os.path.join(output_dir, "config.gin"), "w") as f:
-    f.write(gin_utils.effective_config())
+  storage.write_atomic(os.path.join(output_dir, "config.gin"), gin_utils.effective_config())
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
