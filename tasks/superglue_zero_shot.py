@@ -27,6 +27,7 @@ from ernie3_jax.data import data_config as dc
 from ernie3_jax.data.vocabulary import EMBEDDED_VOCAB
 from ernie3_jax.superglue import metrics as superglue_metrics
 from ernie3_jax.superglue import prompts as prompts_lib
+from ernie3_jax.superglue import sources as superglue_sources
 from ernie3_jax.runtime.tf_runtime import tf
 
 SPLITS = ("train", "validation", "test")
@@ -52,8 +53,19 @@ def task_name(task: str) -> str:
 
 def read_rows(task: str, split: str, source: str) -> Iterator[Mapping[str, Any]]:
   """Raw rows of a split (the shared SuperGLUE reader)."""
-  from ernie3_jax.superglue import sources as superglue_sources  # pylint: disable=g-import-not-at-top
   return superglue_sources.read_split(task, split, source)
+
+
+def read_questions(task: str, split: str, source: str) -> list[prompts_lib.Question]:
+  """Every question of a split; an example no prompt can be built for is an error naming
+  its file and line."""
+  out = []
+  for where, row in superglue_sources.read_located(task, split, source):
+    try:
+      out.extend(prompts_lib.BUILDERS[task](row))
+    except (ValueError, KeyError) as e:
+      raise superglue_sources.located_error(where, e) from None
+  return out
 
 
 def build_rows(task: str, questions: Sequence[prompts_lib.Question],
@@ -83,13 +95,13 @@ def _source_fn(task: str):
   def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None):
     del shuffle_files, seed  # rows keep file order: groups must stay contiguous
     cfg = ZeroShotConfig()
-    questions = list(prompts_lib.questions(task, read_rows(task, split, cfg.source)))
+    questions = read_questions(task, split, cfg.source)
     if not questions:
       raise ValueError(f"{task_name(task)}: split {split!r} of source {cfg.source!r} is empty")
     pool: list[prompts_lib.Question] = []
     if cfg.num_shots:
       pool = (questions if cfg.shot_split == split else
-              list(prompts_lib.questions(task, read_rows(task, cfg.shot_split, cfg.source))))
+              read_questions(task, cfg.shot_split, cfg.source))
     cols = build_rows(task, questions, pool, cfg.num_shots, cfg.shot_seed,
                       same_split=cfg.shot_split == split)
     return tf.data.Dataset.from_tensor_slices(

@@ -395,3 +395,33 @@ def test_zero_shot_record_counts_a_query_whose_gold_is_no_candidate_as_wrong(tmp
   assert metrics["accuracy"] == pytest.approx(0.25)
   # The fine-tuning path scores the same rows the same way (the official rule).
   assert _finetune_record(data) == pytest.approx({"f1": 0.25, "exact_match": 0.25})
+
+
+def test_zero_shot_record_scores_a_passage_without_entities_zero_not_a_crash(tmp_path):
+  data = _superglue_dir(tmp_path / "data", "ReCoRD", [
+      {"idx": 0, "passage": {"text": "Ada met Bo.", "entities": ["Ada", "Bo"]},
+       "qas": [{"idx": 0, "query": "@placeholder smiled.", "answers": ["Ada"]}]},
+      {"idx": 1, "passage": {"text": "Nobody came.", "entities": []},
+       "qas": [{"idx": 1, "query": "@placeholder waved.", "answers": ["Cy"]}]}])
+  metrics, scored = _zero_shot_record(data, tmp_path)
+  # Answered with the empty candidate, as fine-tuning answers it: counted, and wrong.
+  assert metrics["num_questions"] == 2
+  assert metrics["f1"] == pytest.approx(0.5) and metrics["exact_match"] == pytest.approx(0.5)
+  assert _finetune_record(data) == pytest.approx({"f1": 0.5, "exact_match": 0.5})
+  assert len(scored) == 3
+
+
+def test_zero_shot_prompt_errors_name_the_file_and_line(tmp_path, monkeypatch):
+  from ernie3_jax.tasks import superglue_zero_shot as zs
+  data = _superglue_dir(tmp_path / "data", "ReCoRD", [
+      {"idx": 0, "passage": {"text": "Ada met Bo.", "entities": ["Ada"]},
+       "qas": [{"idx": 0, "query": "@placeholder smiled.", "answers": ["Ada"]}]}] * 2)
+
+  def broken(row):
+    raise ValueError(f"cannot build a prompt for passage {row['idx']}")
+
+  monkeypatch.setitem(prompts.BUILDERS, "record", broken)
+  gin.bind_parameter("ZeroShotConfig.source", data)
+  with pytest.raises(ValueError, match=r"ReCoRD/val.jsonl:1: cannot build a prompt for "
+                                       r"passage 0"):
+    zs.read_questions("record", "validation", data)

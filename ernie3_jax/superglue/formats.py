@@ -174,15 +174,21 @@ def record_passage(text: str) -> str:
   return re.sub(r"\n?@highlight\n", "\n- ", text)
 
 
+def record_candidates(entities: list[str]) -> list[str]:
+  """ReCoRD's candidate answers, in the order every path scores and writes them: the
+  passage's distinct entity strings, sorted (as `superglue_sources` gives them). A
+  passage without entities still answers each query: with the empty candidate, which
+  scores 0, as the official script scores a query left unanswered (not dropped)."""
+  return sorted(set(entities)) or [""]
+
+
 def _record(example: dict[str, Any]) -> list[list[FormattedRow]]:
   passage = record_passage(example["passage"]["text"])
   decisions = []
   for qa in example["qas"]:
     answers = tuple(qa.get("answers", ()))
     labeled = "answers" in qa
-    # A passage without entities still answers each query: with the empty candidate, which
-    # scores 0, as the official script scores a query left unanswered (not dropped).
-    entities = example["passage"]["entities"] or [""]
+    entities = record_candidates(example["passage"]["entities"])
     decisions.append([
         FormattedRow(passage, qa["query"].replace("@placeholder", entity),
                      int(entity in answers) if labeled else NO_LABEL,

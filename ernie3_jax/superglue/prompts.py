@@ -5,7 +5,9 @@ official strings or TFDS class ids) into one or more `Question`s: a prompt, the
 candidate continuations the NLG stack scores after it, and which candidates are
 correct. Rank classification picks the candidate the model finds most likely.
 MultiRC asks one question per answer option (true/false); ReCoRD one question per
-query, with each candidate entity filled into the query.
+query, with each candidate entity filled into the query (the candidates and their order
+are fine-tuning's: `formats.record_candidates`; a passage without entities is answered
+with the empty one and scores 0).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import re
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from ernie3_jax.superglue import formats
 
 TASKS = ("boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc", "axb", "axg")
 # Few-shot demonstrations are separated from each other and from the question by this.
@@ -203,6 +207,8 @@ def _multirc_question(row, text: str, question: str, answer: str, raw_label, idx
 
 
 def _record_entities(row) -> list[str]:
+  """The candidate entities, as fine-tuning scores them (`formats.record_candidates`:
+  distinct, sorted; [""] for a passage without entities)."""
   passage = row["passage"]
   if isinstance(passage, Mapping):
     text = passage["text"]
@@ -211,7 +217,7 @@ def _record_entities(row) -> list[str]:
              for e in passage.get("entities", [])]
   else:  # flat TFDS rows: entity strings
     names = list(row.get("entities", []))
-  return list(dict.fromkeys(n.strip() for n in names if n.strip()))
+  return formats.record_candidates(names)
 
 
 def record(row: Mapping[str, Any]) -> list[Question]:
@@ -225,8 +231,6 @@ def record(row: Mapping[str, Any]) -> list[Question]:
     qas = [{"query": _field(row, "query", "record"), "answers": row.get("answers", []),
             "idx": row.get("idx")}]
   entities = _record_entities(row)
-  if not entities:
-    raise ValueError(f"record row {row.get('idx')!r} has no candidate entity")
   out = []
   for qa in qas:
     query = str(qa["query"])

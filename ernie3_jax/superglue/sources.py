@@ -104,6 +104,13 @@ def read_split(task: str, split: str, source: str | None = None) -> Iterator[dic
 
   `source` defaults to the gin-configurable `superglue_source()`.
   """
+  return (row for _, row in read_located(task, split, source))
+
+
+def read_located(task: str, split: str, source: str | None = None
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(where, example) for every example of `read_split`: `where` names it in errors
+  ("<file>:<line>", or the TFDS dataset, split and example number)."""
   task = canonical_task(task)
   _check_split(task, split)
   source = superglue_source() if source is None else source
@@ -116,10 +123,16 @@ def read_split(task: str, split: str, source: str | None = None) -> Iterator[dic
   return _read_jsonl(task, split_path(task, split, source))
 
 
+def located_error(where: str, error: Exception) -> SuperGlueDataError:
+  """`error` (raised while using the example at `where`) as a SuperGlueDataError naming it."""
+  message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+  return SuperGlueDataError(f"{where}: {message}")
+
+
 # --------------------------------------------------------------------------- jsonl
 
 
-def _read_jsonl(task: str, path: str) -> Iterator[dict[str, Any]]:
+def _read_jsonl(task: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
   if not storage.isfile(path):
     raise FileNotFoundError(f"SuperGLUE file {path!r} does not exist")
   with storage.open(path, encoding="utf-8") as f:
@@ -131,7 +144,7 @@ def _read_jsonl(task: str, path: str) -> Iterator[dict[str, Any]]:
         row = json.loads(line)
       except json.JSONDecodeError as e:
         raise SuperGlueDataError(f"{where}: invalid JSON ({e.msg})") from None
-      yield normalise(task, row, where)
+      yield where, normalise(task, row, where)
 
 
 # --------------------------------------------------------------------------- normalising
@@ -383,7 +396,8 @@ def _tfds_record(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return list(passages.values())
 
 
-def _read_tfds(task: str, split: str, data_dir: str | None) -> Iterator[dict[str, Any]]:
+def _read_tfds(task: str, split: str, data_dir: str | None
+               ) -> Iterator[tuple[str, dict[str, Any]]]:
   # tf_runtime first: it hides GPUs from TensorFlow before tfds imports it.
   from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -397,4 +411,5 @@ def _read_tfds(task: str, split: str, data_dir: str | None) -> Iterator[dict[str
         "directory in the official jsonl layout") from None
   rows = [_decode(ex) for ex in tfds.as_numpy(ds)]
   for i, row in enumerate(tfds_rows_to_official(task, rows)):
-    yield normalise(task, row, f"tfds {name} split {split} example {i}")
+    where = f"tfds {name} split {split} example {i}"
+    yield where, normalise(task, row, where)
