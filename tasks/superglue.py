@@ -112,8 +112,8 @@ def text_rows(task: str, split: str, source: str | None = None) -> Iterator[dict
   stats = STATS[f"superglue_{task}"]
   markers = formats.SpanMarkers()
   group = 0
-  for example in sources.read_split(task, split, source):
-    for decision in formats.format_example(task, example, markers):
+  for where, example in sources.read_located(task, split, source):
+    for decision in _format(task, example, markers, where):
       if not decision:
         stats.add(queries_without_candidates=1)
         continue
@@ -124,6 +124,25 @@ def text_rows(task: str, split: str, source: str | None = None) -> Iterator[dict
                "answers": np.asarray(row.answers, dtype=object),
                "keep": np.asarray(row.keep or (-1, -1), np.int32)}
       group += 1
+
+
+def _format(task: str, example: dict[str, Any], markers: formats.SpanMarkers,
+            where: str) -> list[list[formats.FormattedRow]]:
+  """`formats.format_example`, its errors naming the example's file and line."""
+  try:
+    return formats.format_example(task, example, markers)
+  except (ValueError, KeyError) as e:
+    raise sources.located_error(where, e) from None
+
+
+def check_split(task: str, split: str, source: str | None = None) -> int:
+  """Reads and formats every example of a split (no tokenising: cheap next to a model's
+  pass over it) and returns its number of rows, so that a bad row anywhere in the file
+  is an error naming its file and line before any model work."""
+  task = sources.canonical_task(task)
+  markers = formats.SpanMarkers()
+  return sum(len(decision) for where, example in sources.read_located(task, split, source)
+             for decision in _format(task, example, markers, where))
 
 
 def _source_fn(task: str):

@@ -68,6 +68,40 @@ def read_questions(task: str, split: str, source: str) -> list[prompts_lib.Quest
   return out
 
 
+def check_split(task: str, split: str, source: str, num_shots: int = 0,
+                shot_split: str = "train") -> int:
+  """Reads every example of `split` (and of `shot_split` for few-shot) and builds its
+  questions, as the task's dataset will, so that a bad row anywhere, an empty split or
+  too few demonstrations is an error (naming the file) before any model work. Returns
+  the number of questions."""
+  questions = _questions(task, split, source)
+  if num_shots:
+    pool = questions if shot_split == split else _questions(task, shot_split, source)
+    labelled = sum(1 for q in pool if q.correct)
+    # From the question's own split, a question is never its own demonstration.
+    if labelled < num_shots + (shot_split == split):
+      raise ValueError(f"{task_name(task)}: num_shots={num_shots} but the {shot_split!r} "
+                       f"split ({_where(task, shot_split, source)}) has {labelled} labelled "
+                       "demonstrations")
+  return len(questions)
+
+
+def _questions(task: str, split: str, source: str) -> list[prompts_lib.Question]:
+  questions = read_questions(task, split, source)
+  if not questions:
+    raise ValueError(f"{task_name(task)}: the {split!r} split is empty "
+                     f"({_where(task, split, source)})")
+  return questions
+
+
+def _where(task: str, split: str, source: str) -> str:
+  """The file a split is read from, or its source, for error messages."""
+  if source == superglue_sources.TFDS_PREFIX or source.startswith(
+      superglue_sources.TFDS_PREFIX + ":"):
+    return f"source {source!r}"
+  return superglue_sources.split_path(task, split, source)
+
+
 def build_rows(task: str, questions: Sequence[prompts_lib.Question],
                pool: Sequence[prompts_lib.Question] = (), num_shots: int = 0,
                shot_seed: int = 0, same_split: bool = False) -> dict[str, list]:
@@ -95,13 +129,11 @@ def _source_fn(task: str):
   def dataset_fn(split: str, shuffle_files: bool = False, seed: int | None = None):
     del shuffle_files, seed  # rows keep file order: groups must stay contiguous
     cfg = ZeroShotConfig()
-    questions = read_questions(task, split, cfg.source)
-    if not questions:
-      raise ValueError(f"{task_name(task)}: split {split!r} of source {cfg.source!r} is empty")
+    questions = _questions(task, split, cfg.source)
     pool: list[prompts_lib.Question] = []
     if cfg.num_shots:
       pool = (questions if cfg.shot_split == split else
-              read_questions(task, cfg.shot_split, cfg.source))
+              _questions(task, cfg.shot_split, cfg.source))
     cols = build_rows(task, questions, pool, cfg.num_shots, cfg.shot_seed,
                       same_split=cfg.shot_split == split)
     return tf.data.Dataset.from_tensor_slices(

@@ -223,6 +223,64 @@ def test_an_empty_split_is_named_before_model_work_and_stale_results_go(finetune
   assert not (run / "eval_metrics.json").exists()  # no stale result survives a failed eval
 
 
+def _data_with(tmp_path, folder, name, edit):
+  """A copy of the fixture directory with `folder/name`'s text passed through `edit`."""
+  import shutil
+  data = tmp_path / "superglue"
+  shutil.copytree(FIXTURE_DIR, data)
+  path = data / folder / name
+  path.write_text(edit(path.read_text()))
+  return data
+
+
+def _truncate_last_line(text):
+  return text.rstrip("\n")[:-20] + "\n"
+
+
+def _no_model(*args, **kwargs):
+  raise AssertionError("the model was loaded before the data was checked")
+
+
+@pytest.mark.parametrize("run_mode, file_name, line", [("eval", "val.jsonl", 4),
+                                                       ("infer", "test.jsonl", 1)])
+def test_a_bad_row_anywhere_is_named_before_the_model_loads(tmp_path, monkeypatch, run_mode,
+                                                            file_name, line):
+  from ernie3_jax.cli import console
+  from ernie3_jax.evaluation import seqio_eval
+  from ernie3_jax.superglue.sources import SuperGlueDataError
+  # The last row is cut short: its split has good rows before it.
+  data = _data_with(tmp_path, "CB", file_name, _truncate_last_line)
+  gin_utils.parse_gin([], _bindings(extra=[f"superglue_source.path='{data}'"]))
+  monkeypatch.setattr(seqio_eval, "load_finetuned", _no_model)
+  run = seqio_eval.evaluate_checkpoint if run_mode == "eval" else seqio_eval.infer_checkpoint
+  with pytest.raises(SuperGlueDataError, match=rf"^{data}/CB/{file_name}:{line}: invalid JSON"
+                     ) as caught:
+    run(str(tmp_path / "run"))
+  # The entrypoint prints it as a user error, itself and not TensorFlow's wrapping of it.
+  message = console.error_line(caught.value)
+  assert console.is_user_error(caught.value) and "Traceback" not in message
+  assert message.startswith(f"error: SuperGlueDataError: {data}/CB/{file_name}:{line}:")
+
+
+def test_a_row_the_formatter_rejects_is_named_with_its_file_and_line(tmp_path, monkeypatch):
+  from ernie3_jax.evaluation import seqio_eval
+  from ernie3_jax.superglue.sources import SuperGlueDataError
+
+  def bad_span(text):  # the second row's word span lies past the end of its sentence
+    lines = text.splitlines()
+    row = json.loads(lines[1])
+    row["end1"] = len(row["sentence1"]) + 5
+    lines[1] = json.dumps(row)
+    return "\n".join(lines) + "\n"
+
+  data = _data_with(tmp_path, "WiC", "val.jsonl", bad_span)
+  gin_utils.parse_gin([], _bindings(task="superglue_wic",
+                                    extra=[f"superglue_source.path='{data}'"]))
+  monkeypatch.setattr(seqio_eval, "load_finetuned", _no_model)
+  with pytest.raises(SuperGlueDataError, match=rf"^{data}/WiC/val.jsonl:2: span .* is outside"):
+    seqio_eval.evaluate_checkpoint(str(tmp_path / "run"))
+
+
 def test_a_missing_training_file_is_named_before_model_dir_exists(tmp_path, pretrained):
   import shutil
   from ernie3_jax.cli import preflight

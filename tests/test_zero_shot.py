@@ -425,3 +425,37 @@ def test_zero_shot_prompt_errors_name_the_file_and_line(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"ReCoRD/val.jsonl:1: cannot build a prompt for "
                                        r"passage 0"):
     zs.read_questions("record", "validation", data)
+
+
+def _fixture_copy(tmp_path):
+  import shutil
+  data = tmp_path / "superglue"
+  shutil.copytree(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                               "superglue"), data)
+  return data
+
+
+def _no_model(*args, **kwargs):
+  raise AssertionError("the model was loaded before the data was checked")
+
+
+@pytest.mark.parametrize("folder, name, flags, line", [
+    ("WSC", "val.jsonl", [], 3),  # the last row of the last task's split
+    ("WSC", "train.jsonl", ["--num_shots=1"], 2)])  # the demonstrations' split
+def test_zero_shot_command_reads_every_row_before_the_model_loads(tmp_path, monkeypatch,
+                                                                  folder, name, flags, line):
+  from ernie3_jax.evaluation import zero_shot_command
+  from ernie3_jax.superglue.sources import SuperGlueDataError
+  data = _fixture_copy(tmp_path)
+  path = data / folder / name
+  path.write_text(path.read_text().rstrip("\n")[:-20] + "\n")
+  monkeypatch.setattr(zero_shot_command, "load_scorer", _no_model)
+  argv = [f"--model_dir={tmp_path}", f"--source={data}", "--tasks=cb,wsc",
+          f"--output_dir={tmp_path / 'out'}"] + flags
+  with pytest.raises(SuperGlueDataError, match=rf"^{path}:{line}: invalid JSON"):
+    zero_shot_command.main(argv)
+  path.write_text("")
+  with pytest.raises(ValueError, match=rf"superglue_wsc_zero_shot: the '\w+' split is empty "
+                                       rf"\({path}\)"):
+    zero_shot_command.main(argv)
+  assert not (tmp_path / "out").exists()

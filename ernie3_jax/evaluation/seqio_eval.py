@@ -6,10 +6,12 @@ labeled AX-b / AX-g files with the RTE head), computes the metric functions
 registered on the tasks through `seqio.Evaluator`, and writes them to TensorBoard
 (`MODEL_DIR/tensorboard/eval`) and `MODEL_DIR/eval_metrics.json` (rewritten after each
 task; "complete" turns true at the end), with every row's prediction in
-`MODEL_DIR/eval_predictions/<task>.<split>.jsonl`. Every split is checked for rows
-before the model is loaded, and an earlier evaluation's files are removed first.
+`MODEL_DIR/eval_predictions/<task>.<split>.jsonl`. An earlier evaluation's files are
+removed first.
 `infer_checkpoint` predicts the test split and writes one leaderboard file per task
-through `submission.write_submission` (AX-b and AX-g through the RTE head).
+through `submission.write_submission` (AX-b and AX-g through the RTE head). Both read
+every row of every split they use before the model loads (a bad row anywhere is an
+error naming its file and line; an empty split one naming its file).
 
 Predictions follow `superglue_metrics`: a classification row's prediction is its
 vector of class log-probabilities (the metrics take the argmax); a candidate row's
@@ -270,7 +272,7 @@ def _plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
     head = _head_of(setup, task.name)
     if head is None or split not in task.splits or not task.metric_objs:
       continue
-    if not _has_rows(task, split, lengths):
+    if not _count_rows(task, split, lengths):
       raise ValueError(f"{task.name}: the {split!r} split is empty "
                        f"({_source_file(task.name, split)}); nothing to evaluate")
     plan.runs.append((task, split, head))
@@ -285,8 +287,8 @@ def _plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
     if "test" not in task.splits or not task.metric_objs:
       continue
     try:
-      labeled = _has_rows(task, "test", lengths) and _all_labeled(task, "test",
-                                                                  sequence_length)
+      labeled = _count_rows(task, "test", lengths) > 0 and _all_labeled(task, "test",
+                                                                        sequence_length)
     except FileNotFoundError as e:
       plan.skipped[name] = str(e)
       continue
@@ -297,9 +299,15 @@ def _plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
   return plan
 
 
-def _has_rows(task: seqio.Task, split: str, lengths: Mapping[str, int]) -> bool:
+def _count_rows(task: seqio.Task, split: str, lengths: Mapping[str, int]) -> int:
+  """The rows of `split`, every one read before any model work. A SuperGLUE task's file is
+  read and formatted in full (no tokenising), so a bad row anywhere in it is an error
+  naming its file and line; another task's rows go through its own pipeline."""
+  from ernie3_jax.tasks import superglue  # pylint: disable=g-import-not-at-top
+  if task.name in superglue.TASK_NAMES:
+    return superglue.check_split(task.name, split)
   ds = task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1, use_cached=False)
-  return bool(list(ds.take(1).as_numpy_iterator()))
+  return sum(1 for _ in ds.as_numpy_iterator())
 
 
 def _source_file(task_name: str, split: str) -> str:
@@ -363,23 +371,21 @@ def infer_checkpoint(model_dir: str, *, split: str = "test", batch_size: int = 3
   """Predicts `split` of every task (and the diagnostics whose head was trained) and
   writes each task's file with `write_fn(task, rows, predictions, out_dir)` (default:
   `submission.write_submission`) into `output_dir` (default MODEL_DIR/submission).
+  Every row of every split is read before the model loads: a bad row is an error naming
+  its file and line, and a missing or empty split an error naming its file (a
+  submission without that task's file would be incomplete).
+
   Returns {task: path written}."""
-  setup, predictor, step = load_finetuned(model_dir, batch_size)
+  runs = _infer_plan(finetune.finetune_setup(), split, sequence_length, diagnostics)
+  _, predictor, step = load_finetuned(model_dir, batch_size)
   write_fn = write_fn or _default_writer()
   output_dir = output_dir or os.path.join(model_dir, "submission")
-  names = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(setup.name))]
-  names += [d for d in diagnostics if d not in names and d in seqio.TaskRegistry.names()]
   written = {}
   lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
-  for name in names:
-    task = seqio.get_mixture_or_task(name)
-    head = _head_of(setup, name)
-    if head is None or split not in task.splits:
-      continue
+  for task, head in runs:
+    name = task.name
     rows = list(task.get_dataset(lengths, split=split, shuffle=False, num_epochs=1,
                                  use_cached=False).as_numpy_iterator())
-    if not rows:
-      continue
     index, classes = head
     predictions = row_predictions(predictor.log_probs(rows, index, sequence_length), classes,
                                   name in candidate_tasks)
@@ -387,6 +393,25 @@ def infer_checkpoint(model_dir: str, *, split: str = "test", batch_size: int = 3
       written[name] = write_fn(name, rows, list(predictions), output_dir)
       logging.info("%s: %d rows predicted with the checkpoint of step %d -> %s", name,
                    len(rows), step, written[name])
-  if not written:
-    raise ValueError(f"no task of {setup.name!r} has a {split!r} split to predict")
   return written
+
+
+def _infer_plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
+                diagnostics: Sequence[str]) -> list:
+  """(task, head) of every task `infer_checkpoint` predicts, each split's rows checked."""
+  names = [t.name for t in seqio.get_subtasks(seqio.get_mixture_or_task(setup.name))]
+  names += [d for d in diagnostics if d not in names and d in seqio.TaskRegistry.names()]
+  lengths = {"input_ids": sequence_length, "segment_ids": sequence_length}
+  runs = []
+  for name in names:
+    task = seqio.get_mixture_or_task(name)
+    head = _head_of(setup, name)
+    if head is None or split not in task.splits:
+      continue
+    if not _count_rows(task, split, lengths):
+      raise ValueError(f"{name}: the {split!r} split is empty ({_source_file(name, split)}); "
+                       "the submission would lack this task's file")
+    runs.append((task, head))
+  if not runs:
+    raise ValueError(f"no task of {setup.name!r} has a {split!r} split to predict")
+  return runs

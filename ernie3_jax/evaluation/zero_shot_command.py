@@ -54,8 +54,12 @@ def main(argv: Iterable[str] | None = None) -> None:
   args = parser.parse_args(argv)
   tasks = _parse_tasks(args.tasks)
   args.model_dir = storage.resolve(args.model_dir, "--model_dir")
-  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
   from ernie3_jax.tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top
+  # Every row of every split the run reads is checked before the model loads: a bad row
+  # in the last task is named now, not after scoring the others.
+  for task in tasks:
+    zs.check_split(task, args.split, args.source, args.num_shots, args.shot_split)
+  scorer = load_scorer(args.model_dir, args.max_length, args.batch_size, args.gin)
   output_dir = args.output_dir or os.path.join(
       args.model_dir, "zero_shot", f"{args.split}_{args.normalization}_{args.num_shots}shot")
   # Every process scores (the model is sharded over all of them); process 0 writes.
