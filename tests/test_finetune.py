@@ -262,6 +262,40 @@ def test_a_bad_row_anywhere_is_named_before_the_model_loads(tmp_path, monkeypatc
   assert message.startswith(f"error: SuperGlueDataError: {data}/CB/{file_name}:{line}:")
 
 
+class _ConstantPredictor:
+  """Log-probabilities 0 for every class of every row (no model)."""
+
+  def log_probs(self, examples, task_index, length):
+    del task_index, length
+    return np.zeros((len(examples), 3), np.float32)
+
+
+def test_infer_refuses_an_incomplete_submission_naming_the_empty_file(tmp_path, monkeypatch):
+  from ernie3_jax.evaluation import seqio_eval
+  loads = []
+
+  def load(model_dir, batch_size):
+    loads.append(model_dir)
+    return finetune.finetune_setup(), _ConstantPredictor(), 0
+
+  monkeypatch.setattr(seqio_eval, "load_finetuned", load)
+  out = tmp_path / "submission"
+  gin_utils.parse_gin([], _bindings(task="superglue"))
+  written = seqio_eval.infer_checkpoint(str(tmp_path / "run"), output_dir=str(out))
+  assert sorted(os.listdir(out)) == sorted(
+      f"{d}.jsonl" for d in ("BoolQ", "CB", "COPA", "MultiRC", "ReCoRD", "RTE", "WiC", "WSC",
+                             "AX-b", "AX-g"))
+  assert len(written) == 10 and len(loads) == 1
+  # The same run with CB's test file empty: an error naming it, before the model loads,
+  # not a submission folder without CB.jsonl.
+  data = _data_with(tmp_path, "CB", "test.jsonl", lambda text: "")
+  gin_utils.parse_gin([], _bindings(task="superglue", extra=[f"superglue_source.path='{data}'"]))
+  with pytest.raises(ValueError, match=rf"superglue_cb: the 'test' split is empty "
+                                       rf"\({data}/CB/test.jsonl\); the submission would lack"):
+    seqio_eval.infer_checkpoint(str(tmp_path / "run"), output_dir=str(tmp_path / "incomplete"))
+  assert len(loads) == 1 and not (tmp_path / "incomplete").exists()
+
+
 def test_a_row_the_formatter_rejects_is_named_with_its_file_and_line(tmp_path, monkeypatch):
   from ernie3_jax.evaluation import seqio_eval
   from ernie3_jax.superglue.sources import SuperGlueDataError
