@@ -2,8 +2,10 @@
 
 A row is one (prompt, candidate) pair: `inputs` is the (few-shot) prompt, `targets`
 the candidate continuation, and `group` / `candidate` / `is_correct` place it in its
-question. The score metric functions take one log-likelihood per row (seqio's
-"score" path), pick the best candidate per group and compute the task's metrics.
+question (`choice` names the candidate: ReCoRD's entity, else the verbaliser; `idx` is
+the official idx as JSON, as `sources.official_idx` writes it). The score metric
+functions take one log-likelihood per row (seqio's "score" path), pick the best
+candidate per group and compute the task's metrics.
 Prompts longer than `ZeroShotConfig.max_length` minus the candidate lose their
 beginning; `truncated_prompts` counts the questions that did.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 from typing import Any, Iterator, Mapping, Sequence
 
 import gin
@@ -120,6 +123,7 @@ def build_rows(task: str, questions: Sequence[prompts_lib.Question],
       cols["is_correct"].append(int(c in q.correct))
       cols["labelled"].append(int(q.labelled))
       cols["key"].append(q.key)
+      cols["idx"].append(json.dumps(superglue_sources.official_idx(task, q.idx)))
       cols["choice"].append(q.names[c] if q.names else cand.strip())
       cols["gold"].append("\t".join(gold or ()))
   return cols

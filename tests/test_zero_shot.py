@@ -314,7 +314,7 @@ def test_seqio_task_rows_and_score_path_on_the_sample(vocab, tmp_path):
                                  predictions_path=str(predictions))
   assert metrics["accuracy"] == pytest.approx(np.mean([lab == "entailment" for lab in labels]))
   scored = [json.loads(l) for l in predictions.read_text().splitlines()]
-  assert [(r["group"], r["candidate"]) for r in scored] == [
+  assert [(r["group"], r["candidate_index"]) for r in scored] == [
       (int(r["group"]), int(r["candidate"])) for r in rows]
   assert {r["score"] for r in scored} == {0.0, 1.0}  # the preferred word scores 1
   assert metrics["truncated_prompts"] == len(truncated)
@@ -459,3 +459,63 @@ def test_zero_shot_command_reads_every_row_before_the_model_loads(tmp_path, monk
                                        rf"\({path}\)"):
     zero_shot_command.main(argv)
   assert not (tmp_path / "out").exists()
+
+
+# -- per-row files: fine-tuning's and zero-shot's, row for row -------------------------
+
+FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "superglue")
+
+
+class _RisingLogProbs:
+  """A fine-tuned predictor's stand-in: row i's candidate score is i (the last row of each
+  group wins), its class scores (0, i)."""
+
+  def log_probs(self, examples, task_index, length):
+    del task_index, length
+    n = len(examples)
+    return np.stack([np.zeros(n), np.arange(n)], axis=1).astype(np.float32)
+
+
+def _finetune_rows(task, split, tmp_path, candidate):
+  """The eval_predictions lines of fine-tuning's `superglue_<task>` over the fixture."""
+  import seqio
+  from ernie3_jax.evaluation import seqio_eval
+  path = tmp_path / f"superglue_{task}.{split}.jsonl"
+  evaluate = seqio_eval._evaluate_task  # pylint: disable=protected-access
+  evaluate(seqio.get_mixture_or_task(f"superglue_{task}"), split, _RisingLogProbs(), (0, 2),
+           candidate, 64, 0, str(path))
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _chosen_is_the_best(rows, score):
+  for g in {r["group"] for r in rows}:
+    group = [r for r in rows if r["group"] == g]
+    best = max(group, key=score)  # the first on ties
+    assert [r["chosen"] for r in group] == [r is best for r in group], group
+
+
+def test_per_row_files_name_candidates_and_official_idx_alike_in_both_paths(tmp_path):
+  from ernie3_jax.superglue import sources
+  from ernie3_jax.tasks import superglue_zero_shot as zs
+  gin.bind_parameter("superglue_source.path", FIXTURE_DIR)
+  tuned = _finetune_rows("record", "validation", tmp_path, True)
+  _, zero = _zero_shot_record(FIXTURE_DIR, tmp_path)
+  # The same candidates, by text, in the same order and numbering, under the same idx.
+  same = lambda r: (r["idx"], r["group"], r["candidate_index"], r["candidate"])
+  assert [same(r) for r in tuned] == [same(r) for r in zero]
+  passages = list(sources.read_split("record", "validation", FIXTURE_DIR))
+  assert [r["candidate"] for r in tuned] == [
+      e for p in passages for _ in p["qas"] for e in sorted(p["passage"]["entities"])]
+  assert tuned[0]["idx"] == {"passage": 0, "query": 0}
+  # Each file marks its chosen answer: the best-scoring row of each query.
+  _chosen_is_the_best(tuned, lambda r: r["prediction"][0])
+  _chosen_is_the_best(zero, lambda r: r["score"])
+  assert sum(r["chosen"] for r in tuned) == sum(r["chosen"] for r in zero) == 3
+  # AX-b's idx as its official file writes them (strings), in both paths.
+  axb_idx = [str(e["idx"]) for e in sources.read_split("axb", "test", FIXTURE_DIR)]
+  assert [r["idx"] for r in _finetune_rows("axb", "test", tmp_path, False)] == axb_idx
+  gin.bind_parameter("ZeroShotConfig.source", FIXTURE_DIR)
+  path = tmp_path / "axb.test.jsonl"
+  zero_shot.score_task(zs.task_name("axb"), _ConstantScorer(), "test",
+                       predictions_path=str(path))
+  assert [json.loads(line)["idx"] for line in path.read_text().splitlines()][::2] == axb_idx

@@ -15,7 +15,9 @@ error naming its file and line; an empty split one naming its file).
 
 Predictions follow `superglue_metrics`: a classification row's prediction is its
 vector of class log-probabilities (the metrics take the argmax); a candidate row's
-(COPA, ReCoRD) is its score for being the right candidate, log p(1) − log p(0).
+(COPA, ReCoRD) is its score for being the right candidate, log p(1) − log p(0). The
+per-row files (`prediction_lines`) name each row by its official idx and each candidate
+row by its text, and mark the candidate chosen, as the zero-shot per-row files do.
 
 `seqio.Evaluator` measures every declared feature's length along its first axis, so
 a task that declares scalar features (`label`, `group`) cannot be given to it as is.
@@ -189,17 +191,14 @@ def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tup
   """The metric functions of `task` on `split`, computed by seqio.Evaluator; with
   `predictions_path`, every row's idx and prediction (full precision) go there too."""
   index, classes = head
+  predicted: dict[int, np.ndarray] = {}
 
   def predict_fn(dataset):
     pairs = list(dataset.as_numpy_iterator())
     scores = row_predictions(
         predictor.log_probs([ex for _, ex in pairs], index, sequence_length), classes,
         candidate)
-    if predictions_path is not None and jax.process_index() == 0:
-      storage.write_atomic(predictions_path, "".join(
-          json.dumps({"idx": np.asarray(ex["idx"]).tolist(),
-                      "prediction": np.asarray(score, np.float64).tolist()}) + "\n"
-          for (_, ex), score in zip(pairs, scores)))
+    predicted.update((int(i), s) for (i, _), s in zip(pairs, scores))
     return [(int(i), s) for (i, _), s in zip(pairs, scores)]
 
   with evaluation_view(task, split, sequence_length) as view:
@@ -209,9 +208,53 @@ def _evaluate_task(task: seqio.Task, split: str, predictor: Predictor, head: tup
                                 target_field_name="idx", async_compute_metrics=False)
     try:
       metrics, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+      if predictions_path is not None and jax.process_index() == 0:
+        # The rows predicted, in the order of their indices (seqio's cached copy).
+        rows = list(evaluator.cached_task_datasets[view].as_numpy_iterator())
+        storage.write_atomic(predictions_path, "".join(
+            json.dumps(line) + "\n"
+            for line in prediction_lines(task.name, rows, predicted, candidate)))
       return {k: _scalar(v) for k, v in metrics.result()[view].items()}
     finally:
       evaluator.close()
+
+
+def prediction_lines(task_name: str, rows: Sequence[Mapping[str, Any]],
+                     predicted: Mapping[int, np.ndarray], candidate: bool
+                     ) -> list[dict[str, Any]]:
+  """The eval_predictions file of a task: one line per row, in row order, with "idx" (as
+  the official file writes it: `sources.official_idx`) and "prediction" (full precision).
+  Candidate rows (COPA, ReCoRD) add the fields the zero-shot per-row files carry: "group",
+  "candidate_index", "candidate" (the choice's or entity's text) and "chosen" (the group's
+  best-scoring row, the first on ties: the answer the metrics score)."""
+  # pylint: disable-next=g-import-not-at-top
+  from ernie3_jax.superglue import sources
+  # pylint: disable-next=g-import-not-at-top
+  from ernie3_jax.tasks import superglue
+  lines = []
+  for i, row in enumerate(rows):
+    if i not in predicted:
+      continue
+    idx = (sources.official_idx(task_name, row["idx"]) if task_name in superglue.TASK_NAMES
+           else np.asarray(row["idx"]).tolist())
+    line = {"idx": idx, "prediction": np.asarray(predicted[i], np.float64).tolist()}
+    if candidate:
+      line.update(group=int(row["group"]), candidate_index=int(row["candidate_index"]),
+                  candidate=_text(row["candidate"]), chosen=False)
+    lines.append(line)
+  if candidate:
+    best: dict[int, dict[str, Any]] = {}
+    for line in lines:
+      group = line["group"]
+      if group not in best or line["prediction"][0] > best[group]["prediction"][0]:
+        best[group] = line
+    for line in best.values():
+      line["chosen"] = True
+  return lines
+
+
+def _text(value: Any) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _all_labeled(task: seqio.Task, split: str, sequence_length: int) -> bool:

@@ -225,8 +225,7 @@ def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
                normalization: str = "sum", num_examples: int | None = None,
                predictions_path: str | None = None) -> dict[str, float]:
   """Runs seqio's Evaluator score path on a registered zero-shot task; its metrics. With
-  `predictions_path`, every scored row (its question key, candidate and score) is written
-  there as jsonl."""
+  `predictions_path`, every scored row is written there as jsonl (`prediction_lines`)."""
   import seqio  # pylint: disable=g-import-not-at-top
   from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   evaluator = seqio.Evaluator(task_name, seqio.PrefixLMFeatureConverter(pack=False),
@@ -243,19 +242,44 @@ def score_task(task_name: str, scorer: NlgScorer, split: str = "validation",
     scored.update(out)
     return out
 
-  metrics, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn)
-  result = metrics.result()[task_name]
-  evaluator.close()
-  if predictions_path is not None:
-    rows = seqio.get_mixture_or_task(task_name).get_dataset(
-        None, split=split, shuffle=False, num_epochs=1).as_numpy_iterator()
-    storage.write_atomic(predictions_path, "".join(
-        json.dumps({"row": index, "question": _text(row.get("key", b"")),
-                    "group": int(row.get("group", -1)),
-                    "candidate": int(row.get("candidate", -1)),
-                    "score": scored[index]}) + "\n"
-        for index, row in enumerate(rows) if index in scored))
+  try:
+    metrics, _ = evaluator.evaluate(compute_metrics=True, score_fn=score_fn)
+    result = metrics.result()[task_name]
+    if predictions_path is not None:
+      # The rows scored, in the order of their indices (seqio's cached copy of the task).
+      rows = list(evaluator.cached_task_datasets[task_name].as_numpy_iterator())
+      storage.write_atomic(predictions_path, "".join(
+          json.dumps(line) + "\n" for line in prediction_lines(rows, scored)))
+  finally:
+    evaluator.close()
   return {k: float(getattr(v, "value", v)) for k, v in result.items()}
+
+
+def prediction_lines(rows: Sequence[Mapping[str, Any]], scored: Mapping[int, float]
+                     ) -> list[dict[str, Any]]:
+  """The per-row file of a zero-shot task: one line per (question, candidate) row, in row
+  order, with the fields fine-tuning's eval_predictions carry for its candidate rows:
+  "idx" (official form), "group", "candidate_index", "candidate" (the candidate's text:
+  ReCoRD's entity, else the verbaliser), "chosen" (the question's best-scoring row, the
+  first on ties) and "score"; plus "row" and "question" (the question's key)."""
+  lines = []
+  for index, row in enumerate(rows):
+    if index not in scored:
+      continue
+    idx = _text(row.get("idx", b""))
+    lines.append({"row": index, "question": _text(row.get("key", b"")),
+                  "idx": json.loads(idx) if idx else None,
+                  "group": int(row.get("group", -1)),
+                  "candidate_index": int(row.get("candidate", -1)),
+                  "candidate": _text(row.get("choice", b"")),
+                  "chosen": False, "score": scored[index]})
+  best: dict[int, dict[str, Any]] = {}
+  for line in lines:
+    if line["group"] not in best or line["score"] > best[line["group"]]["score"]:
+      best[line["group"]] = line
+  for line in best.values():
+    line["chosen"] = True
+  return lines
 
 
 def _text(value) -> str:

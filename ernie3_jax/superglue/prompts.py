@@ -42,6 +42,9 @@ class Question:
   key: str
   label: Any = None  # the official label value, for metrics that want it
   names: tuple[str, ...] = ()  # short names of the candidates (ReCoRD: the entities)
+  # The official ids (example, question or query, answer; -1 where unused or absent), as
+  # fine-tuning's rows carry them (`sources.official_idx` writes them out).
+  idx: tuple[int, int, int] = (-1, -1, -1)
 
   @property
   def labelled(self) -> bool:
@@ -84,6 +87,16 @@ def class_label(value: Any, names: Sequence[str], where: str) -> int | None:
   raise ValueError(f"{where}: label {value!r} is not one of {list(names)}")
 
 
+def _id(value: Any) -> int:
+  """An official id as an int; -1 when absent or not a number."""
+  value = value.tolist() if hasattr(value, "tolist") else value
+  if isinstance(value, int) and not isinstance(value, bool):
+    return value
+  if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    return int(value)
+  return -1
+
+
 def _field(row: Mapping[str, Any], name: str, task: str) -> Any:
   if name not in row:
     raise KeyError(f"{task} row {row.get('idx', '?')!r} lacks the field {name!r} "
@@ -94,7 +107,8 @@ def _field(row: Mapping[str, Any], name: str, task: str) -> Any:
 def _one(task: str, row, prompt: str, candidates: Sequence[str], gold: int | None,
          label: Any) -> list[Question]:
   correct = () if gold is None else (gold,)
-  return [Question(prompt, tuple(candidates), correct, str(row.get("idx", "")), label)]
+  return [Question(prompt, tuple(candidates), correct, str(row.get("idx", "")), label,
+                   idx=(_id(row.get("idx")), -1, -1))]
 
 
 def _yes_no(task: str, row, prompt: str, label: bool | None) -> list[Question]:
@@ -202,8 +216,10 @@ def _multirc_question(row, text: str, question: str, answer: str, raw_label, idx
   label = bool_label(raw_label, "multirc")
   key = idx if isinstance(idx, str) else "/".join(
       str(idx.get(k)) for k in ("paragraph", "question", "answer"))
+  ids = tuple(_id(idx.get(k)) for k in ("paragraph", "question", "answer")) if isinstance(
+      idx, Mapping) else (-1, -1, -1)
   return Question(prompt, (" true", " false"), () if label is None else (int(not label),), key,
-                  label)
+                  label, idx=ids)
 
 
 def _record_entities(row) -> list[str]:
@@ -243,8 +259,11 @@ def record(row: Mapping[str, Any]) -> list[Question]:
         a["text"] if isinstance(a, Mapping) else str(a) for a in raw)
     candidates = tuple(" " + query.replace("@placeholder", e) for e in entities)
     correct = tuple(i for i, e in enumerate(entities) if e in (answers or ()))
+    ids = qa.get("idx")
+    ids = ((_id(ids.get("passage")), _id(ids.get("query")), -1) if isinstance(ids, Mapping)
+           else (_id(row.get("idx")), _id(ids), -1))
     out.append(Question(text.strip(), candidates, correct, str(qa.get("idx", "")),
-                        answers, tuple(entities)))
+                        answers, tuple(entities), idx=ids))
   return out
 
 

@@ -63,6 +63,7 @@ STRING_LABELS = {
     "axg": ("entailment", "not_entailment"),
 }
 BOOL_LABEL_TASKS = ("boolq", "wic", "wsc")  # and MultiRC's answers
+STRING_IDX_TASKS = ("axb",)  # whose official files write "idx" as a string of digits
 TFDS_PREFIX = "tfds"
 
 
@@ -121,6 +122,20 @@ def read_located(task: str, split: str, source: str | None = None
     raise FileNotFoundError(f"SuperGLUE source {source!r} is neither 'tfds', 'tfds:DATA_DIR' "
                             "nor a directory in the official layout")
   return _read_jsonl(task, split_path(task, split, source))
+
+
+def official_idx(task: str, idx: Any) -> Any:
+  """A row's idx triple (example, question or query, answer; -1 where unused) -> its idx as
+  the official files write it: MultiRC {"paragraph", "question", "answer"}, ReCoRD
+  {"passage", "query"}, AX-b a string of digits, the others an int."""
+  task = canonical_task(task)
+  idx = idx.tolist() if hasattr(idx, "tolist") else idx  # numpy arrays and scalars
+  ids = [int(i) for i in (idx if isinstance(idx, (list, tuple)) else [idx])] + [-1, -1]
+  if task == "multirc":
+    return {"paragraph": ids[0], "question": ids[1], "answer": ids[2]}
+  if task == "record":
+    return {"passage": ids[0], "query": ids[1]}
+  return str(ids[0]) if task in STRING_IDX_TASKS else ids[0]
 
 
 def located_error(where: str, error: Exception) -> SuperGlueDataError:
