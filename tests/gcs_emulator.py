@@ -53,15 +53,20 @@ class GcsEmulator:
     self.env = {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url,
                 "EPATH_USE_TF": "false", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
     self.process: subprocess.Popen | None = None
+    self.log = None
 
   def __enter__(self) -> "GcsEmulator":
+    import tempfile  # pylint: disable=g-import-not-at-top
+    # Its log goes to a file: the server blocks once an unread pipe fills up.
+    self.log = tempfile.NamedTemporaryFile(prefix="gcs_emulator_", suffix=".log")
     self.process = subprocess.Popen(
         [sys.executable, "-m", "tests.gcs_emulator", str(self.port), self.bucket], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=self.log, stderr=subprocess.STDOUT)
     deadline = time.time() + 30
     while time.time() < deadline:
       if self.process.poll() is not None:
-        raise RuntimeError("the GCS emulator exited: " + self.process.stderr.read().decode())
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+          raise RuntimeError("the GCS emulator exited: " + f.read()[-3000:])
       try:
         socket.create_connection(("localhost", self.port), 0.2).close()
         return self
@@ -74,6 +79,8 @@ class GcsEmulator:
     if self.process is not None:
       self.process.terminate()
       self.process.wait(timeout=30)
+    if self.log is not None:
+      self.log.close()
 
   def objects(self, prefix: str = "") -> list[str]:
     """Names of every object in the bucket under `prefix` (read through the JSON API)."""
