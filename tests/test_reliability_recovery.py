@@ -156,7 +156,11 @@ def _resume(model_dir, **kwargs):
 
 @pytest.mark.parametrize("damage, reason", [
     (_flip, r"cannot be read|differ from the checksums"),
-    (_truncate, r"cannot be read"),
+    # The array is named, not a TensorStore object's bound method.
+    (_truncate, r"cannot be read \(the array (params|opt_state)\['[^ ]*\]: OUT_OF_RANGE"),
+    (lambda d, s: shutil.rmtree(d / "checkpoints" / str(s) / "integrity"),
+     r"its integrity/ record .* is missing, so its arrays cannot be verified; .*"
+     r"Checkpointer.accept_unverified=True"),
     (lambda d, s: os.remove(d / "checkpoints" / str(s) / "state" / "_METADATA"),
      r"metadata lists no arrays \(state/_METADATA is missing\)"),
     (_forge_checksum, r"differ from the checksums saved with them: "
@@ -181,6 +185,15 @@ def test_damaged_latest_checkpoint_is_reported_moved_aside_and_the_previous_rest
   assert (rejected / "REJECTED.txt").read_text().startswith("The checkpoint of step 4 (")
   assert sorted(os.listdir(trained / "checkpoints")) == ["2", "4", "6"]  # 4 retrained
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(tt.params_of(result)))
+
+
+def test_a_checkpoint_without_checksums_restores_only_when_accepted_and_loudly(trained, capsys):
+  shutil.rmtree(trained / "checkpoints" / "4" / "integrity")
+  result = _resume(trained, extra_bindings=["Checkpointer.accept_unverified = True"])
+  assert result.resumed_from == 4 and result.final_step == 6
+  out = capsys.readouterr().out
+  assert "restoring the checkpoint of step 4" in out and "UNVERIFIED" in out
+  assert not (trained / "rejected_checkpoints").exists()
 
 
 def test_without_fallback_damage_is_fatal_and_nothing_moves(trained):

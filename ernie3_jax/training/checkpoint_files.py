@@ -54,6 +54,30 @@ def first_line(error: BaseException, limit: int = 400) -> str:
   return text[:limit // 2 - 3] + " ... " + text[-(limit // 2 - 2):]
 
 
+_ARRAY_PATH = re.compile(r"""['"]path['"]:\s*['"]((?:params|opt_state|memory|step)[^'"/]*)/?['"]""")
+
+
+def read_failure(error: BaseException) -> str:
+  """Why a checkpoint's arrays could not be read, naming the array: orbax's own message
+  for a damaged array file names only a slice and a TensorStore object, while the array
+  (a key path like `params.nlu.stack...`) and the cause sit in the dump and in the error's
+  cause."""
+  texts, seen = [], error
+  while seen is not None and len(texts) < 8:
+    texts.append(str(seen))
+    seen = seen.__cause__ or seen.__context__
+  found = next((m.group(1) for t in texts for m in [_ARRAY_PATH.search(t)] if m), None)
+  if found is None:
+    found = next((m.group(1).split("/")[0] for t in texts
+                  for m in [re.search(r'Error reading "([^"]+)"', t)] if m), None)
+  if found is None:
+    return f"{type(error).__name__}: {first_line(error)}"
+  head, *rest = found.split(".")
+  name = head + "".join(f"[{part!r}]" for part in rest)
+  cause = next((first_line(RuntimeError(t)) for t in texts[1:] if t.strip()), first_line(error))
+  return f"the array {name}: {cause}"
+
+
 def saved_shapes(item_dir: str, step: int | None = None) -> dict[str, tuple[int, ...]]:
   """{array name: shape} of a saved PyTree item, from its metadata only (no array reads).
 

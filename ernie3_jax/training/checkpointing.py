@@ -14,6 +14,7 @@ import os
 import time
 from typing import Any
 
+import gin
 import jax
 import orbax.checkpoint as ocp
 
@@ -21,7 +22,8 @@ from ernie3_jax.parallel import multihost
 from ernie3_jax.training import checkpoint_integrity
 from ernie3_jax.training.checkpoint_files import (  # noqa: F401  errors re-exported
     ITEMS, CheckpointCorruptError, CheckpointMismatchError, CheckpointSaveError,
-    NonFiniteStateError, first_line, saved_shapes, shape_mismatches, summarize_mismatches)
+    NonFiniteStateError, first_line, read_failure, saved_shapes, shape_mismatches,
+    summarize_mismatches)
 from ernie3_jax.training.checkpoint_integrity import array_name
 from ernie3_jax.runtime import storage
 
@@ -30,6 +32,7 @@ REJECTED_DIR = "rejected_checkpoints"  # beside checkpoints/, in MODEL_DIR
 TMP_MARKER = ".orbax-checkpoint-tmp"  # orbax writes a save here, then renames it
 
 
+@gin.configurable(allowlist=["accept_unverified"])
 class Checkpointer:
   """CheckpointManager for one run's checkpoints: {"state": TrainState, "data": every
   process's data-pipeline state, "integrity": the state's checksums}.
@@ -37,10 +40,15 @@ class Checkpointer:
   `save` refuses a non-finite state and gathers the data positions of all processes
   (each process's input position is its own); `restore` verifies what it read against
   the checksums saved with it; `restore_latest` falls back past checkpoints that fail.
+  Every checkpoint this project writes has its checksums, so one without them is damaged
+  and rejected like any other; `Checkpointer.accept_unverified = True` (gin) restores
+  checkpoints from before checksums existed, unverified, with a warning for each.
   """
 
-  def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True):
+  def __init__(self, directory: str, save_every: int, keep: int = 3, async_save: bool = True,
+               accept_unverified: bool = False):
     self.directory = storage.resolve(directory, "checkpoint directory")
+    self.accept_unverified = accept_unverified
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=1, create=True,
@@ -150,7 +158,7 @@ class Checkpointer:
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         shardings)
-    verified = storage.isdir(os.path.join(step_dir, "integrity"))
+    verified = self._has_checksums(step, step_dir)
     items = dict(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
     if verified:
       items["integrity"] = ocp.args.JsonRestore()
@@ -158,7 +166,7 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointCorruptError(step, step_dir,
-                                   f"it cannot be read ({type(e).__name__}: {first_line(e)})"
+                                   f"it cannot be read ({read_failure(e)})"
                                    ) from e
     state = restored["state"]
     now = checkpoint_integrity.record(state)
@@ -191,7 +199,7 @@ class Checkpointer:
           f"the parameters of step {step} in {self.directory!r} do not fit this model: "
           f"{summarize_mismatches(problems)}. Use the config the run was trained with "
           "(MODEL_DIR/config.gin).")
-    verified = storage.isdir(os.path.join(step_dir, "integrity"))
+    verified = self._has_checksums(step, step_dir)
     try:
       # A partial restore: the arrays outside `item` (optimizer state, memory) are not read.
       # Arrays come back in the dtype they were saved in (their checksums are of those
@@ -216,7 +224,7 @@ class Checkpointer:
         record = self.manager.restore(step, args=ocp.args.Composite(**items))["integrity"]
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointCorruptError(step, step_dir,
-                                   f"it cannot be read ({type(e).__name__}: {first_line(e)})"
+                                   f"it cannot be read ({read_failure(e)})"
                                    ) from e
     params = restored["params"]
     now = checkpoint_integrity.record({"params": params})
@@ -233,6 +241,19 @@ class Checkpointer:
                                    f"{summarize_mismatches(now['nonfinite'], 5)}")
     return jax.tree_util.tree_map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype),
                                   params, abstract_params)
+
+  def _has_checksums(self, step: int, step_dir: str) -> bool:
+    """Whether `step` has its checksums; without them, an error unless accepted."""
+    if storage.isdir(os.path.join(step_dir, "integrity")):
+      return True
+    if not self.accept_unverified:
+      raise CheckpointCorruptError(
+          step, step_dir, "its integrity/ record (the per-array checksums saved with every "
+          "checkpoint) is missing, so its arrays cannot be verified; for a checkpoint "
+          "written before checksums existed, set Checkpointer.accept_unverified=True")
+    print(f"warning: restoring the checkpoint of step {step} ({step_dir}) UNVERIFIED: it has "
+          "no integrity/ record and Checkpointer.accept_unverified=True", flush=True)
+    return False
 
   def restore_latest(self, abstract_state: Any, shardings: Any, allow_fallback: bool = True
                      ) -> tuple[Any, list[dict], int] | None:
