@@ -141,7 +141,9 @@ class CheckpointHook:
 
   def __call__(self, step: int, state: Any, force: bool = False) -> None:
     try:
-      self.ckpt.poll()  # a failed asynchronous save stops the run at the next step
+      # A failed asynchronous save stops the run at the first step after the failure is
+      # known (poll never waits); at the latest the next save, which waits, reports it.
+      self.ckpt.poll()
       if self.ckpt.save(step, state, self.data.state(), force=force):
         # The history travels with the checkpoints, so a killed run keeps it too.
         try:
