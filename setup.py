@@ -75,10 +75,13 @@ setuptools.setup(
     # ernie3_jax/gin_configs, so nothing generic lands in site-packages and the configs
     # travel with the code.
     packages=(setuptools.find_packages(include=["ernie3_jax", "ernie3_jax.*"])
-              + ["ernie3_jax.tasks", "ernie3_jax.gin_configs"]),
+              + ["ernie3_jax.tasks", "ernie3_jax.gin_configs"]
+              + [f"ernie3_jax.gin_configs.{d}" for d in ("models", "runs", "experiments")]
+              + ["ernie3_jax.data.embedded"]),  # data only, declared so setuptools ships it
     package_dir={"ernie3_jax.tasks": "tasks", "ernie3_jax.gin_configs": "gin_configs"},
-    package_data={"ernie3_jax": ["data/embedded/*"],
-                  "ernie3_jax.gin_configs": ["models/*.gin", "runs/*.gin", "experiments/*.gin"]},
+    package_data={"ernie3_jax.data.embedded": ["*"],
+                  **{f"ernie3_jax.gin_configs.{d}": ["*.gin"]
+                     for d in ("models", "runs", "experiments")}},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

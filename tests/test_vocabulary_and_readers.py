@@ -46,6 +46,11 @@ def test_reader_errors_name_file_and_line(tmp_path):
   bad_json.write_text(json.dumps({"text": "ok"}) + "\n{not json\n")
   with pytest.raises(corpus_readers.CorpusError, match=r"a.jsonl:2: invalid JSON"):
     list(corpus_readers.read_documents(str(bad_json)))
+  control = tmp_path / "c.jsonl"  # the reason says where, not "... character at"
+  control.write_text('{"text": "tab\there"}\n')
+  with pytest.raises(corpus_readers.CorpusError,
+                     match=r"c.jsonl:1: invalid JSON \(Invalid control character at column 14\)"):
+    list(corpus_readers.read_documents(str(control)))
   no_text = tmp_path / "b.jsonl"
   no_text.write_text(json.dumps({"title": "x"}) + "\n")
   with pytest.raises(corpus_readers.CorpusError, match=r"b.jsonl:1: .*\"text\""):

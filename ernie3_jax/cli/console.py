@@ -16,7 +16,13 @@ HARMLESS_WARNINGS = re.compile(
     r"|Metadata file does not exist"
     # orbax, when evaluation and inference open the checkpoints to read only (as asked).
     r"|CheckpointManagerOptions.read_only=True|Given directory is read only"
-    r"|Missing metrics for step")
+    r"|Missing metrics for step"
+    # gin, trying its package-resource reader for an include before the search paths
+    # (which find it); a file found nowhere is gin's own error.
+    r"|Path not found: .*\.gin$")
+# What gin appends to an error raised inside a configurable: names a function, says
+# nothing about the cause.
+_GIN_CALL_NOTE = re.compile(r"\n\s*In call to configurable .*$", re.MULTILINE)
 
 
 class _HoldBack(std_logging.Filter):
@@ -61,4 +67,4 @@ def error_line(error: BaseException) -> str:
     inner = _inner_error(error)
     if inner:
       return f"error: {inner}"
-  return f"error: {type(error).__name__}: {error}"
+  return f"error: {type(error).__name__}: {_GIN_CALL_NOTE.sub('', str(error))}"

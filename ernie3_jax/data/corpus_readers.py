@@ -69,7 +69,7 @@ def read_jsonl(path: str) -> Iterator[Document]:
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+      raise CorpusError(f"{path}:{lineno}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
       raise CorpusError(f'{path}:{lineno}: expected an object with a string "text" field')
     yield Document(str(obj.get("title", "")), obj["text"], f"{path}:{lineno}")

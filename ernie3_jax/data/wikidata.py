@@ -81,7 +81,7 @@ def parse_entity(line: str, where: str) -> dict | None:
   try:
     entity = json.loads(text)
   except json.JSONDecodeError as e:
-    raise WikidataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    raise WikidataError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
   if not isinstance(entity, dict) or "id" not in entity:
     raise WikidataError(f"{where}: not an entity (no 'id')")
   return entity

@@ -158,7 +158,7 @@ def _read_jsonl(task: str, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise SuperGlueDataError(f"{where}: invalid JSON ({e.msg})") from None
+        raise SuperGlueDataError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})") from None
       yield where, normalise(task, row, where)
 
 

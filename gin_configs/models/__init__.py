@@ -1,0 +1,1 @@
+"""Gin files (models); a package so that gin and setuptools find them like the code."""
