@@ -9,10 +9,13 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# setuptools reminds every editable install that folders named like the package (tasks/,
+# gin_configs/, mapped into it by setup.py) take precedence: known, and said in setup.py.
+EDITABLE_QUIET = PYTHONWARNINGS="ignore:Editable installation"
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(EDITABLE_QUIET) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # Default test run (slow tests excluded; see pytest.ini).
@@ -47,7 +50,7 @@ BENCH_DIR ?= benchmarks/results
 BENCH_PIP_ARGS ?=
 .PHONY: bench
 bench: $(STAMP)
-	$(PY) -m pip install --quiet $(BENCH_PIP_ARGS) -e '.[bench]'
+	$(EDITABLE_QUIET) $(PY) -m pip install --quiet $(BENCH_PIP_ARGS) -e '.[bench]'
 	mkdir -p $(BENCH_DIR)
 	$(HOST_MEMORY) $(PY) benchmarks/train_throughput.py --output=$(BENCH_DIR)/train_throughput.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
@@ -65,6 +68,6 @@ STUDY_RESULTS ?= benchmarks/results/knowledge_study.jsonl
 STUDY_FIGURE ?= benchmarks/results/knowledge_study.png
 STUDY_ARGS ?=
 study: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[study]'
+	$(EDITABLE_QUIET) $(PY) -m pip install --quiet -e '.[study]'
 	$(HOST_MEMORY) $(PY) benchmarks/knowledge_study.py --out_dir=$(STUDY_DIR) \
 		--results=$(STUDY_RESULTS) --figure=$(STUDY_FIGURE) $(STUDY_ARGS)
