@@ -244,7 +244,10 @@ def test_a_second_trainer_is_refused_naming_the_holder(tmp_path):
       "time.sleep(600)\n")], cwd=REPO, env=_env(), stdout=subprocess.PIPE)
   try:
     assert holder.stdout.readline().decode().strip() == "HELD"
-    out = subprocess.run(_train_command(model_dir, 2), cwd=REPO, env=_env(),
+    # The lock is looked at first: this config's own error (a profile window after the
+    # last step) would only come from the checks that follow.
+    bad_config = ["--gin_bindings=train.profile_steps = (5, 9)"]
+    out = subprocess.run(_train_command(model_dir, 2) + bad_config, cwd=REPO, env=_env(),
                          capture_output=True, timeout=600)
     text = out.stdout.decode() + out.stderr.decode()
     assert out.returncode != 0

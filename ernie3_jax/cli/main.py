@@ -81,6 +81,8 @@ def main(argv):
   multihost.check_same_config(gin_utils.effective_config())
   model_dir = runs.model_dir()
   from ernie3_jax.cli import preflight  # pylint: disable=g-import-not-at-top
+  if _RUN_MODE.value == "train":
+    _refuse_if_held(model_dir)  # at once, not after minutes of checks
   preflight.check(_RUN_MODE.value, model_dir)  # fails before MODEL_DIR is touched
   lock = _lock_if_training(model_dir)
   try:
@@ -94,6 +96,23 @@ def main(argv):
     if lock is not None:
       lock.release()
   multihost.shutdown()  # after every process finished: process 0 hosts the service
+
+
+def _refuse_if_held(model_dir: str) -> None:
+  """Fails on every process when a live trainer holds MODEL_DIR (process 0 looks; writes
+  nothing). The lock itself is taken after the checks, in `_lock_if_training`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.training import run_lock  # pylint: disable=g-import-not-at-top
+  error = None
+  if jax.process_index() == 0:
+    try:
+      run_lock.RunLock(model_dir).check()
+    except run_lock.RunLockError as e:
+      error = str(e)
+  error = multihost.from_process_zero(error)
+  if error is not None:
+    raise run_lock.RunLockError(error)
 
 
 def _lock_if_training(model_dir: str):

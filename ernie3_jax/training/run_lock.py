@@ -90,9 +90,7 @@ class RunLock:
       holder = self._holder()
       if holder is None:
         continue
-      same_host = holder.get("host") == socket.gethostname()
-      if same_host and isinstance(holder.get("pid"), int) and not _alive(
-          holder["pid"], holder.get("start_ticks")):
+      if self._is_stale(holder):
         # Stale: rename it away first, so two starters cannot both take it over.
         stale = f"{self.path}.stale.{os.getpid()}"
         try:
@@ -105,15 +103,31 @@ class RunLock:
           continue
         self.took_over = holder
         continue
-      where = ("" if same_host else
-               " (another host: this one cannot tell whether it still runs; if it does "
-               "not, delete the lock file)")
-      raise RunLockError(
-          f"another trainer holds {os.path.dirname(self.path)!r}: "
-          f"{describe(holder) if holder else 'a lock file being written or damaged'}"
-          f"{where}. Two trainers in one MODEL_DIR overwrite each other's checkpoints; "
-          f"wait for it to finish, stop it, or use another MODEL_DIR. Lock file: {self.path}")
+      raise self._held_by(holder)
     raise RunLockError(f"could not take the lock {self.path}: it changed hands repeatedly")
+
+  def check(self) -> None:
+    """Raises RunLockError if a live trainer holds the lock; takes nothing. (A stale lock
+    passes: `acquire` will take it over.)"""
+    holder = self._holder()
+    if holder is not None and not self._is_stale(holder):
+      raise self._held_by(holder)
+
+  @staticmethod
+  def _is_stale(holder: dict) -> bool:
+    """A holder on this host whose process is gone (other hosts cannot be checked)."""
+    return (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+            and not _alive(holder["pid"], holder.get("start_ticks")))
+
+  def _held_by(self, holder: dict) -> RunLockError:
+    where = ("" if holder.get("host") == socket.gethostname() else
+             " (another host: this one cannot tell whether it still runs; if it does "
+             "not, delete the lock file)")
+    return RunLockError(
+        f"another trainer holds {os.path.dirname(self.path)!r}: "
+        f"{describe(holder) if holder else 'a lock file being written or damaged'}"
+        f"{where}. Two trainers in one MODEL_DIR overwrite each other's checkpoints; "
+        f"wait for it to finish, stop it, or use another MODEL_DIR. Lock file: {self.path}")
 
   def release(self) -> None:
     if self.held:
