@@ -17,13 +17,12 @@ it, epath on gcsfs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-
-from ernie3_jax.runtime import storage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +80,25 @@ class GcsEmulator:
       self.process.wait(timeout=30)
     if self.log is not None:
       self.log.close()
+
+  @contextlib.contextmanager
+  def applied(self):
+    """This process's environment pointed at the emulator (to read the bucket through
+    `storage` in a test), restored afterwards; gcsfs instances made for another endpoint
+    are dropped on the way in and out."""
+    import gcsfs  # pylint: disable=g-import-not-at-top
+    saved = {k: os.environ.get(k) for k in self.env}
+    os.environ.update(self.env)
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    try:
+      yield self
+    finally:
+      gcsfs.GCSFileSystem.clear_instance_cache()
+      for key, value in saved.items():
+        if value is None:
+          os.environ.pop(key, None)
+        else:
+          os.environ[key] = value
 
   def objects(self, prefix: str = "") -> list[str]:
     """Names of every object in the bucket under `prefix` (read through the JSON API)."""

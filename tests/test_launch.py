@@ -7,9 +7,9 @@ import sys
 import time
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from tests import launch_testing as lt
 from tests import training_testing as tt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,18 +37,6 @@ def _env(devices):
   return env
 
 
-def _params(model_dir, step):
-  """A checkpoint's parameters as host numpy arrays (no device layout needed)."""
-  import jax
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(path)
-  meta = getattr(meta, "item_metadata", meta)
-  meta = getattr(meta, "tree", meta)
-  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return ckptr.restore(path, restore_args=args)["params"]
-
-
 def _free_port():
   import socket
   with socket.socket() as s:
@@ -70,7 +58,7 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   outputs = [p.communicate(timeout=600)[0].decode() for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  a, b = _params(one, 4), _params(two, 4)
+  a, b = lt.params(one, 4), lt.params(two, 4)
   import jax
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)

@@ -18,8 +18,9 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
+
+from tests import launch_testing as lt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 12
@@ -108,21 +109,6 @@ def _run(model_dir, num_processes, extra=()):
   return cluster
 
 
-def _history(model_dir):
-  with open(os.path.join(model_dir, "train_history.json")) as f:
-    return {int(m["step"]): m for m in json.load(f)["history"]}
-
-
-def _params(model_dir, step):
-  path = os.path.join(model_dir, "checkpoints", str(step), "state")
-  ckptr = ocp.PyTreeCheckpointer()
-  meta = ckptr.metadata(path)
-  meta = getattr(meta, "item_metadata", meta)
-  meta = getattr(meta, "tree", meta)
-  args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return ckptr.restore(path, restore_args=args)["params"]
-
-
 def _committed(model_dir, step):
   return os.path.isfile(os.path.join(model_dir, "checkpoints", str(step),
                                      "commit_success.txt"))
@@ -131,13 +117,13 @@ def _committed(model_dir, step):
 def _assert_same_training(model_dir, reference, first_step=1):
   """Per-step losses from `first_step` on, and the final parameters, equal the
   reference run's (to float tolerance: gloo and in-process reductions differ in order)."""
-  got, want = _history(model_dir), _history(reference)
+  got, want = lt.history(model_dir), lt.history(reference)
   assert sorted(got) == list(range(1, NUM_STEPS + 1)), sorted(got)
   for step in range(first_step, NUM_STEPS + 1):
     for key in [k for k in want[step] if k == "loss" or k.endswith("/loss")]:
       np.testing.assert_allclose(got[step][key], want[step][key], rtol=2e-5, atol=2e-5,
                                  err_msg=f"step {step} {key}")
-  a, b = _params(model_dir, NUM_STEPS), _params(reference, NUM_STEPS)
+  a, b = lt.params(model_dir, NUM_STEPS), lt.params(reference, NUM_STEPS)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5)
 

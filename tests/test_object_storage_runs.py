@@ -36,11 +36,7 @@ def bucket(tmp_path_factory):
       pytest.fail("the GCS emulator (gcp-storage-emulator, gcsfs; the [dev] extra) is not "
                   "installed, and CI must run the object-store tests")
     pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
-  with gcs_emulator.GcsEmulator() as emulator:
-    saved = {k: os.environ.get(k) for k in emulator.env}
-    os.environ.update(emulator.env)
-    import gcsfs
-    gcsfs.GCSFileSystem.clear_instance_cache()
+  with gcs_emulator.GcsEmulator() as emulator, emulator.applied():
     root = f"gs://{emulator.bucket}"
     for name in ("corpus.jsonl", "kg.tsv", "aliases.tsv", "spm.model"):
       with open(os.path.join(EMBEDDED, name), "rb") as f:
@@ -53,15 +49,7 @@ def bucket(tmp_path_factory):
               f"{root}/superglue/{os.path.relpath(local, SUPERGLUE_FIXTURE)}", f.read())
     emulator.root = root
     emulator.workdir = tmp_path_factory.mktemp("workdir")  # every command runs here
-    try:
-      yield emulator
-    finally:
-      gcsfs.GCSFileSystem.clear_instance_cache()
-      for key, value in saved.items():
-        if value is None:
-          os.environ.pop(key, None)
-        else:
-          os.environ[key] = value
+    yield emulator
 
 
 def _env(emulator) -> dict:

@@ -19,20 +19,8 @@ def bucket():
       pytest.fail("the GCS emulator (gcp-storage-emulator, gcsfs; the [dev] extra) is not "
                   "installed, and CI must run the object-store tests")
     pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
-  with gcs_emulator.GcsEmulator() as emulator:
-    saved = {k: os.environ.get(k) for k in emulator.env}
-    os.environ.update(emulator.env)
-    import gcsfs
-    gcsfs.GCSFileSystem.clear_instance_cache()  # an earlier instance knows another endpoint
-    try:
-      yield emulator
-    finally:
-      gcsfs.GCSFileSystem.clear_instance_cache()
-      for key, value in saved.items():
-        if value is None:
-          os.environ.pop(key, None)
-        else:
-          os.environ[key] = value
+  with gcs_emulator.GcsEmulator() as emulator, emulator.applied():
+    yield emulator
 
 
 @pytest.fixture

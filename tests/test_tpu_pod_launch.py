@@ -101,7 +101,6 @@ def test_the_pod_command_trains_on_two_workers_as_one_jax_cluster(tmp_path):
 
 
 def _train_on_the_pod(tmp_path, tiny_bindings, emulator, storage):
-  import gcsfs
   home = tmp_path / "home"
   home.mkdir()
   (home / "ernie3-jax").symlink_to(lt.REPO)  # the default REPO_DIR on the worker
@@ -126,10 +125,7 @@ def _train_on_the_pod(tmp_path, tiny_bindings, emulator, storage):
   for i, log in enumerate(logs):
     assert f"[Gloo] Rank {i} is connected to 1 peer ranks" in log, tails
     assert "step 4:" in log, tails
-  saved = {k: os.environ.get(k) for k in emulator.env}
-  os.environ.update(emulator.env)
-  gcsfs.GCSFileSystem.clear_instance_cache()
-  try:
+  with emulator.applied():
     history = json.loads(storage.read_text(f"{model_dir}/train_history.json"))["history"]
     assert [int(m["step"]) for m in history] == [1, 2, 3, 4]
     assert {"2", "4"} <= set(storage.listdir(f"{model_dir}/checkpoints"))
@@ -137,11 +133,4 @@ def _train_on_the_pod(tmp_path, tiny_bindings, emulator, storage):
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(
         storage.listdir(f"{model_dir}/checkpoints/4/state"))
     assert "SyntheticInput" in storage.read_text(f"{model_dir}/config.gin")
-  finally:
-    gcsfs.GCSFileSystem.clear_instance_cache()
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
-        os.environ[key] = value
   assert not any(p.name.startswith("gs:") for p in tmp_path.rglob("*"))
