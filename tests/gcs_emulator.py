@@ -36,6 +36,18 @@ def emulator_available() -> bool:
   return True
 
 
+def require() -> None:
+  """Skips the calling test where the emulator's packages are missing, with the reason;
+  fails it in CI (`CI` set), which installs them and must run every object-store test."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  if emulator_available():
+    return
+  if os.environ.get("CI"):
+    pytest.fail("the GCS emulator (gcp-storage-emulator, gcsfs; the [dev] extra) is not "
+                "installed, and CI must run the object-store tests")
+  pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))

@@ -31,11 +31,7 @@ pytestmark = pytest.mark.slow
 def bucket(tmp_path_factory):
   """The emulator with the demo's data and the SuperGLUE fixture uploaded, its
   environment applied to this process too (to read the bucket through `storage`)."""
-  if not gcs_emulator.emulator_available():
-    if os.environ.get("CI"):
-      pytest.fail("the GCS emulator (gcp-storage-emulator, gcsfs; the [dev] extra) is not "
-                  "installed, and CI must run the object-store tests")
-    pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
+  gcs_emulator.require()
   with gcs_emulator.GcsEmulator() as emulator, emulator.applied():
     root = f"gs://{emulator.bucket}"
     for name in ("corpus.jsonl", "kg.tsv", "aliases.tsv", "spm.model"):

@@ -14,11 +14,7 @@ from tests import gcs_emulator
 @pytest.fixture(scope="module")
 def bucket():
   """gs://<bucket>/<unique prefix> on an emulator shared by this module's tests."""
-  if not gcs_emulator.emulator_available():
-    if os.environ.get("CI"):
-      pytest.fail("the GCS emulator (gcp-storage-emulator, gcsfs; the [dev] extra) is not "
-                  "installed, and CI must run the object-store tests")
-    pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
+  gcs_emulator.require()
   with gcs_emulator.GcsEmulator() as emulator, emulator.applied():
     yield emulator
 

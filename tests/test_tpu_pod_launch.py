@@ -91,10 +91,7 @@ def test_the_pod_command_trains_on_two_workers_as_one_jax_cluster(tmp_path):
   from ernie3_jax.runtime import storage
   from tests import gcs_emulator
   from tests.training_testing import TINY_BINDINGS
-  if not gcs_emulator.emulator_available():
-    if os.environ.get("CI"):
-      pytest.fail("the GCS emulator ([dev] extra) is missing, and CI must run this test")
-    pytest.skip("gcp-storage-emulator or gcsfs is not installed (pip install -e '.[dev]')")
+  gcs_emulator.require()
   emulator = gcs_emulator.GcsEmulator()
   with emulator:
     _train_on_the_pod(tmp_path, TINY_BINDINGS, emulator, storage)
