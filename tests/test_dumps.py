@@ -100,10 +100,12 @@ def test_wikipedia_pages_become_plain_text_and_skips_are_counted():
     assert markup not in anna, markup
   assert "Her best known painting shows the river Tagus" in anna
   assert len(anna.split("\n\n")) == 5  # paragraphs stay apart
-  counts = [v for t, v in events if t == "count"]
+  counts = [v for t, v in events if t == "count" and isinstance(v, str)]
+  removed = dict(v for t, v in events if t == "count" and isinstance(v, tuple))
+  assert removed["wikitext: tables removed"] == 1
   assert sorted(counts) == ["articles read"] * 3 + [
-      "pages skipped: namespace 1", "pages skipped: no text after markup removal",
-      "pages skipped: redirect"]
+      "pages skipped: disambiguation", "pages skipped: namespace 1",
+      "pages skipped: redirect"]  # "Empty" holds only {{Disambiguation}} and a category
 
 
 def test_truncated_and_corrupt_dumps_are_named(tmp_path):
@@ -158,10 +160,12 @@ def test_the_pipeline_writes_kg_aliases_corpus_and_counted_reports(prepared):
           for l in open(prepared / f)]
   assert sorted(d["title"] for d in docs) == ["Anna Rosenthal", "Lisbon"]
   corpus = json.load(open(prepared / "corpus_report.json"))["counts"]
+  markup = {k: corpus.pop(k) for k in list(corpus) if k.startswith("wikitext: ")}
+  assert markup["wikitext: tables removed"] == markup["wikitext: references removed"] == 1
   assert corpus == {
       "articles read": 3, "characters removed (rule 1)": 3, "documents dropped: duplicate "
-      "(rule 4)": 1, "documents kept": 2, "documents read": 3,
-      "pages skipped: namespace 1": 1, "pages skipped: no text after markup removal": 1,
+      "(rule 4)": 1, "documents kept": 2, "documents read": 3, "documents written": 2,
+      "pages skipped: namespace 1": 1, "pages skipped: disambiguation": 1,
       "pages skipped: redirect": 1, "repeated paragraphs removed (rule 2)": 1,
       "short sentences removed (rule 3)": 2}
 

@@ -25,7 +25,9 @@ from ernie3_jax.runtime import storage
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   corpus: str = corpus_readers.EMBEDDED_CORPUS  # comma-separated globs (.jsonl or text)
-  kg: str = os.path.join(EMBEDDED_DIR, "kg.tsv")
+  # None: no knowledge graph; the tasks that need one (KG_TASKS) then stop with
+  # NoKnowledgeGraphError, the others run.
+  kg: str | None = os.path.join(EMBEDDED_DIR, "kg.tsv")
   aliases: str | None = os.path.join(EMBEDDED_DIR, "aliases.tsv")
   vocabulary: str = os.path.join(EMBEDDED_DIR, "spm.model")
   # Every 1/validation_every-th document (by a stable hash of its title and text)
@@ -40,6 +42,14 @@ class DataConfig:
   # None aligns the triples in-process when the UKTP task is first read.
   uktp_alignment: str | None = None
   preprocess_seed: int = 0
+
+
+# The pre-training tasks that read DataConfig.kg (entity masking, UKTP's triples).
+KG_TASKS = ("knowledge_masked_lm", "uktp")
+
+
+class NoKnowledgeGraphError(ValueError):
+  """DataConfig.kg is None but a task that needs the knowledge graph was asked for."""
 
 
 @gin.configurable
@@ -91,8 +101,13 @@ def vocabulary(path: str):
 
 
 @functools.lru_cache(maxsize=4)
-def knowledge_graph(kg_path: str, aliases_path: str | None):
+def knowledge_graph(kg_path: str | None, aliases_path: str | None):
   from ernie3_jax.data import knowledge_graph as kg_lib  # pylint: disable=g-import-not-at-top
+  if kg_path is None:
+    raise NoKnowledgeGraphError(
+        f"DataConfig.kg=None: the tasks {', '.join(KG_TASKS)} need a knowledge graph; set "
+        "DataConfig.kg to a kg.tsv (prepare_dumps writes one) or leave those tasks out of "
+        "the schedule (the other tasks run without a KG)")
   require_file(kg_path, "DataConfig.kg")
   require_file(aliases_path, "DataConfig.aliases")
   return kg_lib.load_knowledge_graph(kg_path, aliases_path)

@@ -7,16 +7,33 @@ language, `sitelinks` per wiki ("enwiki": {"title": ...}) and `claims` {property
 {value: {"id": "Q..."}}}, a `rank` (preferred, normal, deprecated), and qualifiers and
 references. A property ("P...") has `labels`.
 
-What is kept (`Rules`), every drop counted by reason in the report:
+What is kept (`Rules`), every decision counted by reason in the report:
 - an item with a sitelink to the language's Wikipedia and at least `min_sitelinks`
   sitelinks. Its name in the KG is that article's title (titles are unique within a wiki
   and are the titles the corpus reader gives articles, which UKTP's alignment matches);
-  its label and aliases in the language become its aliases;
-- a statement of a kept item whose mainsnak is a value of datatype `wikibase-item`, whose
-  rank is not deprecated, whose property is allowed and labelled in the language, and whose
-  target is a kept item: `head title<TAB>property label<TAB>tail title`, at most
-  `max_triples_per_entity` per item in claim order. Qualifiers and references are not
-  used (counted).
+  its label and aliases in the language become its aliases. Where the item has no label
+  in the language, its `mul` label (the language-independent default label current dumps
+  give names such as people's) stands in, counted; `mul` aliases are added to the
+  language's (they hold in every language), counted;
+- a statement of a kept item whose mainsnak is a value of datatype `wikibase-item` whose
+  property is allowed and labelled in the language and whose target is a kept item. The
+  target is the value's `id`; values written before 2016 carry only `numeric-id` (and
+  `entity-type`), which is read as `Q<numeric-id>` (counted);
+- ranks, as Wikidata's own "best statements" do: deprecated statements are dropped; of a
+  property's current statements, the preferred ones win where there are any, and the
+  normal ones are then dropped;
+- time: a statement with an ending qualifier (`ENDING_QUALIFIERS`: end time P582,
+  earliest/latest end date, end cause) no longer holds. By default (`keep_ended=False`,
+  current facts only) it is dropped; with `keep_ended=True` it is kept as history, whatever
+  its rank (a preferred rank marks the current value, not a truer past one). An ending
+  qualifier of snaktype `novalue` ("no end") does not end a statement, and an end time in
+  the future ends it as well (the output does not depend on the day it was made);
+- duplicates: the same (property, target) twice in one item (two statements for two
+  periods, say) is written once, and so is the same (head, relation, tail) line reached
+  through two properties with the same label;
+- at most `max_triples_per_entity` triples per item, in claim order. Other qualifiers
+  and references are not used (counted).
+Each line is `head title<TAB>property label<TAB>tail title`.
 """
 
 from __future__ import annotations
@@ -28,6 +45,14 @@ from typing import Any, Iterator, Sequence
 from ernie3_jax.runtime import storage
 
 COUNT = "count"  # the tag of the count events each stage emits
+MUL = "mul"  # the language code of labels and aliases that hold in every language
+# Qualifiers saying that a statement no longer holds (Wikidata property ids).
+ENDING_QUALIFIERS = {
+    "P582": "end time",
+    "P8554": "earliest end date",
+    "P12506": "latest end date",
+    "P1534": "end cause",
+}
 
 
 class WikidataError(ValueError):
@@ -41,6 +66,9 @@ class Rules:
   allow_properties: tuple[str, ...] = ()  # empty: every property not denied
   deny_properties: tuple[str, ...] = ()
   max_triples_per_entity: int = 100
+  # False: current facts only (statements with an ending qualifier are dropped);
+  # True: those are kept as history.
+  keep_ended: bool = False
 
   @property
   def wiki(self) -> str:
@@ -92,10 +120,27 @@ def _text(values: Any, language: str) -> str | None:
   return value.get("value") if isinstance(value, dict) else None
 
 
+def label_of(entity: dict, language: str) -> tuple[str | None, bool]:
+  """The entity's label in `language`, else its `mul` label; and whether it is the
+  `mul` one."""
+  labels = entity.get("labels")
+  label = _text(labels, language)
+  if label:
+    return label, False
+  label = _text(labels, MUL)
+  return (label, True) if label else (None, False)
+
+
 def property_label(entity: dict, rules: Rules) -> tuple[str, str] | None:
-  """(property id, its label in the language) of a property entity, if it has one."""
-  label = _text(entity.get("labels"), rules.language)
+  """(property id, its label in the language, else its `mul` label) of a property
+  entity, if it has one."""
+  label, _ = label_of(entity, rules.language)
   return (entity["id"], label) if label else None
+
+
+def _alias_values(entity: dict, language: str) -> list[str]:
+  return [a.get("value") for a in (entity.get("aliases") or {}).get(language, [])
+          if isinstance(a, dict) and a.get("value")]
 
 
 def read_item(entity: dict, rules: Rules) -> Iterator[tuple[str, Any]]:
@@ -110,10 +155,18 @@ def read_item(entity: dict, rules: Rules) -> Iterator[tuple[str, Any]]:
     yield COUNT, f"items dropped: fewer than {rules.min_sitelinks} sitelinks"
     return
   title = link["title"]
-  label = _text(entity.get("labels"), rules.language)
-  aliases = [a.get("value") for a in (entity.get("aliases") or {}).get(rules.language, [])
-             if isinstance(a, dict) and a.get("value")]
-  names = tuple(n for n in dict.fromkeys([label] + aliases) if n and n != title)
+  label, from_mul = label_of(entity, rules.language)
+  if from_mul:
+    yield COUNT, f"items labelled by their {MUL} label (none in {rules.language})"
+  elif label is None:
+    yield COUNT, f"items without a label in {rules.language} or {MUL} (named by title only)"
+  aliases = _alias_values(entity, rules.language)
+  names = [n for n in dict.fromkeys([label] + aliases) if n and n != title]
+  for alias in _alias_values(entity, MUL):
+    if alias != title and alias not in names:
+      names.append(alias)
+      yield COUNT, f"aliases taken from {MUL}"
+  names = tuple(names)
   statements = []
   for prop, claims in (entity.get("claims") or {}).items():
     if rules.allow_properties and prop not in rules.allow_properties:
@@ -122,20 +175,51 @@ def read_item(entity: dict, rules: Rules) -> Iterator[tuple[str, Any]]:
     if prop in rules.deny_properties:
       yield from ((COUNT, "statements dropped: property denied") for _ in claims)
       continue
-    for claim in claims:
-      reason = _statement_problem(claim)
-      if reason:
-        yield COUNT, "statements dropped: " + reason
-        continue
-      if claim.get("qualifiers"):
-        yield COUNT, "statements kept without their qualifiers"
-      statements.append((prop, claim["mainsnak"]["datavalue"]["value"]["id"]))
+    for event in _property_statements(prop, claims, rules):
+      if event[0] == COUNT:
+        yield event
+      else:
+        statements.append(event)
   if len(statements) > rules.max_triples_per_entity:
     for _ in statements[rules.max_triples_per_entity:]:
       yield COUNT, f"statements dropped: over {rules.max_triples_per_entity} per item"
     statements = statements[:rules.max_triples_per_entity]
   yield COUNT, "items kept"
   yield "item", Item(entity["id"], title, names, tuple(statements))
+
+
+def _property_statements(prop: str, claims: list, rules: Rules) -> Iterator[tuple[str, Any]]:
+  """(prop, target id) per statement of one property that survives the rank, time and
+  duplicate rules, in claim order; and a count event ("count", reason) per decision."""
+  candidates = []  # (target, rank, ending qualifier or None, claim)
+  for claim in claims:
+    reason = _statement_problem(claim)
+    if reason:
+      yield COUNT, "statements dropped: " + reason
+      continue
+    target, from_numeric_id = _target(claim["mainsnak"]["datavalue"]["value"])
+    if from_numeric_id:
+      yield COUNT, "statement targets read from numeric-id (pre-2016 form)"
+    ending = _ending_qualifier(claim)
+    if ending and not rules.keep_ended:
+      yield COUNT, f"statements dropped: ended ({ending}; current facts only)"
+      continue
+    candidates.append((target, claim.get("rank", "normal"), ending, claim))
+  preferred = any(rank == "preferred" and not ending for _, rank, ending, _ in candidates)
+  seen = set()
+  for target, rank, ending, claim in candidates:
+    if preferred and rank != "preferred" and not ending:
+      yield COUNT, "statements dropped: normal rank beside a preferred one"
+      continue
+    if target in seen:
+      yield COUNT, "statements dropped: duplicate (same property and target)"
+      continue
+    seen.add(target)
+    if ending:
+      yield COUNT, f"statements kept: ended ({ending}), kept as history"
+    if set(claim.get("qualifiers") or {}) - set(ENDING_QUALIFIERS):
+      yield COUNT, "statements kept without their qualifiers"
+    yield prop, target
 
 
 def _statement_problem(claim: dict) -> str | None:
@@ -147,8 +231,35 @@ def _statement_problem(claim: dict) -> str | None:
   if snak.get("datatype") != "wikibase-item":
     return f"datatype {snak.get('datatype')} is not an item"
   value = (snak.get("datavalue") or {}).get("value")
-  if not isinstance(value, dict) or not str(value.get("id", "")).startswith("Q"):
+  if _target(value)[0] is None:
     return "value is not an item id"
+  return None
+
+
+def _target(value: Any) -> tuple[str | None, bool]:
+  """The item id a `wikibase-entityid` value names, and whether it came from the
+  pre-2016 form {"entity-type": "item", "numeric-id": N} (no "id")."""
+  if not isinstance(value, dict):
+    return None, False
+  qid = value.get("id")
+  if qid is not None:
+    ok = isinstance(qid, str) and qid[:1] == "Q" and qid[1:].isdigit()
+    return (qid, False) if ok else (None, False)
+  number = value.get("numeric-id")
+  if (value.get("entity-type", "item") == "item" and isinstance(number, int)
+      and not isinstance(number, bool) and number > 0):
+    return f"Q{number}", True
+  return None, False
+
+
+def _ending_qualifier(claim: dict) -> str | None:
+  """"P582 end time" (say) when a qualifier says the statement no longer holds; an
+  ending qualifier whose every snak is `novalue` ("it has not ended") does not."""
+  qualifiers = claim.get("qualifiers") or {}
+  for prop, name in ENDING_QUALIFIERS.items():
+    snaks = qualifiers.get(prop) or []
+    if any(isinstance(s, dict) and s.get("snaktype") != "novalue" for s in snaks):
+      return f"{prop} {name}"
   return None
 
 
@@ -189,10 +300,13 @@ def dump_to_kg(pipeline, dump_paths: Sequence[str], output_dir: str, rules: Rule
       return
     kind = entity.get("type") or ("property" if entity["id"].startswith("P") else "item")
     if kind == "property":
-      label = property_label(entity, rules)
+      label, from_mul = label_of(entity, rules.language)
       yield beam.pvalue.TaggedOutput(COUNT, "properties read")
+      if from_mul:
+        yield beam.pvalue.TaggedOutput(
+            COUNT, f"properties labelled by their {MUL} label (none in {rules.language})")
       if label:
-        yield beam.pvalue.TaggedOutput("property", label)
+        yield beam.pvalue.TaggedOutput("property", (entity["id"], label))
     elif kind == "item":
       yield beam.pvalue.TaggedOutput(COUNT, "items read")
       for tag, value in read_item(entity, rules):
@@ -218,10 +332,14 @@ def dump_to_kg(pipeline, dump_paths: Sequence[str], output_dir: str, rules: Rule
   def join(element):
     _, groups = element
     titles = list(groups["kept"])
+    written = set()
     for head, relation in groups["targets"]:
       if not titles:
         yield beam.pvalue.TaggedOutput(COUNT, "statements dropped: target item not kept")
+      elif (head, relation) in written:  # two properties with one label
+        yield beam.pvalue.TaggedOutput(COUNT, "triples dropped: duplicate line")
       else:
+        written.add((head, relation))
         yield beam.pvalue.TaggedOutput(COUNT, "triples written")
         yield f"{head}\t{relation}\t{titles[0]}"
 
@@ -230,10 +348,16 @@ def dump_to_kg(pipeline, dump_paths: Sequence[str], output_dir: str, rules: Rule
             | "wikidata/join" >> beam.FlatMap(join).with_outputs(COUNT, main="tsv"))
   _ = joined.tsv | "wikidata/write_kg" >> beam.io.WriteToText(
       f"{output_dir}/kg", file_name_suffix=".tsv", shard_name_template="")
-  _ = (parsed.item | "wikidata/aliases" >> beam.Map(alias_line)
-       | "wikidata/has_aliases" >> beam.Filter(bool)
-       | "wikidata/write_aliases" >> beam.io.WriteToText(
-           f"{output_dir}/aliases", file_name_suffix=".tsv", shard_name_template=""))
+  def aliases(item):
+    line = alias_line(item)
+    if line:
+      yield beam.pvalue.TaggedOutput(COUNT, "alias lines written")
+      yield line
+
+  alias_lines = parsed.item | "wikidata/aliases" >> beam.FlatMap(aliases).with_outputs(
+      COUNT, main="tsv")
+  _ = alias_lines.tsv | "wikidata/write_aliases" >> beam.io.WriteToText(
+      f"{output_dir}/aliases", file_name_suffix=".tsv", shard_name_template="")
   beam_counts.write_report(
-      [parsed[COUNT], statements[COUNT], joined[COUNT]], parsed.malformed,
+      [parsed[COUNT], statements[COUNT], joined[COUNT], alias_lines[COUNT]], parsed.malformed,
       f"{output_dir}/wikidata_report.json", "wikidata")

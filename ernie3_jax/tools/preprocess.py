@@ -10,7 +10,11 @@ Step 1 aligns the KG to the corpus (`beam_alignment`) into OUTPUT_DIR/uktp_align
 Step 2 caches the `<task>_cached` seqio tasks (`tasks/pretraining_cached.py`) into
 OUTPUT_DIR/<task>_cached/ (UKTP reads step 1's alignment); a task directory gets its
 COMPLETED file only after its pipeline succeeded, so seqio never reads a partial
-cache. Everything after `--` configures Beam (runner, project, workers; see
+cache. Each output folder (`uktp_alignment/<split>`, `<task>_cached`) is written into a
+fresh folder beside it and replaces the old one only once the pipeline succeeded, so a
+re-run never mixes its files with an earlier run's (other shard counts, a stale
+COMPLETED); a task's cache folder is replaced whole, so cache every split a run needs
+in one call. Everything after `--` configures Beam (runner, project, workers; see
 `beam_runner`: more than one local worker runs in as many processes); workers
 re-read the same gin files and bindings. Train from the caches with
 `--gin.PretrainInput.cache_dir="'OUTPUT_DIR'"`.
@@ -29,6 +33,7 @@ from absl import flags
 from ernie3_jax.config import gin_utils
 from ernie3_jax.config.gin_utils import rewrite_gin_args
 from ernie3_jax.tools import beam_runner
+from ernie3_jax.runtime import output_folder
 from ernie3_jax.runtime import storage
 
 ALIGNMENT_DIR = "uktp_alignment"
@@ -59,9 +64,15 @@ def run_alignment(config, splits: Sequence[str], output_dir: str,
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from ernie3_jax.data import beam_alignment  # pylint: disable=g-import-not-at-top
   out = os.path.join(output_dir, ALIGNMENT_DIR)
-  with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
-    for split in splits:
-      beam_alignment.align_triples_pipeline(pipeline, config, split, out, num_shards)
+  staging = output_folder.new_staging(out)
+  try:
+    with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
+      for split in splits:
+        beam_alignment.align_triples_pipeline(pipeline, config, split, staging, num_shards)
+    for split in splits:  # each split replaces its own folder; other splits stay
+      output_folder.publish(os.path.join(staging, split), os.path.join(out, split))
+  finally:
+    storage.rmtree(staging)
   return out
 
 
@@ -70,35 +81,50 @@ def run_caching(task_names: Sequence[str], splits: Sequence[str], output_dir: st
   """Writes seqio caches of `<task>_cached` for `task_names`; returns their directories."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
-  from seqio import beam_utils  # pylint: disable=g-import-not-at-top
   from ernie3_jax.tasks import pretraining_cached  # pylint: disable=g-import-not-at-top
   known = sorted(pretraining_cached.pretraining.NLU_PREPROCESSORS)
   unknown = [n for n in task_names if n not in known]
   if unknown:
     raise ValueError(f"--cache_tasks: {unknown} cannot be cached; cacheable tasks: {known}")
-  directories = []
-  with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
-    for name in task_names:
-      task = seqio.get_mixture_or_task(name + pretraining_cached.SUFFIX)
-      task_dir = os.path.join(output_dir, seqio.utils.get_task_dir_from_name(task.name))
-      directories.append(task_dir)
-      for split in splits:
-        label = f"{task.name}_{split}"
-        examples = (pipeline
-                    | f"{label}/preprocess" >> beam_utils.PreprocessTask(
-                        task, split, setup_fn=worker_setup, modules_to_import=("tasks",))
-                    | f"{label}/shuffle" >> beam.Reshuffle())
-        _ = examples | f"{label}/write" >> beam_utils.WriteExampleTfRecord(
-            seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=num_shards)
-        _ = (examples | f"{label}/info" >> beam_utils.GetInfo(num_shards or 1)
-             | f"{label}/write_info" >> beam_utils.WriteJson(
-                 seqio.get_cached_info_path(task_dir, split)))
-        _ = (examples | f"{label}/stats" >> beam_utils.GetStats(task.output_features)
-             | f"{label}/write_stats" >> beam_utils.WriteJson(
-                 seqio.get_cached_stats_path(task_dir, split)))
-  for task_dir in directories:  # only after every split of every task succeeded
-    storage.write_atomic(os.path.join(task_dir, "COMPLETED"), "")
+  directories, staged = [], []
+  staging = output_folder.new_staging(os.path.join(output_dir, "caches"))
+  try:
+    with beam.Pipeline(options=beam_runner.pipeline_options(pipeline_args)) as pipeline:
+      for name in task_names:
+        task = seqio.get_mixture_or_task(name + pretraining_cached.SUFFIX)
+        task_name = seqio.utils.get_task_dir_from_name(task.name)
+        directories.append(os.path.join(output_dir, task_name))
+        staged.append(os.path.join(staging, task_name))
+        _cache_task(pipeline, task, staged[-1], splits, worker_setup, num_shards)
+    # Only after every split of every task succeeded: COMPLETED, then into place.
+    for task_dir, final in zip(staged, directories):
+      storage.write_atomic(os.path.join(task_dir, "COMPLETED"), "")
+      output_folder.publish(task_dir, final)
+  finally:
+    storage.rmtree(staging)
   return directories
+
+
+def _cache_task(pipeline, task, task_dir: str, splits: Sequence[str], worker_setup,
+                num_shards: int) -> None:
+  """Adds the seqio cache of `task`'s `splits` (written into `task_dir`) to `pipeline`."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from seqio import beam_utils  # pylint: disable=g-import-not-at-top
+  for split in splits:
+    label = f"{task.name}_{split}"
+    examples = (pipeline
+                | f"{label}/preprocess" >> beam_utils.PreprocessTask(
+                    task, split, setup_fn=worker_setup, modules_to_import=("tasks",))
+                | f"{label}/shuffle" >> beam.Reshuffle())
+    _ = examples | f"{label}/write" >> beam_utils.WriteExampleTfRecord(
+        seqio.get_cached_tfrecord_prefix(task_dir, split), num_shards=num_shards)
+    _ = (examples | f"{label}/info" >> beam_utils.GetInfo(num_shards or 1)
+         | f"{label}/write_info" >> beam_utils.WriteJson(
+             seqio.get_cached_info_path(task_dir, split)))
+    _ = (examples | f"{label}/stats" >> beam_utils.GetStats(task.output_features)
+         | f"{label}/write_stats" >> beam_utils.WriteJson(
+             seqio.get_cached_stats_path(task_dir, split)))
 
 
 def main(argv: Sequence[str]) -> None:
