@@ -16,9 +16,9 @@ What is kept (`Rules`), every decision counted by reason in the report:
   give names such as people's) stands in, counted; `mul` aliases are added to the
   language's (they hold in every language), counted;
 - a statement of a kept item whose mainsnak is a value of datatype `wikibase-item` whose
-  property is allowed and labelled in the language and whose target is a kept item. The
-  target is the value's `id`; values written before 2016 carry only `numeric-id` (and
-  `entity-type`), which is read as `Q<numeric-id>` (counted);
+  property is allowed and labelled in the language (or `mul`) and whose target is a kept
+  item. The target is the value's `id`; values written before 2016 carry only
+  `numeric-id` (and `entity-type`), which is read as `Q<numeric-id>` (counted);
 - ranks, as Wikidata's own "best statements" do: deprecated statements are dropped; of a
   property's current statements, the preferred ones win where there are any, and the
   normal ones are then dropped;
