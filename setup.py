@@ -30,6 +30,9 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "google-crc32c==1.9.0",  # Beam writes TFRecords with it
     "mwparserfromhell==0.7.2",  # Wikipedia dumps: wikitext -> plain text
+    # Sentence breaks of the dump corpus's cleaning (knows abbreviations and initials; its
+    # model is inside the wheel, nothing is downloaded at run time).
+    "blingfire==0.1.8",
     # gs:// paths (ernie3_jax/runtime/storage.py; orbax through etils.epath). Resolved
     # together with the protobuf 6 pin above: an unpinned install of gcsfs pulls protobuf 7.
     "gcsfs==2026.10.1",
@@ -63,6 +66,8 @@ EXTRAS_REQUIRE = {
     "bench": [
         "torch==2.13.0",
         "transformers==5.23.0",
+        # The Wikipedia reader's baseline (benchmarks/wikipedia_throughput.py).
+        "wikiextractor==3.1.0",
     ],
 }
 

@@ -4,7 +4,10 @@
    "-----") becomes that character once. Letters and digits are never touched (1000,
    "Mississippi"); newlines keep paragraph breaks (a run of blank lines becomes one).
 2. Paragraphs: a paragraph identical to the one before it is removed.
-3. Sentences: sentences of fewer than 10 words are removed.
+3. Sentences: sentences of fewer than 10 words are removed. Sentences are found by an
+   abbreviation-aware splitter (`sentences.split_lines_into_sentences`: blingfire's),
+   so "i.e.", "Dr." or an initial does not cut a sentence into pieces that this rule
+   would then drop; a line break (a list item's end) is a sentence break too.
 4. Documents: documents whose three longest sentences have the same MD5 key as an
    earlier document's are duplicates; the first (smallest title, then text) is kept.
 A document left without text is dropped. `clean_document` applies 1-3 and returns what
@@ -18,7 +21,7 @@ import hashlib
 import re
 from typing import Iterator
 
-from ernie3_jax.data.sentences import sentence_spans
+from ernie3_jax.data.sentences import split_lines_into_sentences
 
 MIN_SENTENCE_WORDS = 10
 _REPEATED = re.compile(r"([^\w\n])\1+")
@@ -46,15 +49,19 @@ def drop_repeated_paragraphs(paragraphs: list[str]) -> tuple[list[str], int]:
 
 
 def sentences(paragraph: str) -> list[str]:
-  return [paragraph[a:b].strip() for a, b in sentence_spans(paragraph)
-          if paragraph[a:b].strip()]
+  return split_lines_into_sentences(paragraph)
 
 
 def drop_short_sentences(paragraph: str) -> tuple[str, int]:
-  """Rule 3 on one paragraph."""
-  parts = sentences(paragraph)
-  kept = [s for s in parts if len(_WORD.findall(s)) >= MIN_SENTENCE_WORDS]
-  return " ".join(kept), len(parts) - len(kept)
+  """Rule 3 on one paragraph; its lines (list items) stay on lines of their own."""
+  lines, dropped = [], 0
+  for line in paragraph.split("\n"):
+    parts = sentences(line)
+    kept = [s for s in parts if len(_WORD.findall(s)) >= MIN_SENTENCE_WORDS]
+    dropped += len(parts) - len(kept)
+    if kept:
+      lines.append(" ".join(kept))
+  return "\n".join(lines), dropped
 
 
 def clean_document(text: str) -> tuple[str, Removed]:
