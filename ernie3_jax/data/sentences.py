@@ -80,7 +80,11 @@ def split_lines_into_sentences(paragraph: str) -> list[str]:
   inside a number. Every line break is also a sentence break, so that list items, one
   per line, stay apart. Sentences are stripped and never empty.
   """
-  import blingfire  # pylint: disable=g-import-not-at-top
+  try:
+    import blingfire  # pylint: disable=g-import-not-at-top
+  except OSError as e:  # the wheel carries x86-64 libraries only
+    raise RuntimeError(f"blingfire's native library does not load on this machine ({e}); "
+                       "the dump corpus's sentence splitter needs an x86-64 host") from e
   out = []
   for line in paragraph.split("\n"):
     if not line.strip():
