@@ -76,7 +76,7 @@ def test_text_bearing_templates_are_rendered():
   # {{birth date and age|1947|4|1}}.
   assert articles["Alain Connes"].startswith("Alain Connes (alɛ̃ kɔn; born 1 April 1947) is "
                                              "a French mathematician")
-  assert _removed()["wikitext: templates rendered"] == 152
+  assert _removed()["wikitext: templates rendered"] == 158
 
 
 def test_no_table_ref_file_or_citation_markup():

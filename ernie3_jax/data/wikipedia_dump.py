@@ -82,7 +82,8 @@ _CHARACTERS = {
     "=": "=", "!": "|", "!!": "||", "middot": " \u00b7 ", "dot": " \u00b7 ",
     "\u00b7": " \u00b7 ", "okina": "\u02bb", "shy": "", "pi": "\u03c0", "times": "\u00d7",
     "x": "\u00d7", "minus": "\u2212", "plusminus": "\u00b1", "degree": "\u00b0",
-    "-": "", "clear": "", "clr": "", "break": " ", "br": " "}
+    "-": "", "clear": "", "clr": "", "break": " ", "br": " ", "mdashb": "\u2014",
+    "spaces": " "}
 _DATE_TEMPLATES = frozenset({
     "birth date", "death date", "birth date and age", "death date and age", "start date",
     "end date", "date", "dob", "bda", "dda", "film date", "start date and age",
@@ -202,7 +203,8 @@ def _rendered(name: str) -> bool:
           or name in ("convert", "cvt", "lang", "circa", "c.", "floruit", "fl.", "as of",
                       "frac", "sfrac", "fraction", "us$", "lit", "literally", "sic",
                       "sortname", "ipac-en", "respell", "nihongo2", "angbr", "lang-x",
-                      "transl", "transliteration")
+                      "transl", "transliteration", "chem", "nts", "ntsh", "val", "e",
+                      "hms", "uss", "hmnzs", "rtl-lang", "simplenuclide2", "nuclide2")
           or name.startswith(("lang-", "ipa-", "ipac-")))
 
 
@@ -365,6 +367,22 @@ def _template_text(template, render, counts) -> str:
     if name == "respell":
       return "-".join(sounds)
     return "/" + "".join(sounds).replace("_", " ") + "/"  # "_" is IPAc's space
+  if name == "chem":  # {{chem|H|2|O}}
+    return "".join(parts)
+  if name in ("nts", "ntsh"):  # a number with a sort key
+    return parts[0] if parts else ""
+  if name == "val":  # {{val|1.23|e=5|u=m}}
+    exponent = f"\u00d710^{named['e']}" if named.get("e") else ""
+    unit = named.get("u", named.get("ul", ""))
+    return (parts[0] if parts else "") + exponent + (f" {unit}" if unit else "")
+  if name == "e":  # {{e|7}}: times ten to the 7
+    return f"\u00d710^{parts[0]}" if parts else ""
+  if name in ("hms", "uss", "hmnzs"):
+    return " ".join([name.upper()] + parts[:1])
+  if name == "rtl-lang":
+    return parts[1] if len(parts) > 1 else ""
+  if name in ("simplenuclide2", "nuclide2"):  # {{SimpleNuclide2|Carbon|14}}
+    return f"{parts[0].lower()}-{parts[1]}" if len(parts) > 1 else "".join(parts)
   if name in ("circa", "c."):
     return ("c. " + parts[0]) if parts else "c."
   if name in ("floruit", "fl."):
