@@ -112,21 +112,26 @@ def progress_bar(total: int, initial: int, enabled: bool | None):
 
 
 def write_history(model_dir: str, peak: float, peak_how: str,
-                   history: list[dict[str, float]]) -> None:
-  """MODEL_DIR/train_history.json: every logged step of this run and its earlier starts."""
+                  history: list[dict[str, float]],
+                  evaluations: list[dict[str, float]] | None = None) -> None:
+  """MODEL_DIR/train_history.json: every logged step of this run and its earlier starts,
+  and every held-out evaluation (`train.eval_every`)."""
   if jax.process_index() != 0:
     return
   # Never a half-written file: replaced whole (storage.write_atomic).
   storage.write_atomic(os.path.join(model_dir, "train_history.json"), json.dumps(
-      {"peak_flops": peak, "peak_source": peak_how, "history": history}, indent=1))
+      {"peak_flops": peak, "peak_source": peak_how, "history": history,
+       "evaluations": evaluations or []}, indent=1))
 
 
-def earlier_history(model_dir: str, resumed_from: int | None) -> list[dict[str, float]]:
-  """The logged steps of earlier starts up to `resumed_from` (later ones are redone)."""
-  path = os.path.join(model_dir, "train_history.json")
+def earlier_history(model_dir: str, resumed_from: int | None, key: str = "history",
+                    filename: str = "train_history.json") -> list[dict[str, float]]:
+  """The records under `key` of earlier starts up to `resumed_from` (later ones are
+  redone): logged steps ("history") or evaluations ("evaluations")."""
+  path = os.path.join(model_dir, filename)
   if resumed_from is None or not storage.exists(path):
     return []
-  return [m for m in json.loads(storage.read_text(path)).get("history", [])
+  return [m for m in json.loads(storage.read_text(path)).get(key, [])
           if m["step"] <= resumed_from]
 
 
@@ -211,3 +216,50 @@ class StepLogger:
     self.writer.flush()
     if self.bar is not None:
       self.bar.close()
+
+
+class EvalHook:
+  """Every `every` steps and at the last step: held-out figures of the current state,
+  appended to `evaluations`, written to TensorBoard under "eval/" and printed as one line.
+
+  `evaluate(state)` returns {name: value}; `extra(step, figures)` may add to the record
+  (the fine-tuning loop's best-checkpoint bookkeeping). Off when `every` is 0.
+  """
+
+  def __init__(self, evaluate: Callable[[Any], dict[str, float]], every: int, num_steps: int,
+               evaluations: list[dict[str, float]], writer: Any,
+               line: Callable[[dict[str, float]], str] | None = None):
+    if every < 0:
+      raise ValueError(f"eval_every={every}; expected 0 (off) or a step count")
+    self.evaluate, self.every, self.num_steps = evaluate, every, num_steps
+    self.evaluations, self.writer = evaluations, writer
+    self.line = line or _eval_line
+
+  def due(self, step: int) -> bool:
+    return self.every > 0 and (step % self.every == 0 or step == self.num_steps)
+
+  def __call__(self, step: int, state: Any) -> dict[str, float] | None:
+    """Evaluates at `step` when due; returns the record (None when not due)."""
+    if not self.due(step) or any(e["step"] == step for e in self.evaluations):
+      return None
+    start = time.perf_counter()
+    figures = self.evaluate(state)
+    record = {"step": step, **{f"eval/{k}": float(v) for k, v in figures.items()},
+              "eval_seconds": time.perf_counter() - start}
+    self.evaluations.append(record)
+    self.writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
+    self.writer.flush()
+    text = self.line(record)
+    logging.info("eval step %d %s", step, text)
+    if jax.process_index() == 0:
+      print(f"eval step {step}: {text}", flush=True)
+    return record
+
+
+def _eval_line(record: dict[str, float]) -> str:
+  """Each task's held-out loss and accuracy: 'masked_lm=4.512/0.213 ...'."""
+  tasks = sorted({k.split("/")[1] for k in record if k.startswith("eval/") and
+                  k.endswith("/loss")})
+  return " ".join(f"{t}={_number(record[f'eval/{t}/loss'])}/"
+                  f"{_number(record.get(f'eval/{t}/accuracy', float('nan')))}"
+                  for t in tasks) + f" (loss/accuracy, {record['eval_seconds']:.1f}s)"

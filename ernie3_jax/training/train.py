@@ -21,7 +21,9 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config
 from ernie3_jax.parallel import mesh as mesh_lib
-from ernie3_jax.training import checkpoint_files, checkpointing, flops, loop_hooks, optimizer
+from ernie3_jax.parallel import multihost
+from ernie3_jax.training import checkpoint_files, checkpointing, evaluate, flops, loop_hooks
+from ernie3_jax.training import optimizer
 from ernie3_jax.training import partitioning, profiling, run_checks
 from ernie3_jax.training.preemption import StopRequest
 from ernie3_jax.training.progressive import ProgressiveSchedule
@@ -33,11 +35,12 @@ class TrainResult:
   final_step: int
   resumed_from: int | None
   history: list[dict[str, float]]
-  stopped_by: str  # "num_steps", "sigterm", "nonfinite", "dry_run"
+  stopped_by: str  # "num_steps", "sigterm", "nonfinite", "early_stopping", "dry_run"
   state: Any = None
+  evaluations: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
-DEFAULT_NLG_BATCH_SIZE = 8
+DEFAULT_NLG_BATCH_SIZE = evaluate.DEFAULT_NLG_BATCH_SIZE
 
 
 @gin.configurable(denylist=["model_dir", "dry_run"])
@@ -55,6 +58,7 @@ def train(model_dir: str, *,
           task_weights: dict[str, float] | None = None,
           progressive: ProgressiveSchedule | None = None,
           log_every: int = 10,
+          eval_every: int = 0,
           checkpoint_every: int = 100,
           keep_checkpoints: int = 3,
           async_checkpoints: bool = True,
@@ -73,6 +77,9 @@ def train(model_dir: str, *,
   launcher can validate a config without touching `model_dir`. `profile_steps=(a, b)`
   traces steps a..b into MODEL_DIR/profile (training/profiling.py). The run stops at
   `num_steps`; the learning-rate schedule lasts `schedule_steps` (default: `num_steps`).
+  `eval_every=N` evaluates every task on held-out data every N steps and at the last
+  (the evaluation `--run_mode=eval` runs, configured by gin's evaluate.*), into the
+  history's "evaluations", TensorBoard's eval/ scalars and the console.
   """
   # Validate: the options alone, before any model or data work.
   profiling.check_profile_steps(profile_steps, num_steps)
@@ -84,6 +91,12 @@ def train(model_dir: str, *,
   run = _set_up(model_dir, input_builder, schedule, mesh_fn, nlu_batch_size, nlg_batch_size,
                 sequence_length, nlg_segment_length, seed, num_microbatches, progressive,
                 init_from)
+  evaluator = None
+  if eval_every:
+    if eval_every < 0:
+      raise ValueError(f"train.eval_every={eval_every}; expected 0 (off) or a step count")
+    evaluator = evaluate.configured_evaluator(run.model, run.cfg, run.mesh, run.rules)
+    evaluator.check_input()  # a missing validation split fails before anything is written
   if dry_run:
     _close(run.data)
     return TrainResult(0, None, [], "dry_run")
@@ -99,18 +112,22 @@ def train(model_dir: str, *,
   # Hooks around the steps: metrics, checkpoints (with the history), the profiler.
   peak, peak_how = flops.peak_flops_total()
   history = loop_hooks.earlier_history(model_dir, resumed_from)
+  evaluations = loop_hooks.earlier_history(model_dir, resumed_from, "evaluations")
   step = int(jax.device_get(state.step))
   logger = loop_hooks.StepLogger(model_dir, history, step, num_steps, log_every, progress_bar,
                                  peak)
   save = loop_hooks.CheckpointHook(
-      ckpt, run.data, lambda: loop_hooks.write_history(model_dir, peak, peak_how, history),
+      ckpt, run.data,
+      lambda: loop_hooks.write_history(model_dir, peak, peak_how, history, evaluations),
       on_save_error)
+  eval_hook = loop_hooks.EvalHook(lambda s: evaluator(s.params), eval_every if evaluator else 0,
+                                  num_steps, evaluations, logger.writer)
   profiler = profiling.StepProfiler(model_dir, profile_steps)
   loop = _Loop(num_steps, progressive, sequence_length, nlu_batch_size, batch_multiple,
                nlg_batch_size, nlg_segment_length, mlm_prediction_fraction, on_nonfinite,
                jax.random.PRNGKey(seed + 1))
   state, step, stopped_by = _step_loop(run, loop, jitted, rows, state, step, logger, save,
-                                       profiler)
+                                       profiler, eval_hook)
   # Finalise: the last state saved, files closed, the history written.
   profiler.stop()  # a run that ended inside the window still writes its trace
   if stopped_by == "num_steps":
@@ -118,8 +135,8 @@ def train(model_dir: str, *,
   ckpt.close()
   _close(run.data)
   logger.close()
-  loop_hooks.write_history(model_dir, peak, peak_how, history)
-  return TrainResult(step, resumed_from, history, stopped_by, state)
+  loop_hooks.write_history(model_dir, peak, peak_how, history, evaluations)
+  return TrainResult(step, resumed_from, history, stopped_by, state, evaluations)
 
 
 @dataclasses.dataclass
@@ -204,7 +221,7 @@ def _compile(run: _PretrainRun, shardings: Any, nlu_batch_size: int, nlg_batch_s
                             mlm_prediction_fraction=mlm_prediction_fraction)
   jitted = jax.jit(step_fn, in_shardings=(shardings, rows, rows, replicated, replicated),
                    out_shardings=(shardings, replicated), donate_argnums=(0,))
-  return jitted, rows
+  return multihost.CompiledEverywhere(jitted, "train_step"), rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +241,8 @@ class _Loop:
 
 def _step_loop(run: _PretrainRun, loop: _Loop, jitted: Callable, rows: Any, state: Any,
                step: int, logger: loop_hooks.StepLogger, save: loop_hooks.CheckpointHook,
-               profiler: profiling.StepProfiler) -> tuple[Any, int, str]:
+               profiler: profiling.StepProfiler,
+               eval_hook: loop_hooks.EvalHook) -> tuple[Any, int, str]:
   """Steps until `loop.num_steps`, a non-finite step under 'stop', or SIGTERM; returns
   (state, step, what stopped it)."""
   num_processes = jax.process_count()
@@ -259,6 +277,7 @@ def _step_loop(run: _PretrainRun, loop: _Loop, jitted: Callable, rows: Any, stat
                                            loop.nlg_segment_length,
                                            loop.mlm_prediction_fraction),
                    data_wait.take(), **extra)
+      eval_hook(step, state)  # before the save, so the history saved with it holds it
       save(step, state)
       if stop.requested(step):
         save(step, state, force=True)
