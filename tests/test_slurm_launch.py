@@ -136,12 +136,14 @@ def test_the_entrypoint_hands_jax_the_task_gpus(monkeypatch, capsys):
     monkeypatch.setenv(name, value)
   with flagsaver.flagsaver(auto_distributed=None, coordinator_address=None):
     main.initialize_distributed()
-  assert calls == [{"local_device_ids": [0]}]
+  heartbeat = {"heartbeat_timeout_seconds": main.DEFAULT_HEARTBEAT_TIMEOUT_S}
+  assert calls == [{"local_device_ids": [0], **heartbeat}]
   assert "CUDA_VISIBLE_DEVICES=1 -> jax local_device_ids=[0]" in capsys.readouterr().out
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a CPU-only job
-  with flagsaver.flagsaver(auto_distributed=None, coordinator_address=None):
+  with flagsaver.flagsaver(auto_distributed=None, coordinator_address=None,
+                           heartbeat_timeout_s=45):
     main.initialize_distributed()
-  assert calls[-1] == {}
+  assert calls[-1] == {"heartbeat_timeout_seconds": 45}
 
 
 # ------------------------------------------------------------------ on a real SLURM

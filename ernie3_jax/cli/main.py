@@ -7,7 +7,9 @@ r"""The entrypoint: train, evaluate or generate, configured by gin.
 `--gin_bindings`); files and includes are searched in `--gin_search_paths`, then
 the repository. The effective config is written to MODEL_DIR/config.gin.
 Multi-host: `jax.distributed.initialize` runs automatically on TPU pods and under
-SLURM, or with the explicit --coordinator_address/--num_processes/--process_id.
+SLURM, or with the explicit --coordinator_address/--num_processes/--process_id;
+`--heartbeat_timeout_s` is how soon the processes notice that one of them died, and
+`--compile_barrier_timeout_s` how long they wait for the slowest one to compile a step.
 """
 
 from __future__ import annotations
@@ -34,15 +36,33 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _AUTO_DISTRIBUTED = flags.DEFINE_bool(
     "auto_distributed", None,
     "Call jax.distributed.initialize() with auto-detection (default: on TPU pods and SLURM).")
+# See docs/RELIABILITY.md ("Multi-process runs") for how these two were chosen.
+DEFAULT_HEARTBEAT_TIMEOUT_S = 20
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", DEFAULT_HEARTBEAT_TIMEOUT_S,
+    "Multi-process runs: a process that sends no heartbeat to the coordination service for "
+    "this many seconds is declared dead, and every other process then stops with an error. "
+    "Heartbeats come from a background thread, so long compiles and slow steps do not "
+    "delay them; raise it on networks that can stall for longer (JAX's own default is 100).")
+_COMPILE_BARRIER_TIMEOUT = flags.DEFINE_float(
+    "compile_barrier_timeout_s", 1800.0,  # multihost.DEFAULT_COMPILE_BARRIER_TIMEOUT_S
+    "Multi-process runs: how long a process that has compiled a step waits for every other "
+    "process to compile it too before any of them runs it (compile times differ when one "
+    "process finds the step in JAX's compilation cache and another does not).")
 
 
 def initialize_distributed() -> None:
   """Joins the multi-process JAX cluster when launched as one."""
   import jax  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.parallel import cluster_env  # pylint: disable=g-import-not-at-top
+  from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
+  multihost.set_compile_barrier_timeout(_COMPILE_BARRIER_TIMEOUT.value)
+  timeouts = cluster_env.timeout_kwargs(_HEARTBEAT_TIMEOUT.value)
   if _COORDINATOR.value is not None:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise ValueError("--coordinator_address needs --num_processes and --process_id")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               **timeouts)
     return
   auto = _AUTO_DISTRIBUTED.value
   if auto is None:
@@ -52,11 +72,10 @@ def initialize_distributed() -> None:
     # JAX's own cluster detection (SLURM, TPU pods) finds the coordinator and process
     # index; under SLURM the GPUs each task uses come from the task's binding
     # (parallel/cluster_env.py), where JAX alone would pick GPU number SLURM_LOCALID.
-    from ernie3_jax.parallel import cluster_env  # pylint: disable=g-import-not-at-top
     assignment = cluster_env.slurm_gpu_assignment(os.environ)
     if assignment is not None:
       print(assignment.describe(os.environ), flush=True)
-    jax.distributed.initialize(**cluster_env.initialize_kwargs(os.environ))
+    jax.distributed.initialize(**cluster_env.initialize_kwargs(os.environ), **timeouts)
 
 
 def main(argv):

@@ -134,3 +134,17 @@ def initialize_kwargs(env: Mapping[str, str]) -> dict:
   `local_device_ids` for a SLURM GPU task, nothing otherwise."""
   assignment = slurm_gpu_assignment(env)
   return {} if assignment is None else {"local_device_ids": assignment.local_device_ids}
+
+
+def timeout_kwargs(heartbeat_timeout_s: int) -> dict:
+  """`jax.distributed.initialize`'s heartbeat setting from `--heartbeat_timeout_s`.
+
+  The coordination service declares a process dead once it has sent no heartbeat for
+  this long, and then stops every other process with an error ("another task died");
+  the heartbeats come from a thread of their own, so a long compile does not hold them
+  up. JAX's default is 100 s.
+  """
+  if heartbeat_timeout_s < 1:
+    raise ValueError(f"--heartbeat_timeout_s must be at least 1 second, got "
+                     f"{heartbeat_timeout_s}")
+  return {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
