@@ -23,8 +23,11 @@ from absl import logging
 
 from ernie3_jax.config import gin_utils
 from ernie3_jax.config.gin_utils import rewrite_gin_args
+from ernie3_jax.runtime import compilation_cache
 from ernie3_jax.runtime import storage
 
+# --compilation_cache / --compilation_cache_dir (runtime/compilation_cache.py).
+_COMPILATION_CACHE = compilation_cache.define_absl_flags()
 _GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "Gin config files (repeatable).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings NAME=VALUE.")
 _GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "Where gin files are looked up.")
@@ -95,6 +98,7 @@ def main(argv):
   from ernie3_jax.runtime import host_memory  # pylint: disable=g-import-not-at-top
   from ernie3_jax.cli import runs  # pylint: disable=g-import-not-at-top
   host_memory.warn_if_unset(jax.default_backend())
+  compilation_cache.setup_from_absl_flags(_COMPILATION_CACHE)  # before the first compile
   gin_utils.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value, _GIN_SEARCH_PATHS.value)
   from ernie3_jax.parallel import multihost  # pylint: disable=g-import-not-at-top
   multihost.check_same_config(gin_utils.effective_config())
