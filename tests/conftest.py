@@ -10,6 +10,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# JAX's persistent compilation cache (on by default for every command) stays off in the
+# suite, subprocesses included: a test must compile what it runs, whatever ran before it
+# or in the user's own runs (tests/test_compilation_cache.py turns it on where it is the
+# subject).
+os.environ.setdefault("ERNIE3_COMPILATION_CACHE", "0")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
