@@ -47,6 +47,7 @@ from ernie3_jax.data import knowledge_graph as kg_lib
 from ernie3_jax.data.knowledge_graph import KnowledgeGraph, Triple
 from ernie3_jax.data.triple_alignment import relation_text
 from ernie3_jax.evaluation import zero_shot
+from ernie3_jax.runtime import compilation_cache
 from ernie3_jax.runtime import storage
 
 RELATION, TAIL = "relation", "tail"
@@ -413,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                       help="gin binding applied after MODEL_DIR/config.gin (repeatable), "
                       "e.g. make_mesh.tensor=8 to shard the model over 8 devices")
   parser.add_argument("--output", help="also write the metrics to this JSON file")
+  compilation_cache.add_arguments(parser)
   args = parser.parse_args(argv)
+  compilation_cache.setup_from_args(args)
 
   from ernie3_jax.runtime import tf_runtime  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from ernie3_jax.data import data_config as dc  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,7 @@ import jax
 
 from ernie3_jax.evaluation.zero_shot import NORMALIZATIONS, load_scorer, score_task
 from ernie3_jax.superglue import prompts as prompts_lib
+from ernie3_jax.runtime import compilation_cache
 from ernie3_jax.runtime import storage
 
 
@@ -51,7 +52,9 @@ def main(argv: Iterable[str] | None = None) -> None:
   parser.add_argument("--output_dir", default=None,
                       help="metrics.json and per-row <task>.<split>.jsonl go here (default: "
                       "MODEL_DIR/zero_shot/<split>_<normalization>_<k>shot)")
+  compilation_cache.add_arguments(parser)
   args = parser.parse_args(argv)
+  compilation_cache.setup_from_args(args)
   tasks = _parse_tasks(args.tasks)
   args.model_dir = storage.resolve(args.model_dir, "--model_dir")
   from ernie3_jax.tasks import superglue_zero_shot as zs  # pylint: disable=g-import-not-at-top

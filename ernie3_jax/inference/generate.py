@@ -18,6 +18,7 @@ import sys
 
 from absl import flags
 
+from ernie3_jax.runtime import compilation_cache
 from ernie3_jax.runtime import storage
 
 
@@ -47,6 +48,7 @@ def _define_flags() -> flags.FlagValues:
   flags.DEFINE_multi_string("gin", [], "A gin binding applied after MODEL_DIR/config.gin "
                             "(repeatable), e.g. make_mesh.tensor=8 to shard the model and the "
                             "decode cache over 8 devices.", flag_values=fv)
+  compilation_cache.define_absl_flags(fv)
   return fv
 
 
@@ -89,6 +91,8 @@ def main(argv: list[str]) -> int:
     rest = fv(argv)
     if len(rest) > 1:
       raise ValueError(f"unexpected arguments: {rest[1:]}")
+    compilation_cache.setup(fv[compilation_cache.FLAG_ENABLED].value,
+                            fv[compilation_cache.FLAG_DIR].value)
     from ernie3_jax.inference import generation  # pylint: disable=g-import-not-at-top
     try:
       stop_ids = tuple(int(s) for s in fv.stop_ids)
