@@ -9,6 +9,7 @@ these readers raise them too.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -21,6 +22,34 @@ from ernie3_jax.training.checkpoint_integrity import array_name
 from ernie3_jax.runtime import storage
 
 ITEMS = ("state", "data", "integrity")  # the items of every saved step
+
+# Two orbax warnings about one item of a step (`<step>/state`) that say nothing to a user:
+# - read with a bare PyTreeCheckpointer, orbax looks for `_CHECKPOINT_METADATA` inside the
+#   item and warns "Metadata file does not exist" at every read (twice per restore:
+#   metadata, then arrays). The file belongs to the step and is there, one level up.
+# - an item whose `_METADATA` is gone gets "Failed to get item metadata from directory";
+#   the checkpoint is then rejected with this project's own report, which names the file.
+# Only these are dropped (from absl's logger, whichever program reads the checkpoint).
+_ITEM_METADATA_PROBE = re.compile(
+    r"^(?:Metadata file does not exist: .*/(?:{items})/_CHECKPOINT_METADATA"
+    r"|Failed to get item metadata from directory .*/(?:{items})\. Either it was not present)"
+    .format(items="|".join(ITEMS)))
+
+
+class _DropItemMetadataProbe(logging.Filter):
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not _ITEM_METADATA_PROBE.match(record.getMessage())
+
+
+def _drop_item_metadata_probes() -> None:
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  logger = absl_logging.get_absl_logger()
+  if not any(isinstance(f, _DropItemMetadataProbe) for f in logger.filters):
+    logger.addFilter(_DropItemMetadataProbe())
+
+
+_drop_item_metadata_probes()
 
 
 class CheckpointSaveError(OSError):
