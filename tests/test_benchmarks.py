@@ -255,3 +255,35 @@ def test_sharded_decode_reports_each_mesh_against_one_device():
     assert entry["ratio_to_one_device"] == pytest.approx(
         entry["tokens_per_s"] / r["results"]["1 device"]["tokens_per_s"], rel=0.01,
         abs=1e-3)  # the benchmark rounds the ratio to 3 decimals
+
+
+def test_start_to_first_step_times_until_the_first_step_line_and_stops_the_run(tmp_path):
+  import time  # pylint: disable=import-outside-toplevel
+  import start_to_first_step as s2fs  # pylint: disable=import-outside-toplevel
+  log = str(tmp_path / "run.log")
+  started = time.perf_counter()
+  seconds, step = s2fs.time_to_first_step(
+      [sys.executable, "-c", "import time; print('resumed from step 4', flush=True); "
+       "time.sleep(0.5); print('step 5: loss=1.0', flush=True); time.sleep(60)"],
+      dict(os.environ), 60, log)
+  assert step == 5 and 0.5 <= seconds < 30
+  assert time.perf_counter() - started < 30  # killed at the line, not left to sleep
+  assert "resumed from step 4" in open(log).read()
+  with pytest.raises(RuntimeError, match=r"logged no step \(exit 3\)"):
+    s2fs.time_to_first_step([sys.executable, "-c", "import sys; print('no'); sys.exit(3)"],
+                            dict(os.environ), 60, log)
+  with pytest.raises(RuntimeError, match=r"timed out after 1 s"):
+    s2fs.time_to_first_step([sys.executable, "-c", "import time; time.sleep(60)"],
+                            dict(os.environ), 1, log)
+
+
+@pytest.mark.slow
+def test_start_to_first_step_reports_a_warm_resume_against_a_cold_one():
+  r = run_benchmark("start_to_first_step.py", "--cases=demo_resume", "--demo_steps=1",
+                    timeout=1800)
+  assert (r["case"], r["first_step"], r["resumed_from_step"]) == ("demo_resume", 2, 1)
+  assert_positive(r["cold_s"], "cold_s")
+  assert_positive(r["warm_s"], "warm_s")
+  assert r["warm_over_cold"] == pytest.approx(r["warm_s"] / r["cold_s"], abs=2e-3)
+  assert r["cache_entries"] > 0 and r["cache_bytes"] > 0
+  assert r["warm_s"] < r["cold_s"]

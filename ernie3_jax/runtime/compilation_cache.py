@@ -94,25 +94,31 @@ def host_tag(backend: str) -> str:
   return f"cpu-{platform.machine() or 'unknown'}-{_cpu_fingerprint()}"
 
 
-def _cpu_fingerprint() -> str:
-  described, seen = [], set()
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        key = key.strip()
-        # The first processor's identity and instruction-set flags (x86 "flags", Arm
-        # "Features"); per-core lines (MHz, ids) are left out, they change between boots.
-        if key in ("vendor_id", "model name", "flags", "Features", "CPU implementer",
-                   "CPU architecture", "CPU variant", "CPU part") and key not in seen:
-          seen.add(key)
-          described.append((key, " ".join(sorted(value.split()))))
-  except OSError:
-    pass
+def _cpu_fingerprint(cpuinfo: str | None = None) -> str:
+  """A hash of the processor's identity and instruction-set flags, from `cpuinfo` (the
+  text of /proc/cpuinfo, read when None)."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  described = {}
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    key = key.strip()
+    # The first processor's identity and flags (x86 "flags", Arm "Features"); per-core
+    # lines (MHz, ids, bogomips) are left out: they differ between cores and boots.
+    if key in _CPU_IDENTITY and key not in described:
+      described[key] = " ".join(sorted(value.split()))
   if not described:  # not Linux: what the platform module knows
-    described = [("processor", platform.processor()), ("system", platform.system())]
-  text = "\n".join(f"{k}={v}" for k, v in sorted(described))
+    described = {"processor": platform.processor(), "system": platform.system()}
+  text = "\n".join(f"{k}={v}" for k, v in sorted(described.items()))
   return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+_CPU_IDENTITY = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags",
+                 "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
 
 
 def resolve_dir(directory: str | None, flag: str = FLAG_DIR) -> str:
@@ -142,6 +148,8 @@ def setup(enabled: bool | None = None, directory: str | None = None,
   import jax  # pylint: disable=g-import-not-at-top
   if enabled is None:
     enabled = default_enabled()
+  if directory is not None:  # named, so checked even when the cache is off
+    resolve_dir(directory)
   if not enabled:
     jax.config.update("jax_enable_compilation_cache", False)
     _forget_initialised_cache()
