@@ -19,8 +19,10 @@ class SyntheticInput:
   number of processes sees the same global batches (for multi-process tests)."""
 
   def __init__(self, *, nlu_batch_size, nlg_batch_size, sequence_length, nlg_segment_length,
-               seed, shard_index, num_shards, vocab_size=96):
+               seed, shard_index, num_shards, vocab_size=96, split="train"):
     self.nlg_batch, self.seg_len = nlg_batch_size, nlg_segment_length
+    # Held-out rows: the same generator under another seed.
+    seed = seed if split == "train" else seed + 7919
     self.seed, self.shard, self.num_shards, self.vocab = (seed, shard_index, num_shards,
                                                           vocab_size)
     self.count = 0

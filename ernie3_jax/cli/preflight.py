@@ -17,7 +17,9 @@ def check(run_mode: str, model_dir: str) -> None:
   from ernie3_jax.cli import runs  # pylint: disable=g-import-not-at-top
   if run_mode == "train" and runs.configured_job() == "finetune":
     from ernie3_jax.training import finetune  # pylint: disable=g-import-not-at-top
-    finetune.finetune(model_dir, dry_run=True)
+    from ernie3_jax.evaluation import seqio_eval  # pylint: disable=g-import-not-at-top
+    finetune.finetune(model_dir, evaluator_factory=seqio_eval.ValidationEvaluator,
+                      dry_run=True)
   elif run_mode == "train":
     from ernie3_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
     # The trainer's own checks, with the gin-bound arguments of the real run, stop

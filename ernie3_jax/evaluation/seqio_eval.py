@@ -46,7 +46,8 @@ import seqio
 
 from ernie3_jax.runtime import storage
 from ernie3_jax.runtime.tf_runtime import tf
-from ernie3_jax.training import checkpoint_files, finetune, loop_hooks, partitioning
+from ernie3_jax.training import checkpoint_files, checkpointing, finetune, loop_hooks
+from ernie3_jax.training import partitioning
 from ernie3_jax.training.finetune_input import pad_or_truncate
 
 CANDIDATE_TASKS = ("superglue_copa", "superglue_record")
@@ -149,23 +150,49 @@ def row_predictions(log_probs: np.ndarray, num_classes: int, candidate: bool) ->
   return log_probs[:, :num_classes]
 
 
-def load_finetuned(model_dir: str, batch_size: int) -> tuple[finetune.FinetuneSetup, Predictor,
-                                                             int]:
-  """(setup, predictor, step) of the latest checkpoint in a fine-tuning model_dir."""
+BEST_DIR = "best_checkpoint"  # in MODEL_DIR, beside checkpoints/ (finetune.eval_every)
+
+
+def checkpoint_source(model_dir: str, checkpoint: str) -> tuple[str, str]:
+  """(checkpoint directory, 'best' or 'latest') that `checkpoint` names in a fine-tuning
+  MODEL_DIR: 'best' is MODEL_DIR/best_checkpoint when training kept one (finetune.eval_every),
+  else the latest; 'latest' is always MODEL_DIR/checkpoints."""
+  if checkpoint not in ("best", "latest"):
+    raise ValueError(f"checkpoint={checkpoint!r} (evaluate_checkpoint.checkpoint / "
+                     "infer_checkpoint.checkpoint); expected 'best' or 'latest'")
+  best = os.path.join(model_dir, BEST_DIR)
+  if checkpoint == "best" and storage.isdir(best) and checkpoint_files.complete_steps(best):
+    return best, "best"
+  return os.path.join(model_dir, "checkpoints"), "latest"
+
+
+def load_finetuned(model_dir: str, batch_size: int, checkpoint: str = "latest"
+                   ) -> tuple[finetune.FinetuneSetup, Predictor, int]:
+  """(setup, predictor, step) of a fine-tuning model_dir's best or latest checkpoint
+  (`checkpoint_source`). Only the parameters are read, verified against their checksums
+  like every restore; the step read is printed."""
   setup = finetune.finetune_setup()
-  abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
-                                                     setup.rules, 0)
-  params, report = checkpoint_files.restore_params_into(abstract.params, shardings.params,
-                                                     model_dir)
-  if report["fresh"]:
-    raise ValueError(f"the checkpoint of step {report['step']} in {model_dir!r} lacks "
-                     f"parameters {report['fresh'][:5]} of the configured model (tasks "
-                     f"{list(setup.layout.task_names)}); was it trained with another config?")
   row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
   if batch_size % (row_shards * jax.process_count()):
     raise ValueError(f"seqio_evaluate/infer batch_size={batch_size} must be divisible by "
                      f"data x fsdp = {row_shards} and the process count")
-  return setup, Predictor(setup, params, batch_size), report["step"]
+  abstract, shardings = partitioning.state_shardings(setup.model, setup.tx, setup.mesh,
+                                                     setup.rules, 0)
+  directory, which = checkpoint_source(model_dir, checkpoint)
+  if not storage.isdir(directory) or not checkpoint_files.complete_steps(directory):
+    raise FileNotFoundError(f"no checkpoint in {directory}; fine-tune first (--run_mode=train "
+                            "with the same MODEL_DIR)")
+  ckpt = checkpointing.Checkpointer(directory, 0, async_save=False)
+  try:
+    step = ckpt.latest_step()
+    params = ckpt.restore_params(step, abstract.params, shardings.params)
+  finally:
+    ckpt.close()
+  if jax.process_index() == 0:
+    why = (" (the best by finetune.best_metric; checkpoint='latest' reads the last)"
+           if which == "best" else "")
+    print(f"reading the {which} checkpoint, step {step}{why}: {directory}", flush=True)
+  return setup, Predictor(setup, params, batch_size), step
 
 
 def _head_of(setup: finetune.FinetuneSetup, task_name: str) -> tuple[int, int] | None:
@@ -267,19 +294,22 @@ def _all_labeled(task: seqio.Task, split: str, sequence_length: int) -> bool:
 def evaluate_checkpoint(model_dir: str, *, split: str = "validation", batch_size: int = 32,
                         sequence_length: int = 128,
                         candidate_tasks: Sequence[str] = CANDIDATE_TASKS,
-                        diagnostics: Sequence[str] = tuple(DIAGNOSTIC_HEADS)) -> dict[str, Any]:
-  """Metrics of the latest checkpoint on `split` of every task with metric functions,
-  plus the `diagnostics` (AX-b, AX-g: labeled test files) when their head was trained.
+                        diagnostics: Sequence[str] = tuple(DIAGNOSTIC_HEADS),
+                        checkpoint: str = "best") -> dict[str, Any]:
+  """Metrics of the best checkpoint (`checkpoint_source`; 'latest': the last) on `split`
+  of every task with metric functions, plus the `diagnostics` (AX-b, AX-g: labeled test
+  files) when their head was trained.
 
-  Returns {"step", "split", "tasks": {task: {metric: value}}, and "superglue_average"
-  when all 8 main SuperGLUE tasks were scored}.
+  Returns {"step", "checkpoint", "split", "tasks": {task: {metric: value}}, and
+  "superglue_average" when all 8 main SuperGLUE tasks were scored}.
   """
   # A failed evaluation must not leave an earlier run's files looking like this one's.
   _remove_stale(model_dir)
   setup = finetune.finetune_setup()
   plan = _plan(setup, split, sequence_length, diagnostics)  # checked before model work
-  _, predictor, step = load_finetuned(model_dir, batch_size)
-  out: dict[str, Any] = {"step": step, "split": split, "tasks": {}, "complete": False,
+  _, predictor, step = load_finetuned(model_dir, batch_size, checkpoint)
+  out: dict[str, Any] = {"step": step, "checkpoint": checkpoint_source(model_dir, checkpoint)[1],
+                         "split": split, "tasks": {}, "complete": False,
                          "skipped": plan.skipped}
   directory = os.path.join(model_dir, PREDICTIONS_DIR)
   if jax.process_index() == 0:
@@ -410,7 +440,8 @@ def infer_checkpoint(model_dir: str, *, split: str = "test", batch_size: int = 3
                      sequence_length: int = 128, output_dir: str | None = None,
                      candidate_tasks: Sequence[str] = CANDIDATE_TASKS,
                      diagnostics: Sequence[str] = tuple(DIAGNOSTIC_HEADS),
-                     write_fn: Callable | None = None) -> dict[str, str]:
+                     write_fn: Callable | None = None,
+                     checkpoint: str = "best") -> dict[str, str]:
   """Predicts `split` of every task (and the diagnostics whose head was trained) and
   writes each task's file with `write_fn(task, rows, predictions, out_dir)` (default:
   `submission.write_submission`) into `output_dir` (default MODEL_DIR/submission).
@@ -418,9 +449,11 @@ def infer_checkpoint(model_dir: str, *, split: str = "test", batch_size: int = 3
   its file and line, and a missing or empty split an error naming its file (a
   submission without that task's file would be incomplete).
 
+  `checkpoint`: 'best' (`checkpoint_source`) or 'latest'.
+
   Returns {task: path written}."""
   runs = _infer_plan(finetune.finetune_setup(), split, sequence_length, diagnostics)
-  _, predictor, step = load_finetuned(model_dir, batch_size)
+  _, predictor, step = load_finetuned(model_dir, batch_size, checkpoint)
   write_fn = write_fn or _default_writer()
   output_dir = output_dir or os.path.join(model_dir, "submission")
   written = {}
@@ -458,3 +491,52 @@ def _infer_plan(setup: finetune.FinetuneSetup, split: str, sequence_length: int,
   if not runs:
     raise ValueError(f"no task of {setup.name!r} has a {split!r} split to predict")
   return runs
+
+
+def mixture_score(results: Mapping[str, Mapping[str, float]]) -> float:
+  """One figure for a task or mixture: the SuperGLUE average (each main task's metrics
+  averaged, then the tasks) over the main SuperGLUE tasks present; with none of them,
+  the mean over tasks of each task's mean metric."""
+  from ernie3_jax.superglue import metrics as superglue_metrics  # pylint: disable=g-import-not-at-top
+  main = {k: v for k, v in results.items()
+          if k.removeprefix("superglue_") in superglue_metrics.SCORE_METRICS}
+  if main:
+    return superglue_metrics.superglue_average(main, partial=True)
+  return float(np.mean([np.mean(list(v.values())) for v in results.values()]))
+
+
+class ValidationEvaluator:
+  """The validation metrics of fine-tuning parameters, for `finetune.eval_every`: every
+  task of the mixture with metric functions, scored through seqio.Evaluator as
+  `evaluate_checkpoint` does (no per-row files), plus their `mixture_score` as "average".
+
+  Every row of every validation split is read when it is built, before training starts.
+  A call returns {"<task>/<metric>": value, ..., "average": value}.
+  """
+
+  def __init__(self, setup: finetune.FinetuneSetup, batch_size: int, sequence_length: int,
+               candidate_tasks: Sequence[str] = CANDIDATE_TASKS):
+    row_shards = setup.mesh.shape["data"] * setup.mesh.shape["fsdp"]
+    if batch_size % (row_shards * jax.process_count()):
+      raise ValueError(f"finetune.eval_batch_size={batch_size} must be divisible by data x "
+                       f"fsdp = {row_shards} and the process count {jax.process_count()}")
+    self.setup, self.batch_size, self.sequence_length = setup, batch_size, sequence_length
+    self.candidate_tasks = tuple(candidate_tasks)
+    self.plan = _plan(setup, "validation", sequence_length, diagnostics=())
+
+  def metric_names(self) -> list[str]:
+    """What `best_metric` may name before the first evaluation: "average" and each task's
+    metric prefix ("<task>/"), the metric names themselves come with the first call."""
+    return ["average"] + [f"{task.name}/" for task, _, _ in self.plan.runs]
+
+  def __call__(self, params: Any, step: int) -> dict[str, float]:
+    predictor = Predictor(self.setup, params, self.batch_size)
+    results = {}
+    for task, split, head in self.plan.runs:
+      results[task.name] = _evaluate_task(task, split, predictor, head,
+                                          task.name in self.candidate_tasks,
+                                          self.sequence_length, step)
+    figures = {f"{task}/{name}": value for task, values in results.items()
+               for name, value in values.items()}
+    figures["average"] = mixture_score(results)
+    return figures

@@ -31,6 +31,7 @@ import optax
 
 from ernie3_jax.model import Ernie3, Ernie3Config, task_ids
 from ernie3_jax.parallel import mesh as mesh_lib
+from ernie3_jax.parallel import multihost
 from ernie3_jax.training import checkpoint_files, checkpointing, loop_hooks, optimizer
 from ernie3_jax.training import partitioning, profiling
 from ernie3_jax.training import train as train_lib
@@ -230,11 +231,25 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
              log_every: int = 10, checkpoint_every: int = 100, keep_checkpoints: int = 3,
              async_checkpoints: bool = True, allow_fallback: bool = True,
              progress_bar: bool | None = None,
+             eval_every: int = 0, eval_batch_size: int | None = None,
+             best_metric: str = "average", best_mode: str = "max",
+             early_stopping_patience: int = 0,
+             evaluator_factory: Callable | None = None,
              dry_run: bool = False) -> train_lib.TrainResult | None:
   """Fine-tunes (or resumes fine-tuning) in `model_dir`; `finetune_setup` (gin)
   names the task or mixture. `init_from`: a pre-training MODEL_DIR whose latest
   parameters start the backbone (ignored when resuming). `dry_run`: only check
-  the configuration (tasks, class counts, mesh, batch, init_from), touching nothing."""
+  the configuration (tasks, class counts, mesh, batch, init_from), touching nothing.
+
+  Evaluation while training: `eval_every=N` scores the validation split of every task
+  every N steps and at the last with `evaluator_factory(setup, eval_batch_size,
+  sequence_length)` (the command line passes seqio_eval.ValidationEvaluator: the
+  official metrics and their "average"). The state with the best `best_metric`
+  ("average" or "<task>/<metric>", `best_mode` 'max' or 'min') is kept in
+  MODEL_DIR/best_checkpoint, which checkpoint rotation never touches; with
+  `early_stopping_patience=K` the run stops after K evaluations without improvement.
+  Evaluations, the best and the counter are in finetune_history.json, saved with every
+  checkpoint, so a resumed run carries on from them exactly."""
   _, schedule = optimizer.run_schedule("finetune", num_steps, schedule_steps)
   setup = finetune_setup(schedule=schedule)
   if setup.config.compute_dtype == jnp.float16:
@@ -245,6 +260,21 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
   if batch_size % (row_shards * jax.process_count()):
     raise ValueError(f"finetune.batch_size={batch_size} must be divisible by data x fsdp = "
                      f"{row_shards} and by the process count {jax.process_count()}")
+  best_rule = BestRule(best_metric, best_mode, early_stopping_patience)
+  evaluator = None
+  if eval_every < 0:
+    raise ValueError(f"finetune.eval_every={eval_every}; expected 0 (off) or a step count")
+  if eval_every:
+    if evaluator_factory is None:
+      raise ValueError("finetune.eval_every is set but no evaluator was given: run through "
+                       "the command line (--run_mode=train), or pass evaluator_factory="
+                       "seqio_eval.ValidationEvaluator")
+    # Every validation row is read now: a bad one fails before training starts.
+    evaluator = evaluator_factory(setup, eval_batch_size or batch_size, sequence_length)
+    best_rule.check_name(evaluator.metric_names())
+  elif early_stopping_patience:
+    raise ValueError(f"finetune.early_stopping_patience={early_stopping_patience} needs "
+                     "finetune.eval_every > 0 (it counts evaluations)")
   if dry_run:
     if init_from:
       checkpoint_files.latest_checkpoint_dir(init_from)  # raises when there is none
@@ -262,35 +292,130 @@ def finetune(model_dir: str, *, batch_size: int = 32, sequence_length: int = 128
 
   rows = partitioning.batch_sharding(setup.mesh, setup.rules)
   replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(make_finetune_step(setup.model, setup.tx, setup.layout, setup.frozen),
-                   in_shardings=(shardings, rows, replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=(0,))
-  state, step, stopped_by, history = _step_loop(setup, jitted, rows, data, ckpt, state,
-                                                num_steps, log_every, progress_bar, seed,
-                                                model_dir)
-  if stopped_by == "num_steps":
-    ckpt.save(step, state, data.state(), force=True)
+  jitted = multihost.CompiledEverywhere(jax.jit(
+      make_finetune_step(setup.model, setup.tx, setup.layout, setup.frozen),
+      in_shardings=(shardings, rows, replicated),
+      out_shardings=(shardings, replicated), donate_argnums=(0,)), "finetune_step")
+  history = loop_hooks.earlier_history(model_dir, resumed_from, "history", HISTORY_FILE)
+  evaluations = loop_hooks.earlier_history(model_dir, resumed_from, "evaluations",
+                                           HISTORY_FILE)
+  record = _HistoryFile(model_dir, setup.layout.task_names, history, evaluations, best_rule)
+  best_ckpt = (checkpointing.Checkpointer(os.path.join(model_dir, BEST_DIR), 0, 1,
+                                          async_checkpoints) if evaluator else None)
+  loop = _EvalLoop(evaluator, eval_every, best_rule, best_ckpt, evaluations)
+  state, step, stopped_by = _step_loop(setup, jitted, rows, data, ckpt, state, num_steps,
+                                       log_every, progress_bar, seed, model_dir, history,
+                                       record, loop)
+  if stopped_by in ("num_steps", "early_stopping"):
+    if ckpt.save(step, state, data.state(), force=True):
+      record.write()
   ckpt.close()
+  if best_ckpt is not None:
+    best_ckpt.close()
   data.close()
-  if process_index == 0:
-    storage.write_atomic(os.path.join(model_dir, "finetune_history.json"), json.dumps(
-        {"tasks": list(setup.layout.task_names), "history": history}, indent=1))
-  return train_lib.TrainResult(step, resumed_from, history, stopped_by, state)
+  record.write()
+  return train_lib.TrainResult(step, resumed_from, history, stopped_by, state, evaluations)
+
+
+HISTORY_FILE = "finetune_history.json"
+BEST_DIR = "best_checkpoint"  # in MODEL_DIR, beside checkpoints/
+
+
+@dataclasses.dataclass(frozen=True)
+class BestRule:
+  """Which evaluation is best (`finetune.best_metric`, `best_mode`) and when to stop
+  (`early_stopping_patience` evaluations without improvement; 0: never)."""
+  metric: str
+  mode: str
+  patience: int
+
+  def __post_init__(self):
+    if self.mode not in ("max", "min"):
+      raise ValueError(f"finetune.best_mode={self.mode!r}; expected 'max' or 'min'")
+    if self.patience < 0:
+      raise ValueError(f"finetune.early_stopping_patience={self.patience}; expected 0 (off) "
+                       "or a count of evaluations")
+
+  def check_name(self, names: list[str]) -> None:
+    """`names`: exact names and "<task>/" prefixes the evaluator will report."""
+    if not any(self.metric == n or (n.endswith("/") and self.metric.startswith(n))
+               for n in names):
+      raise ValueError(f"finetune.best_metric={self.metric!r} is not reported by the "
+                       f"evaluation; expected 'average' or '<task>/<metric>' of the tasks "
+                       f"{[n for n in names if n.endswith('/')]}")
+
+  def value(self, record: dict[str, float]) -> float:
+    key = f"eval/{self.metric}"
+    if key not in record:
+      raise ValueError(f"finetune.best_metric={self.metric!r} is not among the evaluation's "
+                       f"figures {sorted(k[5:] for k in record if k.startswith('eval/'))}")
+    return float(record[key])
+
+  def better(self, value: float, than: float | None) -> bool:
+    if not np.isfinite(value):
+      return False
+    return than is None or (value > than if self.mode == "max" else value < than)
+
+  def summary(self, evaluations: list[dict[str, float]]) -> dict[str, float] | None:
+    """{"step", "value", "evaluations_since"} of the best evaluation so far (the first of
+    equals), or None before any: derived from the evaluations alone, so a resumed run
+    (whose evaluations are those up to its checkpoint) continues exactly."""
+    best, since = None, 0
+    for record in evaluations:
+      value = self.value(record)
+      if best is None or self.better(value, best["value"]):
+        best, since = {"step": record["step"], "value": value}, 0
+      else:
+        since += 1
+    return None if best is None else {**best, "evaluations_since": since}
+
+
+class _HistoryFile:
+  """MODEL_DIR/finetune_history.json (process 0): logged steps, evaluations and the best."""
+
+  def __init__(self, model_dir: str, tasks: tuple[str, ...], history: list, evaluations: list,
+               rule: BestRule):
+    self.path = os.path.join(model_dir, HISTORY_FILE)
+    self.tasks, self.history, self.evaluations, self.rule = tasks, history, evaluations, rule
+
+  def write(self) -> None:
+    if jax.process_index() != 0:
+      return
+    content = {"tasks": list(self.tasks), "history": self.history,
+               "evaluations": self.evaluations}
+    if self.evaluations:
+      content["best"] = {"metric": self.rule.metric, "mode": self.rule.mode,
+                         **self.rule.summary(self.evaluations)}
+    storage.write_atomic(self.path, json.dumps(content, indent=1))
+
+
+@dataclasses.dataclass
+class _EvalLoop:
+  """Evaluation while fine-tuning: the evaluator, its cadence, and the best kept."""
+  evaluator: Callable | None
+  every: int
+  rule: BestRule
+  best_ckpt: checkpointing.Checkpointer | None
+  evaluations: list
 
 
 def _step_loop(setup: FinetuneSetup, jitted: Callable, rows: Any, data: FinetuneInput,
                ckpt: checkpointing.Checkpointer, state: Any, num_steps: int, log_every: int,
-               progress_bar: bool | None, seed: int,
-               model_dir: str) -> tuple[Any, int, str, list[dict[str, float]]]:
-  """Steps until `num_steps` or SIGTERM, logging and checkpointing; returns (state, step,
-  what stopped it, the logged history)."""
+               progress_bar: bool | None, seed: int, model_dir: str,
+               history: list[dict[str, float]], record: _HistoryFile,
+               loop: _EvalLoop) -> tuple[Any, int, str]:
+  """Steps until `num_steps`, early stopping or SIGTERM, logging, evaluating and
+  checkpointing; returns (state, step, what stopped it)."""
   base_rng = jax.random.PRNGKey(seed + 1)
-  history: list[dict[str, float]] = []
   step = int(jax.device_get(state.step))
   stopped_by = "num_steps"
   # No MFU: with a frozen backbone the step's FLOPs are not pre-training's formula.
   logger = loop_hooks.StepLogger(model_dir, history, step, num_steps, log_every, progress_bar,
                                  None, line=_format)
+  evaluator = loop.evaluator
+  eval_hook = loop_hooks.EvalHook(lambda s: evaluator(s.params, int(jax.device_get(s.step))),
+                                  loop.every if evaluator else 0, num_steps, loop.evaluations,
+                                  logger.writer, line=_eval_line)
   data_wait = profiling.DataWait()
   tokens = data.batch_size * jax.process_count() * data.sequence_length
   with StopRequest() as stop, setup.mesh, nn.logical_axis_rules(setup.rules):
@@ -302,15 +427,45 @@ def _step_loop(setup: FinetuneSetup, jitted: Callable, rows: Any, data: Finetune
         logger.log(step, None, data_wait.take(),
                    learning_rate=float(setup.schedule(step - 1)),
                    nonfinite_skipped=float(jax.device_get(state.nonfinite_skipped)))
+      stop_early = False
+      if eval_hook(step, state) is not None:
+        stop_early = _after_evaluation(loop, step, state, data)
+        record.write()
       ckpt.poll()
-      ckpt.save(step, state, data.state())
+      if ckpt.save(step, state, data.state()):
+        record.write()  # the history travels with the checkpoints (a killed run keeps it)
+      if stop_early:
+        stopped_by = "early_stopping"
+        break
       if stop.requested(step):
-        ckpt.save(step, state, data.state(), force=True)
+        if ckpt.save(step, state, data.state(), force=True):
+          record.write()
         stopped_by = "sigterm"
         print(f"SIGTERM: saved the checkpoint of step {step}, exiting", flush=True)
         break
   logger.close()
-  return state, step, stopped_by, history
+  return state, step, stopped_by
+
+
+def _after_evaluation(loop: _EvalLoop, step: int, state: Any, data: FinetuneInput) -> bool:
+  """Keeps the state of a new best evaluation in best_checkpoint/; True when early
+  stopping's patience has run out."""
+  summary = loop.rule.summary(loop.evaluations)
+  if summary["step"] == step:
+    # A save at a step best_checkpoint/ already holds is skipped: a resumed run that
+    # redoes this step holds the same state (same-count resumes are bit-identical).
+    loop.best_ckpt.save(step, state, data.state(), force=True)
+    if jax.process_index() == 0:
+      print(f"new best {loop.rule.metric}={summary['value']:.4f} at step {step}: kept in "
+            f"{loop.best_ckpt.directory}", flush=True)
+  if loop.rule.patience and summary["evaluations_since"] >= loop.rule.patience:
+    if jax.process_index() == 0:
+      print(f"early stopping at step {step}: {summary['evaluations_since']} evaluations "
+            f"without a better {loop.rule.metric} than {summary['value']:.4f} (step "
+            f"{summary['step']}); finetune.early_stopping_patience={loop.rule.patience}",
+            flush=True)
+    return True
+  return False
 
 
 def _check_training_rows(task_name: str, sequence_length: int) -> None:
@@ -337,3 +492,10 @@ def _format(m: dict[str, float]) -> str:
                       if k.endswith("/accuracy") and np.isfinite(v))
   return (f"loss={m['loss']:.4f} accuracy[{per_task}] lr={m['learning_rate']:.2e} "
           f"{m['step_seconds']:.3f}s/step")
+
+
+def _eval_line(record: dict[str, float]) -> str:
+  figures = " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(record.items())
+                     if k.startswith("eval/") and k != "eval/average")
+  average = f"average={record['eval/average']:.4f} " if "eval/average" in record else ""
+  return f"{average}{figures} ({record['eval_seconds']:.1f}s)"
