@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/restore_verification.py --output=$(BENCH_DIR)/restore_verification.jsonl
 	$(PY) benchmarks/decode_memory_plan_10b.py --output=$(BENCH_DIR)/decode_memory_plan_10b.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/sharded_decode.py --output=$(BENCH_DIR)/sharded_decode.jsonl
+	$(PY) benchmarks/start_to_first_step.py --output=$(BENCH_DIR)/start_to_first_step.jsonl
 
 # The knowledge study (docs/KNOWLEDGE_STUDY.md): 5 arms x 3 seeds of 12,000 steps, about
 # 2 h per seed on 2 CPU cores (STUDY_ARGS=--seeds=0 for one seed). Resumable:

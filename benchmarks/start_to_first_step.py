@@ -61,7 +61,7 @@ def time_to_first_step(command: list[str], env: dict[str, str], timeout_s: float
                        log_path: str) -> tuple[float, int]:
   """Seconds from starting `command` until it prints its first `step N:` line, and N.
   The process (and any child it started) is killed then; its output is kept in
-  `log_path`. Raises RuntimeError with the output's tail if it exits or times out first."""
+  `log_path` (stdout lines prefixed with the seconds since the start). Raises RuntimeError with the output's tail if it exits or times out first."""
   lines: queue.Queue = queue.Queue()
   timed_out = False
   with open(log_path, "w") as log:
@@ -81,7 +81,7 @@ def time_to_first_step(command: list[str], env: dict[str, str], timeout_s: float
           break
         if line is None:
           break  # the process closed its output (exited)
-        log.write(line)
+        log.write(f"[{time.perf_counter() - start:7.1f} s] {line}")  # stdout, timed
         match = FIRST_STEP.match(line)
         if match:
           return time.perf_counter() - start, int(match.group(1))

@@ -26,7 +26,7 @@ from tests.conftest import REPO_ROOT
 
 def test_default_folder_is_the_users_cache_folder_unless_the_environment_names_one():
   assert cc.default_dir({"HOME": "/h"}).startswith(os.path.expanduser("~"))
-  assert cc.default_dir({"XDG_CACHE_HOME": "/x"}) == "/x/ernie3_jax/jax_compilation_cache"
+  assert cc.default_dir({"XDG_CACHE_HOME": "/x"}) == "/x/ernie3-jax/jax_compilation_cache"
   assert cc.default_dir({"XDG_CACHE_HOME": "/x", "JAX_COMPILATION_CACHE_DIR": "/j"}) == "/j"
   assert cc.default_dir({"JAX_COMPILATION_CACHE_DIR": "/j", cc.ENV_DIR: "/e"}) == "/e"
 
@@ -169,7 +169,7 @@ def _run(command, xdg, **env):
 
 
 def _entries(xdg):
-  root = os.path.join(xdg, "ernie3_jax", "jax_compilation_cache")
+  root = os.path.join(xdg, "ernie3-jax", "jax_compilation_cache")
   found = set()
   for folder, _, files in os.walk(root):
     found |= {os.path.join(os.path.relpath(folder, root), f) for f in files}
@@ -210,14 +210,14 @@ def test_the_cli_flag_turns_the_cache_off(tmp_path):
   done = _run(_cli(tmp_path / "run", "--compilation_cache=false"), xdg, JAX_LOG_COMPILES="1")
   assert "step 2:" in done.stdout
   assert "Persistent compilation cache" not in done.stderr
-  assert not (xdg / "ernie3_jax").exists()
+  assert not (xdg / "ernie3-jax").exists()
 
 
 def test_the_settings_are_documented():
   with open(os.path.join(REPO_ROOT, "docs", "TRAINING.md"), encoding="utf-8") as f:
     training = f.read()
   for name in ("--compilation_cache_dir", "--compilation_cache=false", cc.ENV_ENABLED,
-               cc.ENV_DIR, "~/.cache/ernie3_jax/jax_compilation_cache"):
+               cc.ENV_DIR, "~/.cache/ernie3-jax/jax_compilation_cache"):
     assert name in training, name
   with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
     assert "compilation cache" in f.read()

@@ -7,7 +7,7 @@ version, XLA flags, compile options and devices) loads it instead of compiling i
 
 Settings (the same names on every command):
 - `--compilation_cache_dir=PATH`: the folder; default `$ERNIE3_COMPILATION_CACHE_DIR`,
-  else `$JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/ernie3_jax/jax_compilation_cache`
+  else `$JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/ernie3-jax/jax_compilation_cache`
   (`~/.cache/...` without XDG_CACHE_HOME). `gs://bucket/prefix` works too (JAX reads and
   writes it through etils.epath, the client storage.py uses).
 - `--nocompilation_cache` (or `--compilation_cache=false`, or the environment's
@@ -71,7 +71,7 @@ def default_dir(environ=None) -> str:
     if environ.get(var):
       return environ[var]
   base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "ernie3_jax", "jax_compilation_cache")
+  return os.path.join(base, "ernie3-jax", "jax_compilation_cache")
 
 
 def default_enabled(environ=None) -> bool:
@@ -212,7 +212,7 @@ def define_absl_flags(flag_values=None):
       FLAG_DIR, None,
       f"The compilation cache's folder, local or gs:// (default: ${ENV_DIR}, else "
       "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, then "
-      "ernie3_jax/jax_compilation_cache).", flag_values=flag_values)
+      "ernie3-jax/jax_compilation_cache).", flag_values=flag_values)
   return enabled, directory
 
 
@@ -231,7 +231,7 @@ def add_arguments(parser) -> None:
                       default=None, help="turn the compilation cache off")
   parser.add_argument(f"--{FLAG_DIR}", default=None,
                       help=f"the compilation cache's folder, local or gs:// (default: "
-                      f"${ENV_DIR}, else ~/.cache/ernie3_jax/jax_compilation_cache)")
+                      f"${ENV_DIR}, else ~/.cache/ernie3-jax/jax_compilation_cache)")
 
 
 def setup_from_args(args, backend: str | None = None) -> str | None:
