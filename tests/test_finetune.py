@@ -274,7 +274,7 @@ def test_infer_refuses_an_incomplete_submission_naming_the_empty_file(tmp_path, 
   from ernie3_jax.evaluation import seqio_eval
   loads = []
 
-  def load(model_dir, batch_size):
+  def load(model_dir, batch_size, checkpoint="latest"):
     loads.append(model_dir)
     return finetune.finetune_setup(), _ConstantPredictor(), 0
 
