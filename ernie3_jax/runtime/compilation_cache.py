@@ -22,11 +22,12 @@ that collaborators share. Runs whose processes share no file system (a TPU pod's
 should name a shared folder: JAX writes entries from process 0 only, so the other hosts'
 local folders would stay empty.
 
-Each program compiled is cached however quickly it compiled on a local folder (JAX's
-default skips programs under 1 s): a CPU start compiles dozens of sub-second programs
-(initialisation, checkpoint checksums, the optimizer's state) whose sum is a large part
-of the start, and a local read costs about a millisecond. On an object store each read
-is a network round trip, as slow as compiling a small program, so there JAX's 1 s stays.
+On a local folder every program is cached however quickly it compiled (JAX's default
+skips programs under 1 s): besides the step a start compiles about a dozen small programs
+(seeds, conversions, the initialisation), and whether one took over a second depends on the
+machine's load at the time; without a threshold a warm start finds all of them, and a
+small entry costs kilobytes and a millisecond's read. On an object store each read is a
+network round trip, as slow as compiling a small program, so there JAX's 1 s stays.
 
 Machines: JAX's key holds the platform and its version, the device kinds and the XLA
 flags, which tells GPU and TPU generations apart, but on CPU the platform version is just
