@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import time
 from typing import Any, Callable
@@ -68,6 +69,7 @@ def barrier(name: str) -> None:
 # no JAX or XLA option changes).
 DEFAULT_COMPILE_BARRIER_TIMEOUT_S = 1800.0
 _compile_barrier_timeout_s = DEFAULT_COMPILE_BARRIER_TIMEOUT_S
+_COMPILE_BARRIERS = itertools.count(1)
 
 
 def set_compile_barrier_timeout(seconds: float) -> None:
@@ -118,7 +120,9 @@ class CompiledEverywhere:
       if key not in self._compiled:
         self._jitted.lower(*args).compile()
         self._compiled.add(key)
-        wait_for_all(f"ernie3_jax_compiled_{self._name}_{len(self._compiled)}",
+        # Every process compiles the same signatures in the same order, so the count
+        # names the same barrier everywhere, and no barrier id is used twice.
+        wait_for_all(f"ernie3_jax_compiled_{self._name}_{next(_COMPILE_BARRIERS)}",
                      f"compiling the {self._name.replace('_', ' ')}")
     return self._jitted(*args)
 
