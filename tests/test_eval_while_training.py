@@ -259,3 +259,34 @@ def test_mixture_score_is_the_superglue_average_of_the_tasks_present():
              "superglue_rte": {"accuracy": 0.8}}
   assert seqio_eval.mixture_score(results) == pytest.approx((0.6 + 0.8) / 2)
   assert seqio_eval.mixture_score({"my_task": {"a": 0.2, "b": 0.4}}) == pytest.approx(0.3)
+
+
+# -- two processes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_their_shares_and_write_one_set_of_results(tmp_path):
+  """The demo's real input on 2 processes x 2 devices: every process evaluates its share
+  of each held-out batch; the figures are the 1-process run's (to float32 rounding: the
+  sums go through gloo) and are written once, by process 0."""
+  # pylint: disable-next=g-import-not-at-top
+  from tests.test_multiprocess_resume import LOSS_RTOL, Cluster
+  extra = ["--gin.train.eval_every=6", "--gin.evaluate.num_batches=2"]
+  runs = {}
+  for processes in (1, 2):
+    model_dir = str(tmp_path / f"{processes}p")
+    cluster = Cluster(model_dir, processes, extra)
+    assert cluster.wait() == [0] * processes, cluster.tails()
+    with open(os.path.join(model_dir, "train_history.json")) as f:
+      runs[processes] = json.load(f)["evaluations"]
+    assert [e["step"] for e in runs[processes]] == [6, 12]
+    assert cluster.output(0).count("eval step ") == 2
+    if processes == 2:
+      assert "eval step " not in cluster.output(1)
+      events = glob.glob(os.path.join(model_dir, "tensorboard", "events.out.tfevents.*"))
+      assert len(events) == 1, events  # process 0's
+      assert sorted(_scalars(model_dir)["eval/document_lm/loss"]) == [6, 12]
+  for one, two in zip(runs[1], runs[2]):
+    for key, value in one.items():
+      if key.startswith("eval/") and key.endswith("/loss"):
+        np.testing.assert_allclose(two[key], value, rtol=LOSS_RTOL, err_msg=key)
