@@ -81,6 +81,7 @@ def test_pretraining_evaluation_equals_run_mode_eval_on_the_same_checkpoint(tmp_
       np.testing.assert_allclose(online[f"eval/{key}"], value, rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.slow  # three runs
 def test_pretraining_resume_keeps_the_earlier_evaluations(tmp_path):
   straight = tt.run(tmp_path / "straight", 8, extra_bindings=EVAL_BINDINGS, eval_every=2,
                     checkpoint_every=4, schedule_steps=8)
@@ -210,6 +211,7 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(
     assert json.load(f)["best"]["evaluations_since"] == 2
 
 
+@pytest.mark.slow  # three runs
 def test_a_crash_and_resume_continue_the_evaluations_best_and_patience_exactly(
     tmp_path, pretrained):
   # Best at 4; 6, 8 and 10 do not improve on it, so patience 3 stops both runs at 10.
