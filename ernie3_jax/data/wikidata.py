@@ -31,6 +31,8 @@ What is kept (`Rules`), every decision counted by reason in the report:
 - duplicates: the same (property, target) twice in one item (two statements for two
   periods, say) is written once, and so is the same (head, relation, tail) line reached
   through two properties with the same label;
+- a statement whose target is the item itself (every country's "country" is itself)
+  says nothing about it and is dropped, counted;
 - at most `max_triples_per_entity` triples per item, in claim order. Other qualifiers
   and references are not used (counted).
 Each line is `head title<TAB>property label<TAB>tail title`.
@@ -178,6 +180,8 @@ def read_item(entity: dict, rules: Rules) -> Iterator[tuple[str, Any]]:
     for event in _property_statements(prop, claims, rules):
       if event[0] == COUNT:
         yield event
+      elif event[1] == entity["id"]:  # a country's "country" is itself: says nothing
+        yield COUNT, "statements dropped: target is the item itself"
       else:
         statements.append(event)
   if len(statements) > rules.max_triples_per_entity:
