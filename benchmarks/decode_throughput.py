@@ -15,11 +15,15 @@ tokens (batch x new tokens) over the whole call, prompt processing included.
 Each framework runs in its own process; repeats alternate between them, the median is reported, and the ratio of
 the fastest repeats beside it.
 
-Each decoding step reads every weight it uses once, so the memory roofline is
-weight bytes per step / read bandwidth, the bandwidth being the best of a jitted
-sum over a 1 GiB array, sampled before the first and after every repeat.
-`bandwidth_fraction` is how close each side's step comes to that bound (1.0 is
-the bound; cache reads and compute are extra).
+Each decoding step reads every weight it uses once, so the memory time per step
+is weight bytes per step / read bandwidth, the bandwidth being the best of a
+jitted sum over a 1 GiB array; the compute time is the step's FLOPs (2 per weight
+per row, plus attention over the keys it scores) / the matmul peak, the best of a
+jitted fp32 matmul (--peak_matmul_size). Both are sampled before the first and
+after every repeat, in the JAX worker. The roofline of a step is the larger of
+the two: `roofline_fraction` is roofline time / step time (1.0 is the bound),
+`bound` says which one it is, and `bandwidth_fraction` is the memory time's
+fraction alone (the two agree while memory bounds the step).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ _PATH = flags.DEFINE_enum("jax_path", "cached", ["cached", "rerun"],
                           "every token.")
 _SKIP_TORCH = flags.DEFINE_boolean("skip_torch", False, "Time JAX only.")
 _OUTPUT = flags.DEFINE_string("output", None, "Append the JSON line to this file.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_matmul_size", 2048, "Side of the peak-FLOP/s matmul.")
 
 
 def jax_config():
@@ -92,8 +97,21 @@ class JaxDecoder:
   def weight_bytes_per_step(self) -> int:
     return bench_common.jax_weight_bytes_per_step(self.params)
 
+  def flops_per_step(self, batch: int) -> float:
+    """Matmul FLOPs of one token step: every weight once per row, and one query per
+    layer against all M + S cached keys (content, value mix) and P = M + S encoded
+    distances (the position term), as the cached step computes them."""
+    cfg, s = jax_config(), _SEGMENT.value
+    weights = bench_common.jax_weight_bytes_per_step(self.params) / 4
+    keys = cfg.memory_len + s
+    attention = (cfg.num_layers + cfg.nlg_layers) * cfg.num_heads * cfg.head_dim * 2 * 3 * keys
+    return float(batch * (2 * weights + attention))
+
   def read_bandwidth(self) -> float:
     return bench_common.jax_read_bandwidth()
+
+  def matmul_peak(self) -> float:
+    return bench_common.jax_matmul_peak(_PEAK_SIZE.value, 3)
 
   def info(self) -> dict:
     import jax  # pylint: disable=g-import-not-at-top
@@ -198,6 +216,13 @@ class Gpt2Greedy:
   def weight_bytes_per_step(self) -> int:
     return self._weight_bytes
 
+  def flops_per_step(self, batch: int) -> float:
+    """Matmul FLOPs of a mean token step: every weight once per row, attention over
+    the mean cached context (prompt + half the new tokens)."""
+    context = _PROMPT.value + _NEW.value / 2
+    layers = _UNIVERSAL.value + _NLG.value
+    return float(batch * (2 * self._weight_bytes / 4 + layers * _D_MODEL.value * 2 * 2 * context))
+
   def info(self) -> dict:
     import transformers  # pylint: disable=g-import-not-at-top
     return {"torch_version": self._torch.__version__,
@@ -238,7 +263,9 @@ def main(argv):
     sides["torch"] = bench_common.Worker(Gpt2Greedy, sys.argv,
                                          max(1024, _PROMPT.value + _NEW.value), threads)
   bandwidth = bench_common.PeakMeter(lambda: sides["jax"].call("read_bandwidth"))
+  peak = bench_common.PeakMeter(lambda: sides["jax"].call("matmul_peak"))
   bandwidth.sample()
+  peak.sample()
   weight_bytes = {side: w.call("weight_bytes_per_step") for side, w in sides.items()}
   results = []
   rng = np.random.RandomState(0)
@@ -252,6 +279,7 @@ def main(argv):
       for side, worker in sides.items():
         times[side].append(worker.call("timed", prompts, _NEW.value))
       bandwidth.sample()
+      peak.sample()
     jax_times, torch_times = times["jax"], times.get("torch")
     tokens = batch * _NEW.value
     jax_s = statistics.median(jax_times)
@@ -273,8 +301,16 @@ def main(argv):
     for side, nbytes in weight_bytes.items():
       step_s = entry[side]["ms_per_step"] / 1e3
       entry[side]["weight_bytes_per_step"] = nbytes
-      entry[side]["roofline_ms_per_step"] = 1e3 * nbytes / bandwidth.best
-      entry[side]["bandwidth_fraction"] = nbytes / step_s / bandwidth.best
+      memory_s = nbytes / bandwidth.best
+      flops = sides[side].call("flops_per_step", entry["batch_size"])
+      compute_s = flops / peak.best
+      entry[side]["flops_per_step"] = flops
+      entry[side]["memory_ms_per_step"] = 1e3 * memory_s
+      entry[side]["compute_ms_per_step"] = 1e3 * compute_s
+      entry[side]["roofline_ms_per_step"] = 1e3 * max(memory_s, compute_s)
+      entry[side]["bound"] = "memory" if memory_s >= compute_s else "compute"
+      entry[side]["roofline_fraction"] = max(memory_s, compute_s) / step_s
+      entry[side]["bandwidth_fraction"] = memory_s / step_s
   settings = {"jax_path": path, "universal_layers": _UNIVERSAL.value, "nlg_layers": _NLG.value,
               "gpt2_layers": _UNIVERSAL.value + _NLG.value, "d_model": _D_MODEL.value,
               "num_heads": _HEADS.value, "d_ff": _D_FF.value, "vocab_size": _VOCAB.value,
@@ -283,6 +319,7 @@ def main(argv):
               "repeats": _REPEATS.value, "threads": threads, "dtype": "float32",
               "process_per_framework": True, "machine": bench_common.machine()}
   settings.update(bench_common.host_memory_settings())
+  settings["peak_matmul_size"] = _PEAK_SIZE.value
   for worker in sides.values():
     settings.update(worker.call("info"))
     worker.close()
@@ -290,7 +327,9 @@ def main(argv):
     settings["torch_skipped"] = why_not
   bench_common.emit({"benchmark": "decode_throughput", "unit": "generated tokens/s",
                      "settings": settings, "read_bandwidth_bytes_per_s": bandwidth.best,
-                     "bandwidth_samples": bandwidth.samples, "results": results},
+                     "bandwidth_samples": bandwidth.samples,
+                     "matmul_peak_flops_per_s": peak.best, "peak_samples": peak.samples,
+                     "results": results},
                     _OUTPUT.value)
 
 

@@ -104,11 +104,23 @@ def test_decode_throughput_generates_every_token():
   for side in (["jax", "torch"] if HAVE_TORCH else ["jax"]):
     assert_positive(entry[side]["tokens_per_s"], f"{side}.tokens_per_s")
     assert entry[side]["tokens_per_s"] == pytest.approx(12 / entry[side]["seconds"])
-    # The roofline is the step's weight bytes over the best measured read bandwidth.
-    assert entry[side]["roofline_ms_per_step"] == pytest.approx(
-        1e3 * entry[side]["weight_bytes_per_step"] / r["read_bandwidth_bytes_per_s"])
-    assert 0 < entry[side]["bandwidth_fraction"] < 2
+    e = entry[side]
+    # Memory time: the step's weight bytes over the best measured read bandwidth;
+    # compute time: its FLOPs over the best measured matmul peak; the roofline is
+    # the larger, and the fraction is against it.
+    assert e["memory_ms_per_step"] == pytest.approx(
+        1e3 * e["weight_bytes_per_step"] / r["read_bandwidth_bytes_per_s"])
+    assert e["flops_per_step"] >= 2 * 2 * e["weight_bytes_per_step"] / 4  # batch 2, fp32
+    assert e["compute_ms_per_step"] == pytest.approx(
+        1e3 * e["flops_per_step"] / r["matmul_peak_flops_per_s"])
+    assert e["roofline_ms_per_step"] == pytest.approx(
+        max(e["memory_ms_per_step"], e["compute_ms_per_step"]))
+    assert e["bound"] == ("memory" if e["memory_ms_per_step"] >= e["compute_ms_per_step"]
+                          else "compute")
+    assert e["roofline_fraction"] == pytest.approx(e["roofline_ms_per_step"] / e["ms_per_step"])
+    assert 0 < e["bandwidth_fraction"] <= e["roofline_fraction"] < 2
   assert r["read_bandwidth_bytes_per_s"] == max(r["bandwidth_samples"])
+  assert r["matmul_peak_flops_per_s"] == max(r["peak_samples"])
 
 
 def _memory_plan(*targets: str, devices: int) -> dict:

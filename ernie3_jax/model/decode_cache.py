@@ -119,7 +119,7 @@ class CachedNLGDecoder:
     return params["universal"] if name == "universal" else params["nlg"]["stack"]
 
   def _positions(self, stack_params: dict, layer_params: list[dict], name: str) -> list[Array]:
-    """Each layer's projected encodings [P, H, Dh] of distances 0 .. P - 1."""
+    """Each layer's projected encodings [H, P, Dh] of distances 0 .. P - 1."""
     cfg, st = self.config, self.stacks[name]
     distances = jnp.arange(self.num_distances, dtype=jnp.float32)
     encoding = sinusoidal_encoding(distances, st.d_model).astype(cfg.compute_dtype)
@@ -127,8 +127,8 @@ class CachedNLGDecoder:
       shared = layers.DenseGeneral((st.num_heads, st.head_dim), (st.embed_axis,),
                                    ("heads", "kv"), use_bias=False, dtype=cfg.compute_dtype,
                                    param_dtype=cfg.weights_dtype)
-      return [shared.apply({"params": stack_params["shared_position"]}, encoding)
-              ] * st.num_layers
+      projected = shared.apply({"params": stack_params["shared_position"]}, encoding)
+      return [jnp.transpose(projected, (1, 0, 2))] * st.num_layers
     block = self.blocks[name]
     return [block.apply({"params": p}, encoding, method=CachedTransformerXLBlock.project_positions)
             for p in layer_params]

@@ -187,15 +187,18 @@ class CachedRelativeAttention(nn.Module):
     return self.key(context), self.value(context)
 
   def project_positions(self, encoding: Array) -> Array:
-    """This layer's W_R applied to sinusoidal encodings [P, D] -> [P, H, Dh]."""
-    return self.position(encoding)
+    """This layer's W_R applied to sinusoidal encodings [P, D] -> [H, P, Dh] (heads
+    first, the layout the per-token position matmul reads: laid out [P, H, Dh],
+    XLA:CPU transposed the layer's whole table inside every decoding step)."""
+    return jnp.transpose(self.position(encoding), (1, 0, 2))
 
   def __call__(self, x: Array, keys: Array, values: Array, r: Array, mask: Array,
                distance_index: Array) -> Array:
     """Attends from `x` [B, Q, D] to cached `keys` [B, H, Dh, K] and `values`
     [B, H, K, Dh] (the layouts of the two matmuls; see `decode_cache`).
 
-    `r` [P, H, Dh] holds projected encodings of distances 0 .. P - 1;
+    `r` [H, P, Dh] holds projected encodings of distances 0 .. P - 1
+    (`project_positions`);
     `distance_index` [B, Q, K] picks each pair's distance (masked pairs may hold
     any index); `mask` is [B, 1, Q, K] as from `attention_mask`.
     """
@@ -204,7 +207,7 @@ class CachedRelativeAttention(nn.Module):
     u = (self.content_bias * scale).astype(self.dtype)
     vb = (self.position_bias * scale).astype(self.dtype)
     content = jnp.einsum("bqhd,bhdk->bhqk", q + u, keys, preferred_element_type=jnp.float32)
-    by_distance = jnp.einsum("bqhd,phd->bhqp", q + vb, r.astype(self.dtype),
+    by_distance = jnp.einsum("bqhd,hpd->bhqp", q + vb, r.astype(self.dtype),
                              preferred_element_type=jnp.float32)
     logits = content + jnp.take_along_axis(by_distance, distance_index[:, None], axis=-1)
     logits = jnp.where(mask, logits, _MASK_VALUE)
