@@ -160,6 +160,7 @@ def test_train_from_the_cache(corpus, preprocessed, tmp_path, capsys):
       f"SEQUENCE_LENGTH = {LENGTH}", "NLG_SEGMENT_LENGTH = 32", "train.num_steps = 3",
       "train.log_every = 1", "train.checkpoint_every = 0", "train.progress_bar = False",
       "ProgressiveSchedule.steps = 0", "make_mesh.num_devices = 1",
+      "train.eval_every = 0",  # only the train split was cached
       "PretrainInput.stages = [(0, {'knowledge_masked_lm': 1.0, 'uktp': 1.0})]",
       f"PretrainInput.cache_dir = '{preprocessed}'", f"DataConfig.uktp_alignment = '{alignment}'"]))
   result = train_lib.train(str(tmp_path))

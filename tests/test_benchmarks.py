@@ -271,23 +271,36 @@ def test_sharded_decode_reports_each_mesh_against_one_device():
 
 
 def test_start_to_first_step_times_until_the_first_step_line_and_stops_the_run(tmp_path):
-  import time  # pylint: disable=import-outside-toplevel
-  import start_to_first_step as s2fs  # pylint: disable=import-outside-toplevel
-  log = str(tmp_path / "run.log")
-  started = time.perf_counter()
-  seconds, step = s2fs.time_to_first_step(
-      [sys.executable, "-c", "import time; print('resumed from step 4', flush=True); "
-       "time.sleep(0.5); print('step 5: loss=1.0', flush=True); time.sleep(60)"],
-      dict(os.environ), 60, log)
-  assert step == 5 and 0.5 <= seconds < 30
-  assert time.perf_counter() - started < 30  # killed at the line, not left to sleep
-  assert re.search(r"\[ *\d+\.\d s\] resumed from step 4", open(log).read())
-  with pytest.raises(RuntimeError, match=r"logged no step \(exit 3\)"):
-    s2fs.time_to_first_step([sys.executable, "-c", "import sys; print('no'); sys.exit(3)"],
-                            dict(os.environ), 60, log)
-  with pytest.raises(RuntimeError, match=r"timed out after 1 s"):
-    s2fs.time_to_first_step([sys.executable, "-c", "import time; time.sleep(60)"],
-                            dict(os.environ), 1, log)
+  # In a process of its own: the script defines absl flags (--output ...) that other
+  # modules of this test process may have defined already.
+  script = r"""
+import os, re, sys, time
+import start_to_first_step as s2fs
+log = sys.argv[1]
+started = time.perf_counter()
+seconds, step = s2fs.time_to_first_step(
+    [sys.executable, "-c", "import time; print('resumed from step 4', flush=True); "
+     "time.sleep(0.5); print('step 5: loss=1.0', flush=True); time.sleep(60)"],
+    dict(os.environ), 60, log)
+assert step == 5 and 0.5 <= seconds < 30, (step, seconds)
+assert time.perf_counter() - started < 30  # killed at the line, not left to sleep
+assert re.search(r"\[ *\d+\.\d s\] resumed from step 4", open(log).read())
+for command, timeout, expected in (
+    ("import sys; print('no'); sys.exit(3)", 60, r"logged no step \(exit 3\)"),
+    ("import time; time.sleep(60)", 1, r"timed out after 1 s")):
+  try:
+    s2fs.time_to_first_step([sys.executable, "-c", command], dict(os.environ), timeout, log)
+  except RuntimeError as e:
+    assert re.search(expected, str(e)), e
+  else:
+    raise AssertionError("no error for " + command)
+print("ok")
+"""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [os.path.join(REPO_ROOT, "benchmarks"), REPO_ROOT, os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run.log")], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @pytest.mark.slow
