@@ -24,6 +24,16 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def kill_all(procs) -> None:
+  """SIGKILLs every process still running and reaps them all (SIGTERM would be
+  jax.distributed's preemption notice, which a trainer answers by saving, not exiting)."""
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+  for p in procs:
+    p.wait()
+
+
 def read_text(path) -> str:
   try:
     with open(path, errors="replace") as f:

@@ -66,12 +66,7 @@ class Workers:
     return code, time.monotonic() - start
 
   def kill(self):
-    # SIGKILL: SIGTERM is jax.distributed's preemption notice, which these ignore.
-    for p in self.procs:
-      if p.poll() is None:
-        p.kill()
-    for p in self.procs:
-      p.wait()
+    lt.kill_all(self.procs)
 
 
 @pytest.fixture(name="workers")

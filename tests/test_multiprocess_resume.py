@@ -83,11 +83,7 @@ class Cluster:
     return [p.returncode for p in self.procs]
 
   def kill(self):
-    for p in self.procs:
-      if p.poll() is None:
-        p.kill()
-    for p in self.procs:
-      p.wait()
+    lt.kill_all(self.procs)
 
   def tails(self):
     return "\n".join(f"--- process {i}:\n{self.output(i)[-3000:]}"
