@@ -12,7 +12,7 @@ import pytest
 from ernie3_jax.inference import generation
 from ernie3_jax.inference.generation import DecodeOptions
 from ernie3_jax.model import Ernie3, init_memory
-from ernie3_jax.model.decode_cache import CachedNLGDecoder
+from ernie3_jax.model.decode_cache import CachedNLGDecoder, prefill_width
 from ernie3_jax.model import task_ids
 from tests import model_testing
 
@@ -72,6 +72,23 @@ def test_cached_greedy_matches_uncached_reference_for_a_batch():
   # The reported log-prob is the model's probability of the generated tokens.
   assert result.log_probs[0] == pytest.approx(
       _sequence_log_prob(model, params, PROMPTS[0], result.tokens[0]), abs=1e-4)
+
+
+def test_prompts_shorter_than_a_segment_prefill_without_padding_to_it():
+  # Widths are the divisors of the segment: 9 under 12-token segments runs 12 columns.
+  assert [prefill_width(n, 12) for n in (1, 2, 3, 5, 6, 7, 9, 12, 30)] == \
+      [1, 2, 3, 6, 6, 12, 12, 12, 12]
+  model, params = _setup()
+  prompts = [[5, 17], [40]]
+  packed, lengths = generation.pack_prompts(prompts, SEGMENT, model.config.vocab_size)
+  assert packed.shape == (2, 2) and lengths.tolist() == [2, 1]
+  result = generation.generate(model, params, prompts, NEW_TOKENS, SEGMENT, NO_STOP)
+  for prompt, tokens in zip(prompts, result.tokens):
+    assert tokens == generation.reference_greedy_generate(model, params, prompt, NEW_TOKENS,
+                                                          SEGMENT, stop_ids=())
+  # A prompt as long as a segment, or longer, still runs whole segments.
+  assert generation.pack_prompts([[5] * 4], SEGMENT, 100)[0].shape == (1, 4)
+  assert generation.pack_prompts([[5] * 5, [6]], SEGMENT, 100)[0].shape == (2, 8)
 
 
 def test_cached_step_logits_match_full_rerun_logits():

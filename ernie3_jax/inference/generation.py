@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ernie3_jax.model import Ernie3, init_memory
-from ernie3_jax.model.decode_cache import CachedNLGDecoder, reorder_rows
+from ernie3_jax.model.decode_cache import CachedNLGDecoder, prefill_width, reorder_rows
 from ernie3_jax.model.ernie3 import PAD_ID
 from ernie3_jax.model import task_ids
 
@@ -148,11 +148,11 @@ def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args, constrai
   `constrain` pins the cache's sharding after every step (identity on one device)."""
   b = logits.shape[0]
 
-  def cond(state):
+  def running(state):
     step, _, _, _, done, _, _, _ = state
     return jnp.logical_and(step < max_new_tokens, jnp.logical_not(jnp.all(done)))
 
-  def body(state):
+  def token_body(state):
     step, cache, logits, out, done, lengths, log_probs, rng = state
     rng, key = jax.random.split(rng)
     token = jnp.where(done, PAD_ID, select_tokens(logits, key, args))
@@ -161,13 +161,23 @@ def _sample_loop(decoder, dp, cache, logits, rng, max_new_tokens, args, constrai
     lengths = lengths + jnp.logical_not(done)
     out = out.at[:, step].set(token)
     done = jnp.logical_or(done, _is_stop(token, args["stop_ids"]))
-    logits, cache = decoder.step(dp, cache, token)
+    logits, cache = decoder.advance(dp, cache, token)
     return step + 1, constrain(cache), logits, out, done, lengths, log_probs, rng
+
+  # Tokens run in an inner loop until some row's open segment is full; the outer loop
+  # commits those rows. A commit inside the token loop (`CachedNLGDecoder.step`) sat
+  # under a cond that copied every cache buffer at every token.
+  def segment_body(state):
+    step, cache, *rest = state
+    cache = constrain(decoder.commit(dp, cache, decoder.full_rows(cache)))
+    tokens_left = lambda s: jnp.logical_and(running(s),
+                                            jnp.logical_not(jnp.any(decoder.full_rows(s[1]))))
+    return jax.lax.while_loop(tokens_left, token_body, (step, cache, *rest))
 
   state = (jnp.int32(0), cache, logits, jnp.zeros((b, max_new_tokens), jnp.int32),
            jnp.zeros((b,), jnp.bool_), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.float32),
            rng)
-  state = jax.lax.while_loop(cond, body, state)
+  state = jax.lax.while_loop(running, segment_body, state)
   return state[3], state[5], state[6]
 
 
@@ -246,7 +256,8 @@ def _compiled_generate(config, segment_length: int, max_new_tokens: int, num_bea
 
 def pack_prompts(prompts: Sequence[Sequence[int]], segment_length: int,
                  vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Prompts -> ([B, C * S] ids, each row's tokens first; [B] lengths), validated."""
+  """Prompts -> ([B, C * S] ids, each row's tokens first; [B] lengths), validated.
+  Prompts all shorter than a segment take `decode_cache.prefill_width` columns."""
   if not prompts:
     raise ValueError("generation needs at least one prompt")
   for i, p in enumerate(prompts):
@@ -257,8 +268,10 @@ def pack_prompts(prompts: Sequence[Sequence[int]], segment_length: int,
       raise ValueError(f"prompt {i} holds ids {bad[:5]} outside the model's vocabulary "
                        f"(Ernie3Config.vocab_size={vocab_size})")
   lengths = np.asarray([len(p) for p in prompts], np.int32)
-  chunks = -(-int(lengths.max()) // segment_length)
-  packed = np.zeros((len(prompts), chunks * segment_length), np.int32)
+  longest = int(lengths.max())
+  width = (prefill_width(longest, segment_length) if longest < segment_length
+           else -(-longest // segment_length) * segment_length)
+  packed = np.zeros((len(prompts), width), np.int32)
   for i, p in enumerate(prompts):
     packed[i, :len(p)] = p
   return packed, lengths

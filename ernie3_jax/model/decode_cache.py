@@ -84,6 +84,20 @@ def reorder_rows(cache: DecodeCache, index: Array) -> DecodeCache:
   return jax.tree_util.tree_map(lambda a: jnp.take(a, index, axis=0), cache)
 
 
+def prefill_width(longest_prompt: int, segment_length: int) -> int:
+  """Columns a prefill runs at once: the smallest divisor of the segment length that
+  holds the longest prompt, or a whole segment.
+
+  A prompt shorter than a segment then runs without padding it to the segment (a
+  64-token prompt under 128-token segments ran 128 columns, half of them padding).
+  Each width is its own compiled shape: at most one per divisor of the segment length.
+  """
+  if longest_prompt >= segment_length:
+    return segment_length
+  return min(w for w in range(max(longest_prompt, 1), segment_length + 1)
+             if segment_length % w == 0)
+
+
 def _layer_list(stack_params: dict, num_layers: int) -> list[dict]:
   """Each layer's params, from scanned (stacked) or unrolled params."""
   if "layers" in stack_params:
@@ -269,19 +283,31 @@ class CachedNLGDecoder:
 
     return jax.lax.cond(jnp.any(rows), move, lambda c: c, cache)
 
+  def full_rows(self, cache: DecodeCache) -> Array:
+    """[B] rows whose open segment is full: they commit before their next token."""
+    return cache.length >= self.segment_length
+
+  def advance(self, dp: DecodeParams, cache: DecodeCache, token: Array):
+    """Feeds one token [B] per row, none of whose open segments may be full (see
+    `full_rows`); returns (next-token logits [B, V], cache)."""
+    h, cache = self.extend(dp, cache, token[:, None])
+    return self.logits(dp, h)[:, 0], cache
+
   def step(self, dp: DecodeParams, cache: DecodeCache, token: Array):
     """Feeds one token [B] per row; returns (next-token logits [B, V], cache).
 
     A row whose open segment is full commits it first, so the token starts a new
-    segment (the same boundaries as training's segments).
+    segment (the same boundaries as training's segments). The commit sits under a
+    `lax.cond`, whose untaken branch XLA:CPU implements by copying every cache buffer:
+    a token loop should commit outside its per-token body (`generation._sample_loop`).
     """
-    cache = self.commit(dp, cache, cache.length >= self.segment_length)
-    h, cache = self.extend(dp, cache, token[:, None])
-    return self.logits(dp, h)[:, 0], cache
+    cache = self.commit(dp, cache, self.full_rows(cache))
+    return self.advance(dp, cache, token)
 
   def prefill(self, dp: DecodeParams, cache: DecodeCache, prompts: Array,
               prompt_lengths: Array):
-    """Runs prompts [B, C * S] (row b's tokens first, then padding) segment by segment.
+    """Runs prompts [B, C * S] (row b's tokens first, then padding) segment by segment,
+    or [B, W] with W < S a divisor of S (`prefill_width`) as one part of a segment.
 
     Row b's segments are its tokens [kS, (k+1)S); every full segment before its
     last is committed, the last (1 .. S tokens) stays open. `cache` must be empty.
@@ -289,11 +315,13 @@ class CachedNLGDecoder:
     """
     b, total = prompts.shape
     s = self.segment_length
-    if total % s:
-      raise ValueError(f"prefill needs a multiple of segment_length={s} columns, got {total}")
-    chunks = prompts.reshape(b, total // s, s).transpose(1, 0, 2)
-    open_chunk = (prompt_lengths - 1) // s
-    open_length = prompt_lengths - open_chunk * s
+    width = prefill_width(total, s)
+    if width != total and total % s:
+      raise ValueError(f"prefill needs a multiple of segment_length={s} columns or a "
+                       f"divisor of it, got {total}")
+    chunks = prompts.reshape(b, total // width, width).transpose(1, 0, 2)
+    open_chunk = (prompt_lengths - 1) // width
+    open_length = prompt_lengths - open_chunk * width
 
     def chunk(carry, xs):
       cache, last = carry

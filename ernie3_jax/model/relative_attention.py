@@ -202,14 +202,47 @@ class CachedRelativeAttention(nn.Module):
     `distance_index` [B, Q, K] picks each pair's distance (masked pairs may hold
     any index); `mask` is [B, 1, Q, K] as from `attention_mask`.
     """
-    scale = self.head_dim ** -0.5
-    q = self.query(x) * jnp.asarray(scale, self.dtype)
-    u = (self.content_bias * scale).astype(self.dtype)
-    vb = (self.position_bias * scale).astype(self.dtype)
+    q, u, vb = self._query(x)
     content = jnp.einsum("bqhd,bhdk->bhqk", q + u, keys, preferred_element_type=jnp.float32)
-    by_distance = jnp.einsum("bqhd,hpd->bhqp", q + vb, r.astype(self.dtype),
-                             preferred_element_type=jnp.float32)
-    logits = content + jnp.take_along_axis(by_distance, distance_index[:, None], axis=-1)
+    logits = content + self._position_term(q + vb, r, distance_index)
     logits = jnp.where(mask, logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     return self.out(jnp.einsum("bhqk,bhkd->bqhd", probs, values))
+
+  def attend_one(self, x: Array, keys: Array, values: Array, new_key: Array,
+                 new_value: Array, new_at: Array, r: Array, mask: Array,
+                 distance_index: Array) -> Array:
+    """`__call__` for one query per row whose own key and value are not yet in the cache.
+
+    x [B, 1, D]; `keys` / `values` are the cache before this token (slot `new_at` [B]
+    holds stale data); `new_key` / `new_value` [B, 1, H, Dh] are the token's own. The
+    slot's score and value come from them instead, so the caller writes the cache after
+    attending: XLA:CPU then updates it in place, where reading the just-written cache
+    made it copy every layer's key and value buffers at batch 1 (each write fused into
+    two consumers, one of which drops the unit batch axis).
+    """
+    q, u, vb = self._query(x)
+    content = jnp.einsum("bqhd,bhdk->bhqk", q + u, keys, preferred_element_type=jnp.float32)
+    own = jnp.einsum("bqhd,bqhd->bhq", q + u, new_key.astype(self.dtype),
+                     preferred_element_type=jnp.float32)[..., None]
+    is_new = (jnp.arange(keys.shape[-1])[None, :] == new_at[:, None])[:, None, None, :]
+    logits = jnp.where(is_new, own, content) + self._position_term(q + vb, r, distance_index)
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    p_new = jnp.sum(jnp.where(is_new, probs, 0), axis=-1)  # [B, H, 1]
+    mixed = jnp.einsum("bhqk,bhkd->bqhd", jnp.where(is_new, 0, probs), values)
+    mixed = mixed + jnp.transpose(p_new, (0, 2, 1))[..., None] * new_value.astype(self.dtype)
+    return self.out(mixed)
+
+  def _query(self, x: Array) -> tuple[Array, Array, Array]:
+    """The scaled query [B, Q, H, Dh] and the scaled content and position biases."""
+    scale = self.head_dim ** -0.5
+    q = self.query(x) * jnp.asarray(scale, self.dtype)
+    return (q, (self.content_bias * scale).astype(self.dtype),
+            (self.position_bias * scale).astype(self.dtype))
+
+  def _position_term(self, q: Array, r: Array, distance_index: Array) -> Array:
+    """Each (query, key) pair's relative-position score [B, H, Q, K] (float32)."""
+    by_distance = jnp.einsum("bqhd,hpd->bhqp", q, r.astype(self.dtype),
+                             preferred_element_type=jnp.float32)
+    return jnp.take_along_axis(by_distance, distance_index[:, None], axis=-1)

@@ -234,9 +234,19 @@ class CachedTransformerXLBlock(nn.Module):
     h = self.attention_norm(x) if cfg.pre_layer_norm else x
     k, v = self.attention.keys_values(h)
     at = memory_len + start
+    if x.shape[1] == 1:
+      # A decoding step attends to the cache as it was plus its own key and value, then
+      # writes them (`CachedRelativeAttention.attend_one`).
+      a = self.attention.attend_one(h, keys, values, k, v, at, r, mask, distance_index)
+      # Make the writes depend on the attention output (zero times one of its elements;
+      # XLA keeps x * 0 for floats), so they run after attention has read the old
+      # cache and XLA:CPU can update it in place instead of copying it first.
+      after = (a[:, :, :1] * 0).astype(k.dtype)[..., None]
+      k, v = k + after, v + after
     keys = write_rows(keys, cached_key_layout(k), at, axis=CACHED_KEY_AXIS)
     values = write_rows(values, cached_value_layout(v), at, axis=CACHED_VALUE_AXIS)
-    a = self.attention(h, keys, values, r, mask, distance_index)
+    if x.shape[1] != 1:
+      a = self.attention(h, keys, values, r, mask, distance_index)
     if cfg.pre_layer_norm:
       x = x + a
       x = x + self.ffn(self.ffn_norm(x), True, 1.0)
