@@ -140,7 +140,7 @@ def profile(batch: int, model, params, cfg) -> dict:
              for g, v in sorted(groups.items(), key=lambda kv: -kv[1][0])}, ops)
 
   groups, ops = table(sec_n, ev_n, sec_1, ev_1, per)
-  prefill_groups, _ = table(sec_1, ev_1, {}, {}, 1)
+  prefill_groups, prefill_ops = table(sec_1, ev_1, {}, {}, 1)
   op_ms = sum(g["ms"] for g in groups.values())
   wall_ms = (wall[new] - wall[1]) / per * 1e3
   return {
@@ -153,6 +153,8 @@ def profile(batch: int, model, params, cfg) -> dict:
       "prefill_and_first_token_groups": prefill_groups,
       "top_ops": [{"op": n, "ms": round(ms, 3), "source": p, "group": g}
                   for ms, n, p, g in ops[:_TOP.value]],
+      "top_prefill_ops": [{"op": n, "ms": round(ms, 3), "source": p, "group": g}
+                          for ms, n, p, g in prefill_ops[:_TOP.value]],
       "top_other_ops": [{"op": n, "ms": round(ms, 3), "source": p}
                         for ms, n, p, g in ops if g == OTHER][:_TOP.value],
   }
@@ -178,7 +180,8 @@ def main(argv):
     print("  prefill + first token, by group:")
     for g, v in r["prefill_and_first_token_groups"].items():
       print(f"  {v['ms']:8.2f} ms {v['ops']:7.1f} ops  {g}")
-    for title, key in (("largest ops", "top_ops"), (f"largest of '{OTHER}'", "top_other_ops")):
+    for title, key in (("largest ops", "top_ops"), (f"largest of '{OTHER}'", "top_other_ops"),
+                       ("largest ops of prefill + first token", "top_prefill_ops")):
       print(f"  {title}:")
       for op in r[key]:
         print(f"  {op['ms']:8.3f} ms  {op['op']:<36} {op['source'][-70:]}")
