@@ -54,6 +54,7 @@ bench: $(STAMP)
 	mkdir -p $(BENCH_DIR)
 	$(HOST_MEMORY) $(PY) benchmarks/train_throughput.py --output=$(BENCH_DIR)/train_throughput.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/decode_throughput.py --output=$(BENCH_DIR)/decode_throughput.jsonl
+	$(HOST_MEMORY) $(PY) benchmarks/decode_trace.py --output=$(BENCH_DIR)/decode_trace.jsonl
 	$(HOST_MEMORY) $(PY) benchmarks/data_throughput.py --output=$(BENCH_DIR)/data_throughput.jsonl
 	$(PY) benchmarks/memory_plan_10b.py --output=$(BENCH_DIR)/memory_plan_10b.jsonl
 	$(PY) benchmarks/restore_verification.py --output=$(BENCH_DIR)/restore_verification.jsonl

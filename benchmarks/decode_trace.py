@@ -4,16 +4,19 @@ r"""Per-op profile of the cached decoding step, from a `jax.profiler` trace.
 
 The model and prompts are decode_throughput.py's (10 universal + 2 NLG layers, 768
 wide, vocabulary 40,000, 64-token prompts, memory 128 + segment 128, fp32; its flags
-set them). For each batch size the real `generation.generate` call runs under
+set them, and its --output takes the JSON line). For each batch size the real `generation.generate` call runs under
 `jax.profiler.trace` twice, with --new_tokens new tokens and with one: every XLA:CPU op
 event of the trace is summed by op, and the difference of the two calls divided by
 --new_tokens - 1 is that op's time per token (prefill and the first token cancel).
-Each op is put in a group by its HLO instruction's source path (the op_name metadata
-of the compiled program); the table gives each group's op time per token and ops per
-token, the whole step's wall time per token, and the ops' time summed over threads
-against that wall time (above 1: ops ran concurrently on the two cores). The trace's
-own cost is included in both calls, so absolute times run a little above an
-untraced run's.
+A dot is put in a group by its shape (most carry no source path): batched dots are
+attention, a dot with the vocabulary size among its dimensions the vocabulary
+projection, with d_ff the feed-forward input, any other a d_model-wide dense product.
+Any other op goes by its source path (the op_name metadata of the compiled HLO). The
+line gives each group's op time and ops per token, the step's wall time per token
+(untraced: the best of --repeats calls, at least 3), and the ops' time summed over
+XLA:CPU's threads against that wall time (above 1: ops ran concurrently on the two
+cores). The trace's own cost is in both traced calls, so op times run a little above
+an untraced run's.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import bench_common  # noqa: E402  pylint: disable=g-import-not-at-top
 import decode_throughput  # noqa: E402  pylint: disable=g-import-not-at-top  (its flags: model, prompts)
 
 _TOP = flags.DEFINE_integer("top_ops", 12, "Single ops listed per batch size.")
-_TRACE_OUTPUT = flags.DEFINE_string("trace_output", None, "Append the JSON line to this file.")
 
 # Groups of ops other than dots: (group, pattern on the op's source path); first match wins.
 GROUPS = (
@@ -120,7 +122,8 @@ def profile(batch: int, model, params, cfg) -> dict:
     jax.block_until_ready(run(*args))  # compile and warm
     if tokens == new:
       program = instructions(run.lower(*args).compile().as_text())
-    wall[tokens] = bench_common.median_time(lambda: jax.block_until_ready(run(*args)), 3)
+    wall[tokens] = min(bench_common.median_time(lambda: jax.block_until_ready(run(*args)), 1)
+                       for _ in range(max(3, decode_throughput._REPEATS.value)))  # pylint: disable=protected-access
     measured[tokens] = traced_ops(run, args)
   (sec_n, ev_n), (sec_1, ev_1) = measured[new], measured[1]
   per = new - 1
@@ -190,8 +193,8 @@ def main(argv):
       "settings": {"new_tokens": decode_throughput._NEW.value,  # pylint: disable=protected-access
                    "prompt_length": decode_throughput._PROMPT.value,  # pylint: disable=protected-access
                    "threads": threads, "dtype": "float32", "machine": bench_common.machine(),
-                   "host_memory_tunables": bench_common.host_memory_settings()},
-      "results": results}, _TRACE_OUTPUT.value)
+                   **bench_common.host_memory_settings()},
+      "results": results}, decode_throughput._OUTPUT.value)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -123,6 +123,47 @@ def test_decode_throughput_generates_every_token():
   assert r["matmul_peak_flops_per_s"] == max(r["peak_samples"])
 
 
+def test_decode_trace_groups_the_traced_ops_of_a_token_step():
+  r = run_benchmark("decode_trace.py", *TINY_MODEL, "--nlg_layers=1", "--batch_sizes=2",
+                    "--prompt_length=5", "--new_tokens=40", "--segment_length=4",
+                    "--memory_len=4", "--top_ops=5")
+  (entry,) = r["results"]
+  assert entry["batch_size"] == 2
+  assert_positive(entry["step_wall_ms"], "step_wall_ms")
+  assert_positive(entry["prefill_and_first_token_wall_ms"], "prefill wall")
+  groups = entry["groups"]
+  # Every token multiplies by the vocabulary table once and by each layer's kernels.
+  assert groups["vocabulary projection"]["ops"] == pytest.approx(1, abs=0.5)
+  assert groups["dense matmuls, d_ff out (feed-forward in)"]["ops"] == pytest.approx(2, abs=0.5)
+  assert sum(g["ms"] for g in groups.values()) == pytest.approx(
+      entry["op_ms_summed_over_threads"], rel=1e-3, abs=1e-3)
+  assert entry["concurrency"] == pytest.approx(
+      entry["op_ms_summed_over_threads"] / entry["step_wall_ms"])
+  assert len(entry["top_ops"]) == 5 and entry["top_ops"][0]["ms"] >= entry["top_ops"][-1]["ms"]
+
+
+def test_decode_trace_groups_dots_by_shape_and_other_ops_by_source():
+  import decode_trace  # pylint: disable=import-outside-toplevel
+  program = decode_trace.instructions(
+      '  %dot.1 = f32[40000,1]{1,0} dot(%a, %b), lhs_contracting_dims={1}\n'
+      '  %dot.2 = f32[8,12,1,256]{3,2,1,0} dot(%c, %d), lhs_batch_dims={0,1}, '
+      'lhs_contracting_dims={2}\n'
+      '  %ynn_fusion.3 = f32[8,3072]{1,0} fusion(%e, %f), kind=kCustom\n'
+      '  %fusion.4 = f32[8,768]{1,0} fusion(%g), kind=kLoop, metadata={op_name='
+      '"jit(run)/while/body/CachedTransformerXLBlock/ffn_norm/mul" stack_frame_id=1}\n'
+      '  ROOT %dynamic-update-slice.5 = f32[8,12,64,256]{3,2,1,0} dynamic-update-slice(%h), '
+      'metadata={op_name="jit(run)/while/body/CachedTransformerXLBlock/dynamic_update_slice"}\n')
+  assert program["dot.1"] == ("dot", (40000, 1), "", False)
+  assert program["fusion.4"][2].endswith("ffn_norm/mul")
+  group = lambda name: decode_trace.group_of(name, program.get(name), 40000, 3072)
+  assert group("dot.1") == "vocabulary projection"
+  assert group("dot.2").startswith("attention matmuls")
+  assert group("ynn_fusion.3").startswith("dense matmuls, d_ff out")
+  assert group("fusion.4") == "layer norms"
+  assert group("dynamic-update-slice.5") == "cache writes"
+  assert group("SlinkyThreadPool::Await") == decode_trace.OTHER
+
+
 def _memory_plan(*targets: str, devices: int) -> dict:
   return run_benchmark("memory_plan_10b.py", "--model_gin=gin_configs/models/tiny.gin",
                        f"--devices={devices}", f"--targets={','.join(targets)}",
