@@ -303,8 +303,8 @@ class CachedNLGDecoder:
 
     A row whose open segment is full commits it first, so the token starts a new
     segment (the same boundaries as training's segments). The commit sits under a
-    `lax.cond`, whose untaken branch XLA:CPU implements by copying every cache buffer:
-    a token loop should commit outside its per-token body (`generation._sample_loop`).
+    `lax.cond` in every step; `generation._sample_loop` instead commits between runs of
+    `advance`, outside its per-token body.
     """
     cache = self.commit(dp, cache, self.full_rows(cache))
     return self.advance(dp, cache, token)
